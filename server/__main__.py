@@ -1,0 +1,7 @@
+"""``python -m server``: same as the ``posthog-warehouse-mcp`` command."""
+
+import sys
+
+from server.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""The in-process sandbox as an httpx transport that is usable before the sandbox is up.
+
+``tools/list`` must answer at once, while the sandbox (DuckDB, dlt, an embedded PostgreSQL)
+takes seconds to start; so the sandbox starts in the background and tool calls wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+
+log = logging.getLogger("posthog_warehouse_mcp.sandbox")
+
+DEFAULT_SANDBOX_DIR = Path.home() / ".posthog-warehouse-mcp" / "sandbox"
+
+
+class SandboxTransport(httpx.AsyncBaseTransport):
+    """Routes requests into the sandbox's ASGI app once it has started."""
+
+    def __init__(self, directory: Path | None, *, demo: bool, startup_timeout: float = 180.0):
+        self.directory = directory or DEFAULT_SANDBOX_DIR
+        self.demo = demo
+        self.startup_timeout = startup_timeout
+        self._ready = anyio.Event()
+        self._stop = anyio.Event()
+        self._inner: httpx.AsyncBaseTransport | None = None
+        self._failure = ""
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SandboxTransport]:
+        """Start the sandbox in the background for the duration of the block."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._serve)
+            try:
+                yield self
+            finally:
+                self._stop.set()
+
+    async def _serve(self) -> None:
+        try:
+            from sandbox import open_sandbox
+        except ImportError:
+            self._failure = (
+                "the sandbox is not installed; install it with "
+                "pip install 'posthog-warehouse-mcp[sandbox]'"
+            )
+            log.error("%s", self._failure)
+            self._ready.set()
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            async with open_sandbox(self.directory, demo=self.demo) as app:
+                self._inner = httpx.ASGITransport(app=app)
+                log.info("sandbox ready in %s", self.directory)
+                self._ready.set()
+                await self._stop.wait()
+        except Exception as exc:
+            log.exception("sandbox failed to start")
+            self._failure = (
+                f"the sandbox failed to start ({type(exc).__name__}); see the server log"
+            )
+        finally:
+            self._inner = None
+            self._ready.set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Wait for the sandbox, then hand the request to its ASGI app."""
+        with anyio.move_on_after(self.startup_timeout):
+            await self._ready.wait()
+        if not self._ready.is_set():
+            raise httpx.ConnectTimeout("the sandbox is still starting", request=request)
+        if self._inner is None:
+            raise httpx.ConnectError(self._failure or "the sandbox has stopped", request=request)
+        return await self._inner.handle_async_request(request)

@@ -1,0 +1,136 @@
+"""Upstream failures become isError results a model can act on, never exceptions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tests.conftest import CANARY_KEY, MODES, SOURCE_ID, Recorder, Seen, connect
+
+pytestmark = pytest.mark.anyio
+
+
+def answer(status: int, body: Any = None, *, raw: bytes | None = None, headers: Any = None):
+    def respond(request: Request, seen: Seen) -> Response:
+        if raw is not None:
+            return Response(raw, status_code=status, headers=headers)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    return respond
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, {"message": "Prefix already exists"}, ["400", "Prefix already exists"]),
+        (400, {"detail": "No running sync to cancel."}, ["No running sync to cancel."]),
+        (
+            400,
+            {
+                "type": "validation_error",
+                "code": "invalid",
+                "detail": "Invalid sync time of day",
+                "attr": "sync_time_of_day",
+            },
+            ["Invalid sync time of day", "field: sync_time_of_day"],
+        ),
+        (
+            401,
+            {
+                "type": "authentication_error",
+                "code": "authentication_failed",
+                "detail": "Personal API key found in request Authorization header is invalid.",
+                "attr": None,
+            },
+            ["POSTHOG_PERSONAL_API_KEY", "region", "eu.posthog.com"],
+        ),
+        (
+            403,
+            {
+                "type": "authentication_error",
+                "code": "permission_denied",
+                "detail": "API key missing required scope 'external_data_source:write'",
+            },
+            ["external_data_source:write", "scope"],
+        ),
+        (404, {"detail": "Not found."}, ["404", "not found", "Check the id"]),
+        (
+            429,
+            {"type": "throttled_error", "detail": "Request was throttled."},
+            ["429", "Retry after"],
+        ),
+        (500, {"detail": "A server error occurred."}, ["500", "PostHog's side"]),
+    ],
+)
+async def test_error_statuses_become_actionable_tool_errors(
+    status: int, body: Any, expected: list[str], mode: str
+) -> None:
+    recorder = Recorder(respond=answer(status, body))
+    async with connect(recorder, mode=mode) as client:
+        # POST: never retried, so each status is seen once.
+        result = await client.call_tool("external-data-sources-reload", {"id": SOURCE_ID})
+    assert result.is_error is True
+    text = result.content[0].text  # type: ignore[union-attr]
+    for part in expected:
+        assert part in text, text
+    assert CANARY_KEY not in text
+    assert len(recorder.seen) == 1
+
+
+async def test_success_false_is_a_tool_error() -> None:
+    recorder = Recorder(
+        respond=answer(
+            200, {"success": False, "error": "Stripe refused the key", "webhook_url": None}
+        )
+    )
+    async with connect(recorder) as client:
+        result = await client.call_tool(
+            "external-data-sources-create-webhook-create", {"id": SOURCE_ID}
+        )
+    assert result.is_error is True
+    assert "Stripe refused the key" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_html_error_page_is_summarised_not_dumped() -> None:
+    page = b"<html><body><h1>502 Bad Gateway</h1>" + b"x" * 5000 + b"</body></html>"
+    recorder = Recorder(respond=answer(502, raw=page))
+    async with connect(recorder) as client:
+        result = await client.call_tool("external-data-sources-reload", {"id": SOURCE_ID})
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert result.is_error is True
+    assert "502" in text
+    assert "Bad Gateway" in text
+    assert "<html>" not in text
+    assert len(text) < 600
+
+
+async def test_malformed_json_is_a_tool_error() -> None:
+    recorder = Recorder(respond=answer(200, raw=b"{not json"))
+    async with connect(recorder) as client:
+        result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
+    assert result.is_error is True
+    assert "not JSON" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_wrong_shape_is_a_tool_error_not_a_client_crash() -> None:
+    recorder = Recorder(respond=answer(200, {"count": "many", "results": "nope"}))
+    async with connect(recorder) as client:
+        result = await client.call_tool("external-data-sources-list", {})
+    assert result.is_error is True
+    assert "documented shape" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_echoed_credentials_are_redacted_in_errors() -> None:
+    recorder = Recorder(
+        respond=answer(400, {"message": f"Bad key {CANARY_KEY}; dsn postgres://u:hunter2@db/x"})
+    )
+    async with connect(recorder) as client:
+        result = await client.call_tool("external-data-sources-reload", {"id": SOURCE_ID})
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert CANARY_KEY not in text
+    assert "hunter2" not in text
+    assert "[redacted]" in text

@@ -1,0 +1,153 @@
+"""The server over real transports: stdio subprocess, SSE and streamable HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client, ClientSession, StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from server.app import create_server, open_client
+from server.transports import HttpOptions, http_app
+from tests.conftest import CANARY_KEY, SOURCE_ID, Recorder, settings
+from tests.loopback import serve
+from tools.table import BY_NAME, ENDPOINTS
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def mcp_over_http(
+    recorder: Recorder, *, kind: str, options: HttpOptions | None = None, **overrides: Any
+) -> AsyncIterator[str]:
+    """Serve the MCP server (kind ``http`` or ``sse``) whose upstream is ``recorder``."""
+    options = options or HttpOptions()
+    async with serve(recorder.app()) as upstream:
+        config = settings(host=upstream, **overrides)
+        async with open_client(config) as client:
+            app = http_app(create_server(config, client=client), options, kind=kind)
+            async with serve(app) as url:
+                yield url
+
+
+async def test_stdio_subprocess_lists_and_calls() -> None:
+    recorder = Recorder()
+    recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
+    async with serve(recorder.app()) as upstream:
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "server", "--posthog-host", upstream, "--environment-id", "42"],
+            env={**os.environ, "POSTHOG_PERSONAL_API_KEY": CANARY_KEY},
+        )
+        async with Client(params, mode="legacy") as client:
+            tools = (await client.list_tools()).tools
+            result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
+    assert len(tools) == len(ENDPOINTS)
+    assert result.is_error is False
+    assert recorder.seen[0].headers["authorization"] == f"Bearer {CANARY_KEY}"
+
+
+async def test_streamable_http_lists_and_calls() -> None:
+    recorder = Recorder()
+    recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
+    async with mcp_over_http(recorder, kind="http") as url:
+        for mode in ("legacy", "auto"):
+            async with Client(f"{url}/mcp", mode=mode) as client:  # type: ignore[arg-type]
+                assert len((await client.list_tools()).tools) == len(ENDPOINTS)
+                result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
+                assert result.is_error is False
+    assert len(recorder.seen) == 2
+
+
+async def test_sse_lists_and_calls() -> None:
+    recorder = Recorder()
+    recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
+    async with (
+        mcp_over_http(recorder, kind="sse") as url,
+        sse_client(f"{url}/sse") as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        assert len((await session.list_tools()).tools) == len(ENDPOINTS)
+        result = await session.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
+    assert result.is_error is False
+    assert recorder.seen[0].path.endswith(f"/external_data_sources/{SOURCE_ID}/")
+
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def test_http_rejects_bad_host_and_origin() -> None:
+    async with mcp_over_http(Recorder(), kind="http") as url, httpx.AsyncClient() as http:
+        good = await http.post(f"{url}/mcp", json=INIT, headers=ACCEPT)
+        bad_host = await http.post(
+            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Host": "evil.example"}
+        )
+        bad_origin = await http.post(
+            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Origin": "http://evil.example"}
+        )
+    assert good.status_code == 200
+    assert bad_host.status_code == 421
+    assert bad_origin.status_code == 403
+
+
+async def test_http_bearer_token_is_required() -> None:
+    options = HttpOptions(auth_token="s3cret-token")
+    async with (
+        mcp_over_http(Recorder(), kind="http", options=options) as url,
+        httpx.AsyncClient() as http,
+    ):
+        missing = await http.post(f"{url}/mcp", json=INIT, headers=ACCEPT)
+        wrong = await http.post(
+            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Authorization": "Bearer nope"}
+        )
+        right = await http.post(
+            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Authorization": "Bearer s3cret-token"}
+        )
+    assert missing.status_code == 401
+    assert wrong.status_code == 401
+    assert "s3cret-token" not in wrong.text
+    assert right.status_code == 200
+
+
+async def test_forwarded_keys_reach_upstream_per_caller() -> None:
+    recorder = Recorder()
+    recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
+    options = HttpOptions(forward_key=True, stateless=True)
+    async with mcp_over_http(
+        recorder, kind="http", options=options, forward_key=True, personal_api_key=None
+    ) as url:
+        for key in ("phx_aliceKEY123456", "phx_bobKEY654321"):
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"})
+            async with (
+                streamable_http_client(f"{url}/mcp", http_client=http) as (read, write, *_),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                result = await session.call_tool(
+                    "external-data-sources-retrieve", {"id": SOURCE_ID}
+                )
+                assert result.is_error is False
+            await http.aclose()
+    assert [s.headers["authorization"] for s in recorder.seen] == [
+        "Bearer phx_aliceKEY123456",
+        "Bearer phx_bobKEY654321",
+    ]

@@ -1,0 +1,190 @@
+"""The httpx adapter: one ``request()`` funnel for every PostHog call."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import stamina
+
+from tools.errors import (
+    MalformedResponse,
+    PostHogError,
+    RateLimited,
+    ServerError,
+    TransportError,
+    error_from_response,
+)
+
+log = logging.getLogger("posthog_warehouse_mcp.http")
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to retry a request that is safe to send twice."""
+
+    attempts: int = 3
+    total_wait: float = 10.0
+    wait_initial: float = 0.25
+    wait_max: float = 4.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer: status and parsed JSON body (None for an empty body)."""
+
+    status_code: int
+    body: Any
+
+
+class PostHogClient:
+    """Talks to one PostHog host: base URL, auth, timeouts, retries and error mapping."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+        max_response_bytes: int = 20 * 1024 * 1024,
+    ) -> None:
+        self.http = http
+        self.retry = retry or RetryPolicy()
+        self.max_response_bytes = max_response_bytes
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        retry: bool = True,
+        api_key: str | None = None,
+    ) -> Reply:
+        """Send one request and return its parsed answer.
+
+        ``retry`` is only honoured for requests that are safe to send twice; the caller decides
+        from the endpoint's idempotency. ``api_key`` overrides the client's key for this call
+        (a hosted server forwarding each caller's own key).
+
+        Raises:
+            PostHogError: an error status, no answer, or an answer that is not JSON.
+        """
+        what = f"{method} {path}"
+        if not retry:
+            return await self._send(method, path, query, json_body, api_key, what)
+
+        def should_retry(exc: Exception) -> bool | float:
+            if isinstance(exc, RateLimited):
+                if exc.retry_after is None:
+                    return True
+                # Honour Retry-After, but never wait longer than the whole retry budget.
+                return exc.retry_after if exc.retry_after <= self.retry.total_wait else False
+            if isinstance(exc, ServerError):
+                return exc.status in RETRY_STATUSES
+            return isinstance(exc, TransportError)
+
+        async for attempt in stamina.retry_context(
+            on=should_retry,
+            attempts=self.retry.attempts,
+            timeout=self.retry.total_wait,
+            wait_initial=self.retry.wait_initial,
+            wait_max=self.retry.wait_max,
+        ):
+            with attempt:
+                return await self._send(method, path, query, json_body, api_key, what)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        json_body: Mapping[str, Any] | None,
+        api_key: str | None,
+        what: str,
+    ) -> Reply:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        try:
+            request = self.http.build_request(
+                method, path, params=query, json=json_body, headers=headers
+            )
+            response = await self.http.send(request, stream=True)
+            try:
+                content = await self._read_capped(response)
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException as exc:
+            raise TransportError(
+                f"{what}: PostHog did not answer within the timeout "
+                f"({type(exc).__name__}). Try again, or raise POSTHOG_TIMEOUT."
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"{what}: could not reach {self.http.base_url.host or 'PostHog'} "
+                f"({type(exc).__name__}). Check POSTHOG_HOST and the network."
+            ) from None
+        log.debug("%s -> %s (%d bytes)", what, response.status_code, len(content))
+        for header in ("deprecation", "sunset"):
+            if header in response.headers:
+                log.info("%s: %s header %s", what, header, response.headers[header])
+        if response.status_code >= 400:
+            raise error_from_response(
+                httpx.Response(response.status_code, headers=response.headers, content=content),
+                what=what,
+            )
+        if not content.strip():
+            return Reply(response.status_code, None)
+        try:
+            return Reply(response.status_code, json.loads(content))
+        except ValueError:
+            raise MalformedResponse(
+                f"{what}: PostHog answered {response.status_code} with a body that is not "
+                "JSON. Check that POSTHOG_HOST points at PostHog's app host (not a proxy or "
+                "the ingestion host)."
+            ) from None
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise MalformedResponse(
+                    f"{response.request.method} {response.request.url.path}: the answer is "
+                    f"larger than {self.max_response_bytes // (1024 * 1024)} MB; ask for "
+                    "less (limit, search)."
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def build_http_client(
+    *,
+    base_url: str,
+    api_key: str | None,
+    timeout: float,
+    user_agent: str,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """Create the pooled client the server keeps for its lifetime."""
+    headers = {"User-Agent": user_agent, "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+__all__ = ["PostHogClient", "PostHogError", "Reply", "RetryPolicy", "build_http_client"]

@@ -1,0 +1,127 @@
+"""From a table row and a tool call's arguments to one adapter request and a shaped result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pydantic
+from pydantic import BaseModel
+
+from tools.client import PostHogClient, Reply
+from tools.errors import BadRequest, MalformedResponse
+from tools.models import Ack
+from tools.table import Endpoint
+
+
+class ArgumentError(ValueError):
+    """The arguments do not fit the tool's params model; nothing was sent."""
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """The HTTP request a validated tool call turns into."""
+
+    method: str
+    path: str
+    query: dict[str, Any] | None
+    body: dict[str, Any] | None
+
+
+def validate(row: Endpoint, arguments: Mapping[str, Any] | None) -> BaseModel:
+    """Validate ``arguments`` against the row's params model.
+
+    Raises:
+        ArgumentError: with one line per problem, naming the field and never echoing a value.
+    """
+    try:
+        return row.params.model_validate(dict(arguments or {}))
+    except pydantic.ValidationError as exc:
+        allowed = ", ".join(row.params.model_fields)
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in error["loc"]) or "arguments"
+            if error["type"] == "extra_forbidden":
+                problems.append(f"{where}: unknown argument (allowed: {allowed or 'none'})")
+            elif error["type"] == "missing":
+                problems.append(f"{where}: required")
+            else:
+                problems.append(f"{where}: {error['msg']}")
+        raise ArgumentError(
+            f"Invalid arguments for {row.name}; nothing was sent. " + "; ".join(problems) + "."
+        ) from None
+
+
+def prepare(row: Endpoint, params: BaseModel, *, base_path: str) -> PreparedRequest:
+    """Split validated arguments into path, query and body.
+
+    Path values are percent-encoded whole, so no argument can change which endpoint is called.
+    Only the arguments the caller gave are sent (a PATCH changes just those fields).
+    """
+    values = params.model_dump(mode="json", exclude_unset=True)
+    path_values = {name: quote(str(values.pop(name)), safe="") for name in row.path_fields}
+    path = base_path + row.path.format(**path_values)
+    if row.sends_body:
+        body = {**values, **row.inject_body}
+        return PreparedRequest(row.method, path, None, body)
+    query = {k: v for k, v in values.items() if v is not None}
+    return PreparedRequest(row.method, path, query or None, None)
+
+
+def shape(row: Endpoint, reply: Reply) -> dict[str, Any]:
+    """Turn PostHog's answer into the row's response model, always a JSON object.
+
+    Raises:
+        BadRequest: a 200 answer with ``"success": false`` (PostHog's webhook endpoints).
+        MalformedResponse: an answer that does not fit the documented shape.
+    """
+    body = reply.body
+    if body is None:
+        body = {}
+    if isinstance(body, dict) and body.get("success") is False:
+        raise BadRequest(
+            str(body.get("error") or body.get("message") or f"{row.name} did not succeed"),
+            status=reply.status_code,
+        )
+    if isinstance(body, list):
+        body = {"results": body}
+    if row.response is Ack and isinstance(body, dict):
+        body = {"ok": True, "status_code": reply.status_code, **body}
+    if not isinstance(body, dict):
+        raise MalformedResponse(f"{row.name}: PostHog answered with an unexpected JSON value.")
+    try:
+        model = row.response.model_validate(body)
+    except pydantic.ValidationError:
+        raise MalformedResponse(
+            f"{row.name}: PostHog's answer does not have the documented shape "
+            f"({row.response.__name__}); check POSTHOG_HOST points at PostHog."
+        ) from None
+    # Only what PostHog sent (validated), not defaults for fields it left out.
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+async def execute(
+    row: Endpoint,
+    params: BaseModel,
+    client: PostHogClient,
+    *,
+    base_path: str,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """Send the request for a validated call and return the shaped result.
+
+    Raises:
+        PostHogError: from the adapter or :func:`shape`.
+    """
+    req = prepare(row, params, base_path=base_path)
+    reply = await client.request(
+        req.method,
+        req.path,
+        query=req.query,
+        json_body=req.body,
+        retry=row.is_idempotent,
+        api_key=api_key,
+    )
+    return shape(row, reply)

@@ -1,0 +1,196 @@
+"""Errors from the PostHog API, normalised once.
+
+    PostHogError                      anything that went wrong talking to PostHog
+    ├── APIError                      PostHog answered with an error status
+    │   ├── BadRequest                400: PostHog's message and field
+    │   ├── AuthenticationFailed      401: wrong key, or key for the other region
+    │   ├── PermissionDenied          403: missing scope or project access
+    │   ├── NotFound                  404: unknown id (or environment)
+    │   ├── MethodNotAllowed          405
+    │   ├── RateLimited               429: carries ``retry_after``
+    │   └── ServerError               5xx
+    ├── TransportError                no answer: connection refused/reset, timeout
+    └── MalformedResponse             an answer that is not the JSON PostHog sends
+
+PostHog uses four error-body shapes (``{"detail"}``, ``{"message"}``,
+``{type, code, detail, attr}`` and ``200 {"success": false, "error"}``);
+:func:`error_from_response` reads all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+
+from tools.redact import redact_text
+
+
+class PostHogError(Exception):
+    """Base of every failure the adapter reports."""
+
+    hint: ClassVar[str] = ""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def describe(self) -> str:
+        """Return the text a model reads: what failed and what to do next."""
+        text = self.message
+        return f"{text} {self.hint}".strip() if self.hint else text
+
+
+class APIError(PostHogError):
+    """PostHog answered with an error status."""
+
+    def __init__(
+        self, message: str, *, status: int, attr: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.attr = attr
+        self.code = code
+
+    def describe(self) -> str:
+        """Return status, PostHog's message, the field it names, and the next step."""
+        field = f" (field: {self.attr})" if self.attr else ""
+        hint = f" {self.hint}" if self.hint else ""
+        return f"PostHog answered {self.status}: {self.message}{field}.{hint}".replace("..", ".")
+
+
+class BadRequest(APIError):
+    """400: PostHog refused the request; its message says why."""
+
+    hint = "Fix the arguments named in the message and call again."
+
+
+class AuthenticationFailed(APIError):
+    """401: the personal API key was refused."""
+
+    hint = (
+        "Check POSTHOG_PERSONAL_API_KEY (a personal API key, phx_..., not a project token) and "
+        "that POSTHOG_HOST is the key's region: a US key fails on https://eu.posthog.com and "
+        "vice versa."
+    )
+
+
+class PermissionDenied(APIError):
+    """403: the key lacks a scope or access to the project."""
+
+    hint = (
+        "The key needs the scope external_data_source:read for reads and "
+        "external_data_source:write for changes, and access to this environment; edit the key "
+        "in PostHog (Settings > Personal API keys) or use another one."
+    )
+
+
+class NotFound(APIError):
+    """404: no such source, schema or environment."""
+
+    hint = ""
+
+
+class MethodNotAllowed(APIError):
+    """405: PostHog does not allow this method here."""
+
+
+class RateLimited(APIError):
+    """429: too many requests for this key."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+    def describe(self) -> str:
+        """Say how long to wait."""
+        wait = f"{self.retry_after:g} seconds" if self.retry_after is not None else "a minute"
+        return (
+            f"PostHog rate limit exceeded (429): {self.message} Retry after {wait}; "
+            "PostHog allows 480 requests a minute per personal API key."
+        )
+
+
+class ServerError(APIError):
+    """5xx: PostHog (or a proxy in front of it) failed."""
+
+    hint = "This is on PostHog's side; nothing was changed by a failed read. Try again shortly."
+
+
+class TransportError(PostHogError):
+    """No answer: the host could not be reached or did not answer in time."""
+
+
+class MalformedResponse(PostHogError):
+    """PostHog answered with something that is not the JSON it documents."""
+
+
+STATUS_ERRORS: Mapping[int, type[APIError]] = {
+    400: BadRequest,
+    401: AuthenticationFailed,
+    403: PermissionDenied,
+    404: NotFound,
+    405: MethodNotAllowed,
+    429: RateLimited,
+}
+
+_HTML = re.compile(r"<[^>]+>")
+
+
+def body_message(body: Any) -> tuple[str | None, str | None, str | None]:
+    """Return ``(message, attr, code)`` from any of PostHog's error-body shapes."""
+    if isinstance(body, Mapping):
+        attr = body.get("attr") if isinstance(body.get("attr"), str) else None
+        code = body.get("code") if isinstance(body.get("code"), str) else None
+        for key in ("detail", "message", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value, attr, code
+        if body:
+            # DRF field errors: {"field": ["message", ...]}
+            field, errors = next(iter(body.items()))
+            if isinstance(errors, list) and errors and isinstance(errors[0], str):
+                return errors[0], str(field), code
+            if isinstance(errors, str):
+                return errors, str(field), code
+    if isinstance(body, list) and body and isinstance(body[0], str):
+        return body[0], None, None
+    return None, None, None
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Read a ``Retry-After`` header given in seconds; None when absent or a date."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def error_from_response(response: httpx.Response, *, what: str) -> APIError:
+    """Build the error for a non-2xx ``response`` to the request described by ``what``."""
+    status = response.status_code
+    try:
+        body: Any = json.loads(response.content) if response.content else None
+    except ValueError:
+        body = None
+    message, attr, code = body_message(body)
+    if message is None:
+        if body is None and response.content:
+            text = _HTML.sub(" ", response.text[:2000])
+            snippet = " ".join(text.split())[:200]
+            message = f"non-JSON error page from {what}" + (f": {snippet}" if snippet else "")
+        else:
+            message = f"{what} failed"
+    message = redact_text(message)
+    if status == 404 and message in ("Not found.", f"{what} failed"):
+        message = f"{what}: not found. Check the id (list sources or schemas to find it)"
+    if status == 429:
+        return RateLimited(message, status=status, retry_after=retry_after_seconds(response))
+    cls = STATUS_ERRORS.get(status, ServerError if status >= 500 else BadRequest)
+    return cls(message, status=status, attr=attr, code=code)

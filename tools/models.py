@@ -1,0 +1,330 @@
+"""Input and output models, named after PostHog's own nouns.
+
+Inputs (``<Noun><Verb>Params``) forbid unknown fields and describe every field: the
+descriptions are what the model reads. Outputs accept unknown fields and loose types so a
+PostHog release that adds a field or an enum value never fails a call.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------- enums (stable upstream values
+
+
+class SyncType(StrEnum):
+    """How a table is synced."""
+
+    full_refresh = "full_refresh"
+    incremental = "incremental"
+    append = "append"
+    webhook = "webhook"
+    cdc = "cdc"
+    xmin = "xmin"
+
+
+class IncrementalFieldType(StrEnum):
+    """Type of the incremental cursor column."""
+
+    integer = "integer"
+    numeric = "numeric"
+    datetime = "datetime"
+    date = "date"
+    timestamp = "timestamp"
+    objectid = "objectid"
+    xid = "xid"
+
+
+class SyncFrequency(StrEnum):
+    """How often a table syncs."""
+
+    never = "never"
+    min1 = "1min"
+    min5 = "5min"
+    min15 = "15min"
+    min30 = "30min"
+    hour1 = "1hour"
+    hour6 = "6hour"
+    hour12 = "12hour"
+    hour24 = "24hour"
+    day7 = "7day"
+    day30 = "30day"
+
+
+class CdcTableMode(StrEnum):
+    """What a CDC sync writes."""
+
+    consolidated = "consolidated"
+    cdc_only = "cdc_only"
+    both = "both"
+
+
+class AccessMethod(StrEnum):
+    """Import into the warehouse, or query the source live."""
+
+    warehouse = "warehouse"
+    direct = "direct"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+class Params(BaseModel):
+    """Base of every tool's arguments."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+
+class IdParams(Params):
+    """A single object addressed by id."""
+
+    id: UUID = Field(description="Id (UUID) from a list call.")
+
+
+class ListParams(Params):
+    """Page through a list."""
+
+    limit: int | None = Field(None, ge=1, le=1000, description="Page size (default 100).")
+    offset: int | None = Field(None, ge=0, description="Items to skip.")
+
+
+class ExternalDataSourceListParams(ListParams):
+    """Arguments of external-data-sources-list."""
+
+    search: str | None = Field(
+        None, max_length=200, description="Match on source_type or prefix, e.g. 'Stripe'."
+    )
+
+
+class ExternalDataSourceCreateParams(Params):
+    """Arguments of external-data-sources-create."""
+
+    source_type: str = Field(
+        min_length=1, max_length=100, description="Source type as PostHog spells it: 'Postgres'."
+    )
+    payload: dict[str, Any] = Field(
+        description=(
+            "Credentials plus 'schemas'. Postgres/MySQL: host, port, database, user, password, "
+            "schema. schemas: [{name, should_sync, sync_type, incremental_field, "
+            "incremental_field_type, primary_key_columns}]."
+        )
+    )
+    prefix: str | None = Field(
+        None, max_length=100, description="Table-name prefix; needed if the type exists already."
+    )
+    description: str | None = Field(None, max_length=400, description="Free text.")
+    access_method: AccessMethod | None = Field(
+        None, description="warehouse (import, default) or direct (live query)."
+    )
+
+
+class ExternalDataSourcePartialUpdateParams(IdParams):
+    """Arguments of external-data-sources-partial-update."""
+
+    description: str | None = Field(None, max_length=400, description="Free text.")
+    prefix: str | None = Field(
+        None, max_length=100, description="New name; only direct-query sources can rename."
+    )
+    job_inputs: dict[str, Any] | None = Field(
+        None, description="Connection settings to merge in; omitted secrets are kept."
+    )
+
+
+class SchemaSettings(Params):
+    """Sync settings of one table."""
+
+    should_sync: bool | None = Field(None, description="Sync this table on schedule.")
+    sync_type: SyncType | None = Field(None, description="How to sync.")
+    incremental_field: str | None = Field(
+        None, description="Cursor column for incremental/append, e.g. updated_at."
+    )
+    incremental_field_type: IncrementalFieldType | None = Field(
+        None, description="Type of incremental_field."
+    )
+    sync_frequency: SyncFrequency | None = Field(None, description="Schedule; 1min is CDC only.")
+    sync_time_of_day: str | None = Field(
+        None,
+        pattern=r"^\d{2}:\d{2}(:\d{2})?$",
+        description="UTC anchor HH:MM:SS for scheduled syncs.",
+    )
+    primary_key_columns: list[str] | None = Field(
+        None, description="Merge key for incremental; fixed once data synced."
+    )
+    cdc_table_mode: CdcTableMode | None = Field(None, description="CDC output tables.")
+    enabled_columns: list[str] | None = Field(None, description="Columns to sync; null = all.")
+
+
+class SchemaUpdate(SchemaSettings):
+    """One schema's changes in a bulk update."""
+
+    id: UUID = Field(description="Schema id.")
+
+
+class ExternalDataSchemaPartialUpdateParams(SchemaSettings):
+    """Arguments of external-data-schemas-partial-update."""
+
+    id: UUID = Field(description="Schema id from a list call.")
+
+
+class ExternalDataSourceBulkUpdateSchemasParams(IdParams):
+    """Arguments of external-data-sources-bulk-update-schemas-partial-update."""
+
+    schemas: list[SchemaUpdate] = Field(
+        min_length=1, description="Changes per schema; ids unique, all of this source."
+    )
+
+
+class ExternalDataSourceCreateWebhookParams(IdParams):
+    """Arguments of external-data-sources-create-webhook-create."""
+
+    inputs: dict[str, str] | None = Field(
+        None, description="Extra webhook fields the source asks for (pending_inputs)."
+    )
+
+
+class ExternalDataSourceJobsParams(IdParams):
+    """Arguments of external-data-sources-jobs."""
+
+    after: str | None = Field(None, max_length=40, description="ISO time; jobs created after it.")
+    before: str | None = Field(None, max_length=40, description="ISO time; jobs created before it.")
+    schemas: list[str] | None = Field(None, description="Only these table names.")
+
+
+class ExternalDataSourceRevenueAnalyticsConfigParams(IdParams):
+    """Arguments of external-data-sources-revenue-analytics-config-partial-update."""
+
+    enabled: bool | None = Field(None, description="Use this source in revenue analytics.")
+    include_invoiceless_charges: bool | None = Field(
+        None, description="Count charges without an invoice."
+    )
+
+
+class ExternalDataSchemaListParams(ListParams):
+    """Arguments of external-data-schemas-list."""
+
+    search: str | None = Field(None, max_length=200, description="Match on table name.")
+
+
+# ---------------------------------------------------------------- outputs
+
+
+class Response(BaseModel):
+    """Base of every result: unknown upstream fields pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Table(Response):
+    """The warehouse table a schema writes to."""
+
+    id: Any = None
+    name: str | None = None
+
+
+class ExternalDataSchema(Response):
+    """A table of a source and its sync settings."""
+
+    id: str
+    name: str | None = None
+    should_sync: bool | None = None
+    sync_type: str | None = None
+    status: str | None = None
+    table: Table | None = None
+    last_synced_at: str | None = None
+    latest_error: str | None = None
+
+
+class ExternalDataSource(Response):
+    """A connected source and its schemas."""
+
+    id: str
+    source_type: str | None = None
+    prefix: str | None = None
+    status: str | None = None
+    latest_error: str | None = None
+    last_run_at: str | None = None
+    schemas: list[ExternalDataSchema] | None = None
+
+
+class ExternalDataJob(Response):
+    """One sync run."""
+
+    id: str
+    status: str | None = None
+    rows_synced: int | None = None
+    latest_error: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+
+
+class Page(Response):
+    """A page of a list; follow ``next`` or raise ``offset``."""
+
+    count: int | None = None
+    next: str | None = None
+    previous: str | None = None
+
+
+class PaginatedExternalDataSourceList(Page):
+    """A page of sources."""
+
+    results: list[ExternalDataSource]
+
+
+class PaginatedExternalDataSchemaList(Page):
+    """A page of schemas."""
+
+    results: list[ExternalDataSchema]
+
+
+class ExternalDataJobList(Response):
+    """A source's jobs, newest first (at most 50)."""
+
+    results: list[ExternalDataJob]
+
+
+class ExternalDataSchemaList(Response):
+    """Schemas as updated."""
+
+    results: list[ExternalDataSchema]
+
+
+class ExternalDataSourceCreated(Response):
+    """Id of the new source."""
+
+    id: str
+
+
+class RefreshSchemasResult(Response):
+    """Tables found by schema discovery."""
+
+    added: int | None = None
+    deleted: int | None = None
+    total_tables_seen: int | None = None
+
+
+class WebhookResult(Response):
+    """Outcome of a webhook change; ``success`` false carries ``error``."""
+
+    success: bool | None = None
+    error: str | None = None
+
+
+class IncrementalFieldsResult(Response):
+    """Columns usable as incremental cursors, and which sync types the table allows."""
+
+    incremental_fields: list[dict[str, Any]] | None = None
+    incremental_available: bool | None = None
+    append_available: bool | None = None
+
+
+class Ack(Response):
+    """An accepted action that PostHog answers without a body."""
+
+    ok: bool = True
+    status_code: int
+    detail: str | None = None

@@ -1,0 +1,82 @@
+"""Redaction of credentials from anything the server echoes or logs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+REDACTED = "[redacted]"
+
+# Key names that carry credentials in PostHog source payloads and job_inputs.
+SECRET_KEY_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "private_key",
+    "passphrase",
+    "api_key",
+    "apikey",
+    "token",
+    "authorization",
+    "credential",
+    "connection_string",
+    "key_file",
+)
+
+_known_secrets: set[str] = set()
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a mapping key names a credential."""
+    lowered = key.lower().replace("-", "_")
+    return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def redact(value: Any) -> Any:
+    """Return ``value`` with every credential-named key's value replaced, recursively."""
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and is_secret_key(k) else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
+
+
+def remember_secrets(values: Iterable[str | None]) -> None:
+    """Register literal secrets (the API key) that must never appear in any output."""
+    _known_secrets.update(v for v in values if v and len(v) >= 6)
+
+
+def collect_secrets(value: Any) -> list[str]:
+    """Return the string values stored under credential-named keys anywhere in ``value``."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and is_secret_key(k) and isinstance(v, str):
+                found.append(v)
+            else:
+                found.extend(collect_secrets(v))
+    elif isinstance(value, list):
+        for v in value:
+            found.extend(collect_secrets(v))
+    return found
+
+
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
+_PHX = re.compile(r"\bph[xc]_[A-Za-z0-9]{6,}")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact_text(text: str, *, extra: Iterable[str] = ()) -> str:
+    """Remove known secrets, bearer tokens, PostHog keys and URL passwords from ``text``."""
+    for secret in (*_known_secrets, *extra):
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, REDACTED)
+    text = _BEARER.sub(rf"\1{REDACTED}", text)
+    text = _PHX.sub(REDACTED, text)
+    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)

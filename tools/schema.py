@@ -1,0 +1,50 @@
+"""Lean JSON schemas from pydantic models: no titles, no null defaults, shared ``$defs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+_DROP = frozenset({"title"})
+
+
+def _simplify(node: Any, *, output: bool) -> Any:
+    if isinstance(node, list):
+        return [_simplify(item, output=output) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _simplify(v, output=output) for k, v in node.items() if k not in _DROP}
+    if "default" in out and out["default"] is None:
+        del out["default"]
+    if out.get("additionalProperties") is True:
+        del out["additionalProperties"]  # the JSON Schema default
+    options = out.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        (other,) = [o for o in options if o != {"type": "null"}]
+        if isinstance(other.get("type"), str):
+            del out["anyOf"]
+            # Nullable scalar or array: one schema with a type list.
+            merged = {**other, **out}
+            merged["type"] = [other["type"], "null"]
+            out = merged
+        elif not output:
+            # An input reference: omitting the argument already means "no value".
+            del out["anyOf"]
+            out = {**other, **out}
+    return out
+
+
+def json_schema(model: type[BaseModel], *, mode: str = "validation") -> dict[str, Any]:
+    """Return ``model``'s JSON schema without pydantic noise; the root is always an object."""
+    schema = _simplify(
+        model.model_json_schema(mode=mode),  # type: ignore[arg-type]
+        output=mode == "serialization",
+    )
+    assert isinstance(schema, dict)
+    schema.pop("description", None)
+    for definition in schema.get("$defs", {}).values():
+        # The field that uses a definition describes it; the class docstring would repeat it.
+        definition.pop("description", None)
+    schema.setdefault("type", "object")
+    return schema
