@@ -13,9 +13,9 @@ from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from server import __version__
-from server.config import Settings
-from server.sandbox_backend import SandboxTransport
-from server.transports import bearer
+from server.config import Settings, bearer
+from server.prompts import BY_NAME as PROMPTS_BY_NAME
+from server.prompts import PROMPTS
 from tools.client import PostHogClient, build_http_client
 from tools.dispatch import ArgumentError, execute, validate
 from tools.errors import PostHogError
@@ -81,6 +81,8 @@ async def open_client(
     async with AsyncExitStack() as stack:
         backend = transport
         if backend is None and settings.sandbox:
+            from server.sandbox_backend import SandboxTransport
+
             sandbox = SandboxTransport(settings.sandbox_dir, demo=settings.demo)
             backend = await stack.enter_async_context(sandbox.running())
         http = await stack.enter_async_context(
@@ -178,6 +180,35 @@ def create_server(
             structured_content=result,
         )
 
+    async def on_list_prompts(
+        ctx: ServerRequestContext[dict[str, Any]], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=[p.definition() for p in PROMPTS])
+
+    async def on_get_prompt(
+        ctx: ServerRequestContext[dict[str, Any]], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        prompt = PROMPTS_BY_NAME.get(params.name)
+        if prompt is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+        missing = [
+            n
+            for n, _, required in prompt.arguments
+            if required and not (params.arguments or {}).get(n)
+        ]
+        if missing:
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"Prompt {prompt.name} needs the argument(s): {', '.join(missing)}",
+            )
+        text = prompt.render(dict(params.arguments or {}))
+        return types.GetPromptResult(
+            description=prompt.description,
+            messages=[
+                types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))
+            ],
+        )
+
     return Server(
         NAME,
         version=__version__,
@@ -187,4 +218,6 @@ def create_server(
         get_tool_input_schema=schemas.get,
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
+        on_list_prompts=on_list_prompts,
+        on_get_prompt=on_get_prompt,
     )

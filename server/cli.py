@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from server import __version__
 from server.app import create_server, open_client
 from server.config import ConfigError, Settings
-from server.transports import HttpOptions, http_app, serve_http, serve_stdio
 from tools.redact import redact_text
 from tools.table import TOOLSETS
 
@@ -128,8 +127,14 @@ async def _run(settings: Settings, args: argparse.Namespace) -> None:
     async with open_client(settings) as client:
         server = create_server(settings, client=client)
         if args.transport == "stdio":
-            await serve_stdio(server)
+            from mcp.server.stdio import stdio_server
+
+            async with stdio_server() as (read, write):
+                await server.run(read, write, server.create_initialization_options())
             return
+        # HTTP needs uvicorn and Starlette; stdio sessions never pay for importing them.
+        from server.transports import HttpOptions, http_app, serve_http
+
         options = HttpOptions(
             host=args.host,
             port=args.port,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +17,15 @@ SANDBOX_ENVIRONMENT_ID = "1"
 
 class ConfigError(ValueError):
     """A setting is wrong; the message says which and how to fix it."""
+
+
+def bearer(headers: Any) -> str | None:
+    """The bearer token of an ``Authorization`` header, if any."""
+    value = headers.get("authorization") if headers is not None else None
+    if not value or not value.lower().startswith("bearer "):
+        return None
+    token = str(value[7:].strip())
+    return token or None
 
 
 def _split(value: object) -> object:

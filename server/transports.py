@@ -1,4 +1,4 @@
-"""Serve the MCP server over stdio, SSE (legacy) or streamable HTTP."""
+"""Serve the MCP server over streamable HTTP or legacy SSE (stdio lives in the CLI)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Any
 import uvicorn
 from mcp.server import Server
 from mcp.server.sse import SseServerTransport
-from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+
+from server.config import bearer
 
 log = logging.getLogger("posthog_warehouse_mcp.http")
 
@@ -62,15 +63,6 @@ class HttpOptions:
         )
 
 
-def bearer(headers: Any) -> str | None:
-    """The bearer token of an ``Authorization`` header, if any."""
-    value = headers.get("authorization") if headers is not None else None
-    if not value or not value.lower().startswith("bearer "):
-        return None
-    token = str(value[7:].strip())
-    return token or None
-
-
 class BearerAuth:
     """Reject HTTP requests without the server's token (or, forwarding, without a PostHog key)."""
 
@@ -104,12 +96,6 @@ class BearerAuth:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-async def serve_stdio(server: Server[Any]) -> None:
-    """Serve one client on stdin/stdout."""
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
 
 
 def streamable_http_app(server: Server[Any], options: HttpOptions) -> Starlette:
@@ -158,4 +144,4 @@ async def serve_http(app: ASGIApp, options: HttpOptions) -> None:
     await uvicorn.Server(config).serve()
 
 
-__all__ = ["HttpOptions", "bearer", "http_app", "serve_http", "serve_stdio"]
+__all__ = ["HttpOptions", "http_app", "serve_http"]

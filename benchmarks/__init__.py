@@ -1,0 +1,1 @@
+"""Scripts that measure the numbers the README quotes."""
