@@ -17,12 +17,13 @@ from server.config import Settings, bearer
 from server.prompts import BY_NAME as PROMPTS_BY_NAME
 from server.prompts import PROMPTS
 from tools.client import PostHogClient, build_http_client
-from tools.dispatch import ArgumentError, execute, validate
+from tools.dispatch import ArgumentError, run, validate
 from tools.errors import PostHogError
 from tools.output import cap, dumps
 from tools.redact import redact_text, remember_secrets
 from tools.schema import json_schema
 from tools.table import ENDPOINTS, Endpoint, lookup
+from tools.waiting import Call
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -162,9 +163,8 @@ def create_server(
             )
         client: PostHogClient = ctx.lifespan_context["client"]
         try:
-            result = await execute(
-                row, args, client, base_path=settings.base_path(), api_key=api_key
-            )
+            call = Call(args, client, settings.base_path(), api_key, ctx.session.report_progress)
+            result = await run(row, call)
         except PostHogError as exc:
             return error_result(exc.describe())
         except Exception:

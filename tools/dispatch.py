@@ -14,6 +14,7 @@ from tools.client import PostHogClient, Reply
 from tools.errors import BadRequest, MalformedResponse
 from tools.models import Ack
 from tools.table import Endpoint
+from tools.waiting import Call, wait_for_sync
 
 
 class ArgumentError(ValueError):
@@ -100,6 +101,23 @@ def shape(row: Endpoint, reply: Reply) -> dict[str, Any]:
         ) from None
     # Only what PostHog sent (validated), not defaults for fields it left out.
     return model.model_dump(mode="json", exclude_unset=True)
+
+
+async def run(row: Endpoint, call: Call) -> dict[str, Any]:
+    """Carry out a validated tool call, including the row's wait-for-sync hook.
+
+    Raises:
+        PostHogError: from the adapter or :func:`shape`.
+    """
+
+    async def start() -> dict[str, Any]:
+        return await execute(
+            row, call.params, call.client, base_path=call.base_path, api_key=call.api_key
+        )
+
+    if row.starts_sync is not None:
+        return await wait_for_sync(call, start, scope=row.starts_sync)
+    return await start()
 
 
 async def execute(

@@ -85,6 +85,19 @@ class IdParams(Params):
     id: UUID = Field(description="Id (UUID) from a list call.")
 
 
+class SyncParams(IdParams):
+    """Start a sync, optionally waiting for it."""
+
+    wait_seconds: int = Field(
+        0,
+        ge=0,
+        le=600,
+        exclude=True,  # handled by the server, never sent to PostHog
+        description="Wait up to this long for the sync to finish and return its jobs; 0 = "
+        "return at once.",
+    )
+
+
 class ListParams(Params):
     """Page through a list."""
 

@@ -40,6 +40,8 @@ class Endpoint:
     idempotent: bool | None = None
     aliases: tuple[str, ...] = ()
     inject_body: Mapping[str, Any] = field(default_factory=dict)
+    # Starts a sync of a "source" or a "schema": the wait_seconds hook follows its jobs.
+    starts_sync: Literal["source", "schema"] | None = None
 
     @property
     def path_fields(self) -> tuple[str, ...]:
@@ -201,13 +203,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-sources-reload",
         "POST",
         SOURCE + "reload/",
-        m.IdParams,
+        m.SyncParams,
         m.Ack,
         "Sync a source now",
         "Start a sync of every enabled table of a source now, without waiting for the "
         "schedule. Returns at once; watch sources-jobs.",
         "sync",
         idempotent=False,
+        starts_sync="source",
         aliases=("external-data-sources-reload-create",),
     ),
     Endpoint(
@@ -304,20 +307,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-schemas-reload",
         "POST",
         SCHEMA + "reload/",
-        m.IdParams,
+        m.SyncParams,
         m.Ack,
         "Sync a table now",
         "Sync one table now with its sync type (incremental adds/merges new rows). Returns at "
         "once. To rebuild from scratch use resync.",
         "sync",
         idempotent=False,
+        starts_sync="schema",
         aliases=("external-data-schemas-reload-create",),
     ),
     Endpoint(
         "external-data-schemas-resync",
         "POST",
         SCHEMA + "resync/",
-        m.IdParams,
+        m.SyncParams,
         m.Ack,
         "Resync table from scratch",
         "Drop the table's synced data and re-import every row (cancels a running sync). Use "
@@ -325,6 +329,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "sync",
         destructive=True,
         idempotent=False,
+        starts_sync="schema",
         aliases=("external-data-schemas-resync-create",),
     ),
 )

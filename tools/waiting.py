@@ -1,0 +1,138 @@
+"""The ``wait_seconds`` hook of the sync-starting rows: start a sync, then follow its jobs.
+
+Agents otherwise write a polling loop of tool calls. Here the tool snapshots the source's
+jobs, starts the sync, and polls the jobs until the ones it started finish or the time runs
+out, reporting MCP progress on the way. It calls other rows of the table by tool name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+
+from tools.client import PostHogClient
+
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+
+POLL_FIRST = 0.5
+POLL_MAX = 3.0
+FINISHED = frozenset(
+    {"Completed", "Failed", "Cancelled", "Billing limits", "Billing limit too low"}
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A validated tool call, with what a hook needs to make further requests."""
+
+    params: BaseModel
+    client: PostHogClient
+    base_path: str
+    api_key: str | None = None
+    progress: Progress | None = None
+
+    async def run(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        """Call another row of the table by tool name, with validated arguments."""
+        from tools.dispatch import execute, validate
+        from tools.table import BY_NAME
+
+        row = BY_NAME[tool]
+        return await execute(
+            row,
+            validate(row, arguments),
+            self.client,
+            base_path=self.base_path,
+            api_key=self.api_key,
+        )
+
+
+def _job_view(job: dict[str, Any]) -> dict[str, Any]:
+    schema = job.get("schema")
+    name = schema.get("name") if isinstance(schema, dict) else schema
+    return {
+        "id": job.get("id"),
+        "schema": name,
+        "status": job.get("status"),
+        "rows_synced": job.get("rows_synced"),
+        "latest_error": job.get("latest_error"),
+        "finished_at": job.get("finished_at"),
+    }
+
+
+async def _source_of_schema(call: Call, schema: dict[str, Any]) -> str | None:
+    source = schema.get("source")
+    if isinstance(source, dict) and source.get("id"):
+        return str(source["id"])
+    offset = 0
+    while True:
+        page = await call.run("external-data-sources-list", limit=100, offset=offset)
+        for item in page.get("results", []):
+            if any(s.get("id") == schema.get("id") for s in item.get("schemas") or []):
+                return str(item["id"])
+        if not page.get("next"):
+            return None
+        offset += 100
+
+
+async def wait_for_sync(
+    call: Call, start: Callable[[], Awaitable[dict[str, Any]]], *, scope: str
+) -> dict[str, Any]:
+    """Start the sync with ``start`` and, if ``wait_seconds`` is set, follow its jobs.
+
+    ``scope`` is ``source`` (the id is a source; every enabled schema syncs) or ``schema``.
+    """
+    wait = float(getattr(call.params, "wait_seconds", 0) or 0)
+    if wait <= 0:
+        return await start()
+    ident = str(call.params.id)  # type: ignore[attr-defined]
+    if scope == "source":
+        source_id: str | None = ident
+        source = await call.run("external-data-sources-retrieve", id=ident)
+        names = [s["name"] for s in source.get("schemas") or [] if s.get("should_sync")]
+    else:
+        schema = await call.run("external-data-schemas-retrieve", id=ident)
+        source_id = await _source_of_schema(call, schema)
+        names = [schema["name"]] if schema.get("name") else []
+    if source_id is None or not names:
+        result = await start()
+        result["wait"] = {"finished": False, "reason": "no enabled tables to follow", "jobs": []}
+        return result
+
+    async def jobs() -> list[dict[str, Any]]:
+        listed = await call.run("external-data-sources-jobs", id=source_id, schemas=names)
+        return list(listed.get("results", []))
+
+    before = {job.get("id") for job in await jobs()}
+    result = await start()
+    began = time.monotonic()
+    deadline = began + wait
+    delay = POLL_FIRST
+    latest: list[dict[str, Any]] = []
+    while True:
+        latest = [job for job in await jobs() if job.get("id") not in before]
+        done = [job for job in latest if job.get("status") in FINISHED]
+        finished = len(latest) >= len(names) and len(done) == len(latest)
+        if call.progress is not None:
+            await call.progress(
+                float(len(done)), float(len(names)), f"{len(done)}/{len(names)} syncs finished"
+            )
+        if finished or time.monotonic() >= deadline:
+            break
+        await anyio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, POLL_MAX)
+    result["wait"] = {
+        "finished": finished,
+        "waited_seconds": round(time.monotonic() - began, 1),
+        "jobs": [_job_view(job) for job in latest],
+    }
+    if not finished:
+        result["wait"]["hint"] = (
+            "Still running; call external-data-sources-jobs later, or again with a longer "
+            "wait_seconds."
+        )
+    return result
