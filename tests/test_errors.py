@@ -134,3 +134,22 @@ async def test_echoed_credentials_are_redacted_in_errors() -> None:
     assert CANARY_KEY not in text
     assert "hunter2" not in text
     assert "[redacted]" in text
+
+
+async def test_credentials_in_upstream_results_are_redacted_by_key_name() -> None:
+    source = {
+        "id": SOURCE_ID,
+        "job_inputs": {
+            "host": "db",
+            "password": "hunter2",
+            "ssh_tunnel": {"auth": {"private_key": "-----BEGIN KEY-----", "username": "me"}},
+        },
+    }
+    recorder = Recorder(respond=answer(200, source))
+    async with connect(recorder) as client:
+        result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
+    inputs = result.structured_content["job_inputs"]  # type: ignore[index]
+    assert inputs["password"] == "[redacted]"
+    assert inputs["ssh_tunnel"]["auth"] == {"private_key": "[redacted]", "username": "me"}
+    assert inputs["host"] == "db"
+    assert "hunter2" not in result.content[0].text  # type: ignore[union-attr]

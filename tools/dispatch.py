@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tools.client import PostHogClient, Reply
 from tools.errors import BadRequest, MalformedResponse
 from tools.models import Ack
+from tools.redact import redact
 from tools.table import Endpoint
 from tools.waiting import Call, wait_for_sync
 
@@ -99,8 +100,10 @@ def shape(row: Endpoint, reply: Reply) -> dict[str, Any]:
             f"{row.name}: PostHog's answer does not have the documented shape "
             f"({row.response.__name__}); check POSTHOG_HOST points at PostHog."
         ) from None
-    # Only what PostHog sent (validated), not defaults for fields it left out.
-    return model.model_dump(mode="json", exclude_unset=True)
+    # Only what PostHog sent (validated), not defaults for fields it left out; credentials a
+    # source's job_inputs might echo are redacted by key name.
+    shaped: dict[str, Any] = redact(model.model_dump(mode="json", exclude_unset=True))
+    return shaped
 
 
 async def run(row: Endpoint, call: Call) -> dict[str, Any]:
