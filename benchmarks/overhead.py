@@ -75,8 +75,11 @@ class Session:
     async def handshake(self) -> None:
         await self.call(
             "initialize",
-            {"protocolVersion": "2025-11-25", "capabilities": {},
-             "clientInfo": {"name": "bench", "version": "1"}},
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "1"},
+            },
         )
         await self.notify("notifications/initialized")
 
@@ -150,37 +153,46 @@ async def raw_httpx(url: str) -> dict[str, float]:
 
 async def main(runs: int) -> None:
     port = free_port()
-    upstream = subprocess.Popen(
+    upstream = await anyio.open_process(
         [PY, "-m", "benchmarks.upstream", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        with anyio.fail_after(20):
-            while True:
-                try:
-                    httpx.get(url)
-                    break
-                except httpx.TransportError:
-                    await anyio.sleep(0.05)
-        env = {**os.environ, "POSTHOG_PERSONAL_API_KEY": "phx_benchmark",
-               "POSTHOG_ENVIRONMENT_ID": "1", "POSTHOG_HOST": url}
+        async with httpx.AsyncClient() as probe:
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        await probe.get(url)
+                        break
+                    except httpx.TransportError:
+                        await anyio.sleep(0.05)
+        env = {
+            **os.environ,
+            "POSTHOG_PERSONAL_API_KEY": "phx_benchmark",
+            "POSTHOG_ENVIRONMENT_ID": "1",
+            "POSTHOG_HOST": url,
+        }
         ours_argv = [PY, "-m", "server", "--log-level", "WARNING"]
         results: dict[str, list[dict[str, float]]] = {
-            "floor": [], "httpx": [], "ours": [], "sandbox": []
+            "floor": [],
+            "httpx": [],
+            "ours": [],
+            "sandbox": [],
         }
         for _ in range(runs):
             results["floor"].append(
                 await run_server([PY, "-m", "benchmarks.floor_server"], env, "noop", {})
             )
             results["httpx"].append(await raw_httpx(url))
+            retrieve = {"id": SOURCE_ID}
             results["ours"].append(
-                await run_server(ours_argv, env, "external-data-sources-retrieve", {"id": SOURCE_ID})
+                await run_server(ours_argv, env, "external-data-sources-retrieve", retrieve)
             )
             with tempfile.TemporaryDirectory() as tmp:
                 results["sandbox"].append(await cold_start_sandbox(ours_argv, env, tmp))
     finally:
         upstream.terminate()
-        upstream.wait()
+        await upstream.wait()
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind])
@@ -214,7 +226,9 @@ async def cold_start_sandbox(argv: list[str], env: dict[str, str], tmp: str) -> 
     started = time.perf_counter()
     async with await anyio.open_process(
         [*argv, "--sandbox", "--no-demo", "--sandbox-dir", tmp],
-        env=env, stderr=subprocess.DEVNULL, cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
     ) as process:
         session = Session(process)
         await session.handshake()

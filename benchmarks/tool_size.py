@@ -66,10 +66,14 @@ def main() -> None:
     outputs = sum(out for _, _, out, _ in rows)
     theirs = sum(POSTHOG_BYTES.values())
     print()
-    print(f"18 shared tools: {shared} bytes vs PostHog {theirs} ({shared / theirs:.0%}); "
-          f"target <= {SHARED_TARGET}: {'met' if shared <= SHARED_TARGET else 'MISSED'}")
-    print(f"all 21 tools:    {total} bytes; target <= {ALL_TARGET}: "
-          f"{'met' if total <= ALL_TARGET else 'MISSED'}")
+    print(
+        f"18 shared tools: {shared} bytes vs PostHog {theirs} ({shared / theirs:.0%}); "
+        f"target <= {SHARED_TARGET}: {'met' if shared <= SHARED_TARGET else 'MISSED'}"
+    )
+    print(
+        f"all 21 tools:    {total} bytes; target <= {ALL_TARGET}: "
+        f"{'met' if total <= ALL_TARGET else 'MISSED'}"
+    )
     print(f"output schemas:  {outputs} bytes (all 21, reported separately)")
 
 

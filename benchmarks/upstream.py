@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import uvicorn
@@ -11,9 +12,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 SOURCE_ID = "0b5e6f1c-3f0a-4c55-9a57-5d4f4a0c2b11"
-BODY = (
-    '{"id":"%s","source_type":"Postgres","prefix":"app_","status":"Completed",'
-    '"latest_error":null,"last_run_at":null,"schemas":[]}' % SOURCE_ID
+BODY = json.dumps(
+    {
+        "id": SOURCE_ID,
+        "source_type": "Postgres",
+        "prefix": "app_",
+        "status": "Completed",
+        "latest_error": None,
+        "last_run_at": None,
+        "schemas": [],
+    },
+    separators=(",", ":"),
 ).encode()
 
 

@@ -1,6 +1,6 @@
 """The in-process sandbox as an httpx transport that is usable before the sandbox is up.
 
-``tools/list`` must answer at once, while the sandbox (DuckDB, dlt, an embedded PostgreSQL)
+``tools/list`` must answer at once, while the sandbox (DuckDB, an embedded PostgreSQL)
 takes seconds to start; so the sandbox starts in the background and tool calls wait for it.
 """
 

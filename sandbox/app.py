@@ -1,0 +1,59 @@
+"""An app factory for ASGI servers: `uvicorn --factory sandbox.app:create_app`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sandbox.runtime import open_sandbox
+
+
+class _Deferred:
+    """Forwards requests to the sandbox app once the lifespan has started it."""
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:
+            raise RuntimeError("the sandbox has not started (the server must run ASGI lifespan)")
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    directory: Path | None = None,
+    *,
+    api_key: str | None = None,
+    demo: bool | None = None,
+    sync_delay: float = 0.0,
+) -> Starlette:
+    """A Starlette app that starts the sandbox in its lifespan.
+
+    Without arguments it reads SANDBOX_DIR (default `./sandbox-data`), SANDBOX_API_KEY and
+    SANDBOX_DEMO (`0` turns the demo off).
+    """
+    directory = Path(directory or os.environ.get("SANDBOX_DIR", "sandbox-data"))
+    api_key = api_key if api_key is not None else os.environ.get("SANDBOX_API_KEY") or None
+    if demo is None:
+        demo = os.environ.get("SANDBOX_DEMO", "1") not in ("0", "false", "no")
+    inner = _Deferred()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_sandbox(
+            directory, api_key=api_key, demo=bool(demo), sync_delay=sync_delay
+        ) as sandbox_app:
+            inner.app = sandbox_app
+            try:
+                yield
+            finally:
+                inner.app = None
+
+    from starlette.routing import Mount
+
+    return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan)

@@ -1,0 +1,63 @@
+"""`sandbox --host 127.0.0.1 --port 8010 --dir DIR [--api-key KEY] [--no-demo]`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import logging
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandbox",
+        description="Serve a local PostHog-compatible data-warehouse API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    parser.add_argument("--port", type=int, default=8010, help="port to listen on")
+    parser.add_argument("--dir", type=Path, default=Path("sandbox-data"), help="state folder")
+    parser.add_argument("--api-key", default=None, help="require this bearer key")
+    parser.add_argument("--no-demo", action="store_true", help="skip the demo database")
+    # For tests and benchmarks: slow syncs down so they can be cancelled or killed midway.
+    parser.add_argument("--sync-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--log-level", default="info", help="log level (stderr)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run the sandbox server until interrupted; return the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import uvicorn
+
+    from sandbox.app import create_app
+
+    app = create_app(
+        args.dir, api_key=args.api_key, demo=not args.no_demo, sync_delay=args.sync_delay
+    )
+    # uvicorn sends access logs to stdout by default; everything goes to stderr here.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    for handler in log_config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=log_config,
+        lifespan="on",
+    )
+    # uvicorn re-raises Ctrl-C after its graceful shutdown; the sandbox has stopped cleanly.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,233 @@
+"""The `MySQL` source (MySQL and MariaDB): credential check, discovery, streaming export."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sandbox.sources import Column, Progress, SourceError, SyncCancelled, Table
+
+NONSENSITIVE_INPUTS = ("host", "port", "database", "user", "schema", "using_ssl")
+
+# PostHog's MySQL source shows these messages for driver error codes.
+_CONNECT_ERRORS = {
+    1045: "Invalid user or password",
+    1044: "Invalid user or password",
+    1049: "Database does not exist",
+    2003: "Could not connect to the host on the port given",
+    2005: "Could not connect to the host",
+}
+_FALLBACK_ERROR = "Could not connect to MySQL. Please check all connection details are valid."
+
+_INTEGERS = {"tinyint": "SMALLINT", "smallint": "SMALLINT", "mediumint": "INTEGER"}
+_BINARY = ("binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit")
+_INCREMENTAL_TYPES = {
+    "tinyint": "integer",
+    "smallint": "integer",
+    "mediumint": "integer",
+    "int": "integer",
+    "bigint": "integer",
+    "date": "date",
+    "datetime": "timestamp",
+    "timestamp": "timestamp",
+}
+
+
+def quote(name: str) -> str:
+    """Quote a MySQL identifier."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def column(name: str, data_type: str, nullable: bool) -> Column:
+    """A column from its COLUMN_TYPE (`int(11) unsigned`, `decimal(10,2)`, `datetime(6)`...)."""
+    lowered = data_type.lower()
+    base = re.split(r"[ (]", lowered, maxsplit=1)[0]
+    unsigned = "unsigned" in lowered
+    decimal = re.fullmatch(r"decimal\((\d+),(\d+)\).*", lowered)
+    if base in _INTEGERS:
+        duck = _INTEGERS[base]
+    elif base == "int":
+        duck = "BIGINT" if unsigned else "INTEGER"
+    elif base == "bigint":
+        duck = "UBIGINT" if unsigned else "BIGINT"
+    elif decimal and int(decimal.group(1)) <= 38:
+        duck = f"DECIMAL({decimal.group(1)},{decimal.group(2)})"
+    elif base in ("decimal", "double", "real"):
+        duck = "DOUBLE"
+    elif base == "float":
+        duck = "FLOAT"
+    elif base == "date":
+        duck = "DATE"
+    elif base in ("datetime", "timestamp"):
+        duck = "TIMESTAMP"
+    elif base == "year":
+        duck = "INTEGER"
+    else:
+        duck = "VARCHAR"
+    select = f"HEX({quote(name)})" if base in _BINARY else quote(name)
+    return Column(name, data_type, nullable, duck, _INCREMENTAL_TYPES.get(base), select)
+
+
+def schema_name(job_inputs: dict[str, Any]) -> str:
+    """The database the source reads (PostHog's `schema` key, else `database`)."""
+    return str(job_inputs.get("schema") or job_inputs.get("database") or "")
+
+
+def connect(job_inputs: dict[str, Any]) -> Any:
+    """Open a connection that returns every value as MySQL's text; raise SourceError on failure."""
+    import pymysql
+    from pymysql.converters import conversions
+
+    try:
+        port = int(job_inputs.get("port") or 3306)
+    except (TypeError, ValueError) as exc:
+        raise SourceError("Port must be a number") from exc
+    # Encoders only: values come back as MySQL's own text, which DuckDB parses exactly.
+    encoders: dict[int | type[Any], Callable[..., Any]] = {
+        k: v for k, v in conversions.items() if not isinstance(k, int)
+    }
+    using_ssl = str(job_inputs.get("using_ssl", True)).lower() not in ("false", "0", "")
+    try:
+        return pymysql.connect(
+            host=str(job_inputs.get("host") or ""),
+            port=port,
+            user=str(job_inputs.get("user") or ""),
+            password=str(job_inputs.get("password") or ""),
+            database=str(job_inputs.get("database") or "") or None,
+            connect_timeout=5,
+            charset="utf8mb4",
+            conv=encoders,
+            autocommit=True,
+            init_command="SET time_zone = '+00:00'",
+            # PyMySQL upgrades to TLS when the server offers it, as PostHog's `using_ssl` asks.
+            ssl=_tls_context() if using_ssl else None,
+        )
+    except pymysql.err.OperationalError as exc:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        raise SourceError(_CONNECT_ERRORS.get(code, _FALLBACK_ERROR)) from exc
+
+
+def _tls_context() -> ssl.SSLContext:
+    """TLS without certificate checks, as PostHog's MySQL source connects with `using_ssl`."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def cancel(conn: Any, job_inputs: dict[str, Any]) -> None:
+    """Kill the connection's running query from a second connection (MySQL has no cancel key)."""
+    thread_id = conn.thread_id()
+    with connect(job_inputs) as killer, killer.cursor() as cur:
+        cur.execute(f"KILL QUERY {int(thread_id)}")
+
+
+def discover(job_inputs: dict[str, Any], only: str | None = None) -> list[Table]:
+    """Connect and list the tables (and views) of the source's database with their columns."""
+    with connect(job_inputs) as conn:
+        return discover_with(conn, schema_name(job_inputs), only)
+
+
+def discover_with(conn: Any, namespace: str, only: str | None = None) -> list[Table]:
+    """List the tables of `namespace` with their columns and primary keys."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (namespace,)
+        )
+        if cur.fetchone() is None:
+            raise SourceError(f"Schema {namespace} does not exist")
+        cur.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+            "AND (%s IS NULL OR TABLE_NAME = %s) ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            (namespace, only, only),
+        )
+        rows = cur.fetchall()
+        cur.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE "
+            "WHERE TABLE_SCHEMA = %s AND CONSTRAINT_NAME = 'PRIMARY' "
+            "AND (%s IS NULL OR TABLE_NAME = %s) ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            (namespace, only, only),
+        )
+        keys = cur.fetchall()
+    tables: dict[str, Table] = {}
+    for table, name, data_type, nullable in rows:
+        tables.setdefault(table, Table(table, [])).columns.append(
+            column(name, data_type, nullable == "YES")
+        )
+    for table, name in keys:
+        if table in tables:
+            tables[table].primary_key.append(name)
+    return list(tables.values())
+
+
+def _csv_field(value: str | bytes | None) -> str:
+    if value is None:
+        return ""  # unquoted empty: NULL (quoted empty strings stay strings)
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return '"' + text.replace('"', '""') + '"'
+
+
+def export(
+    conn: Any,
+    namespace: str,
+    table: str,
+    columns: list[Column],
+    *,
+    cursor_column: str | None,
+    cursor_value: str | None,
+    inclusive: bool,
+    path: Path,
+    cancelled: threading.Event,
+    progress: Progress,
+) -> int:
+    """Stream the table (past the cursor) into a CSV file; return the bytes written."""
+    import pymysql.cursors
+
+    select = ", ".join(c.select_expr for c in columns)
+    query = f"SELECT {select} FROM {quote(namespace)}.{quote(table)}"
+    params: tuple[str, ...] = ()
+    if cursor_column is not None and cursor_value is not None:
+        query += f" WHERE {quote(cursor_column)} {'>=' if inclusive else '>'} %s"
+        params = (cursor_value,)
+    written = rows = 0
+    # Unbuffered: rows stream from the server instead of being held in memory.
+    cur = conn.cursor(pymysql.cursors.SSCursor)
+    try:
+        cur.execute(query, params)
+        with path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as out:
+            while batch := cur.fetchmany(2000):
+                chunk = "".join(",".join(map(_csv_field, row)) + "\n" for row in batch)
+                out.write(chunk)
+                written += len(chunk)
+                rows += len(batch)
+                if cancelled.is_set():
+                    raise SyncCancelled
+                delay = progress(rows)
+                if delay:
+                    time.sleep(delay)
+    except BaseException:
+        _abandon(cur)
+        raise
+    cur.close()
+    if cancelled.is_set():
+        raise SyncCancelled
+    return written
+
+
+def _abandon(cur: Any) -> None:
+    """Drop an unfinished streaming result without reading the rest of it.
+
+    PyMySQL drains an open unbuffered result on close (and again when it is collected); after a
+    cancel that would read the whole table, or fail on a closed socket. The connection is closed
+    right after, so its unread bytes do not matter.
+    """
+    result = getattr(cur, "_result", None)
+    if result is not None:
+        result.unbuffered_active = False
+    cur.connection._result = None

@@ -1,0 +1,227 @@
+"""The `Postgres` source: credential check, table discovery and streaming a table out with COPY."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandbox.sources import Column, Progress, SourceError, SyncCancelled, Table, quote_ident
+
+if TYPE_CHECKING:
+    import psycopg
+
+NONSENSITIVE_INPUTS = ("host", "port", "database", "user", "schema")
+
+# PostHog's Postgres source turns driver errors into these messages (first match wins).
+_CONNECT_ERRORS = {
+    "password authentication failed": "Invalid user or password",
+    'role "': "Invalid user or password",
+    "could not translate host name": "Could not connect to the host",
+    "Connection refused": "Could not connect to the host on the port given",
+    'database "': "Database does not exist",
+    "timeout expired": "Connection timed out. Does your database have our IP addresses allowed?",
+}
+_FALLBACK_ERROR = "Could not connect to Postgres. Please check all connection details are valid."
+
+_INCREMENTAL_TYPES = {
+    "smallint": "integer",
+    "integer": "integer",
+    "bigint": "integer",
+    "date": "date",
+    "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamp",
+}
+_DUCK_TYPES = {
+    "smallint": "SMALLINT",
+    "integer": "INTEGER",
+    "bigint": "BIGINT",
+    "real": "FLOAT",
+    "double precision": "DOUBLE",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "timestamp without time zone": "TIMESTAMP",
+    "timestamp with time zone": "TIMESTAMPTZ",
+    "time without time zone": "TIME",
+    "uuid": "UUID",
+    "text": "VARCHAR",
+    "character varying": "VARCHAR",
+    "numeric": "DOUBLE",
+}
+
+
+def column(name: str, data_type: str, nullable: bool) -> Column:
+    """A column from its `format_type` name, with its DuckDB type and COPY expression."""
+    base = re.sub(r"\(\d+(,\d+)?\)", "", data_type).strip()
+    match = re.fullmatch(r"numeric\((\d+),(\d+)\)", data_type)
+    if match and int(match.group(1)) <= 38:
+        duck = f"DECIMAL({match.group(1)},{match.group(2)})"
+    else:
+        duck = _DUCK_TYPES.get(base, "VARCHAR")
+    ident = quote_ident(name)
+    if duck == "VARCHAR" and base not in ("text", "character varying"):
+        select = f"{ident}::text"  # arrays, json, bytea, intervals...: their text form
+    elif base == "numeric" and duck == "DOUBLE":
+        select = f"{ident}::float8"
+    else:
+        select = ident
+    return Column(name, data_type, nullable, duck, _INCREMENTAL_TYPES.get(base), select)
+
+
+def _conninfo(job_inputs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        port = int(job_inputs.get("port") or 5432)
+    except (TypeError, ValueError) as exc:
+        raise SourceError("Port must be a number") from exc
+    return {
+        "host": str(job_inputs.get("host") or ""),
+        "port": port,
+        "dbname": str(job_inputs.get("database") or ""),
+        "user": str(job_inputs.get("user") or ""),
+        "password": str(job_inputs.get("password") or ""),
+        "connect_timeout": 5,
+        "application_name": "posthog-warehouse-sandbox",
+    }
+
+
+def connect(job_inputs: dict[str, Any]) -> psycopg.Connection[Any]:
+    """Open a connection; raise SourceError with PostHog's message on failure."""
+    import psycopg
+
+    try:
+        conn = psycopg.connect(**_conninfo(job_inputs), autocommit=True)
+    except psycopg.OperationalError as exc:
+        text = str(exc)
+        for needle, message in _CONNECT_ERRORS.items():
+            if needle in text:
+                raise SourceError(message) from exc
+        raise SourceError(_FALLBACK_ERROR) from exc
+    # Text forms DuckDB parses back exactly: UTC offsets, ISO dates, round-trip floats.
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.execute("SET DateStyle = 'ISO, YMD'")
+    conn.execute("SET IntervalStyle = 'iso_8601'")
+    conn.execute("SET extra_float_digits = 3")
+    return conn
+
+
+def cancel(conn: psycopg.Connection[Any], job_inputs: dict[str, Any]) -> None:
+    """Cancel the connection's running query (called from another thread)."""
+    conn.cancel_safe(timeout=5)
+
+
+def schema_name(job_inputs: dict[str, Any]) -> str:
+    """The upstream schema the source reads (PostHog's `schema` key; `public` if blank)."""
+    return str(job_inputs.get("schema") or "public")
+
+
+def discover(job_inputs: dict[str, Any], only: str | None = None) -> list[Table]:
+    """Connect and list the tables (and views) of the source's schema with their columns."""
+    with connect(job_inputs) as conn:
+        return discover_with(conn, schema_name(job_inputs), only)
+
+
+def discover_with(
+    conn: psycopg.Connection[Any], namespace: str, only: str | None = None
+) -> list[Table]:
+    """List the tables (and views) of `namespace` with their columns and primary keys."""
+    exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (namespace,)).fetchone()
+    if exists is None:
+        raise SourceError(f"Schema {namespace} does not exist")
+    rows = conn.execute(
+        """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relkind IN ('r', 'v', 'm', 'p', 'f')
+          AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
+          AND (%s::text IS NULL OR c.relname = %s::text)
+        ORDER BY c.relname, a.attnum
+        """,
+        (namespace, only, only),
+    ).fetchall()
+    keys = conn.execute(
+        """
+        SELECT c.relname, a.attname
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+        WHERE i.indisprimary AND n.nspname = %s
+          AND (%s::text IS NULL OR c.relname = %s::text)
+        ORDER BY c.relname, array_position(i.indkey::int2[], a.attnum)
+        """,
+        (namespace, only, only),
+    ).fetchall()
+    tables: dict[str, Table] = {}
+    for relname, attname, pg_type, nullable in rows:
+        tables.setdefault(relname, Table(relname, [])).columns.append(
+            column(attname, pg_type, bool(nullable))
+        )
+    for relname, attname in keys:
+        if relname in tables:
+            tables[relname].primary_key.append(attname)
+    return list(tables.values())
+
+
+def copy_statement(
+    namespace: str,
+    table: str,
+    columns: list[Column],
+    *,
+    cursor_column: str | None = None,
+    cursor_value: str | None = None,
+    inclusive: bool = True,
+) -> str:
+    """The COPY statement streaming the selected columns as CSV, past the cursor if given."""
+    from psycopg import sql
+
+    select = ", ".join(c.select_expr for c in columns)
+    query = f"SELECT {select} FROM {quote_ident(namespace)}.{quote_ident(table)}"
+    if cursor_column is not None and cursor_value is not None:
+        op = ">=" if inclusive else ">"
+        literal = sql.Literal(cursor_value).as_string()
+        query += f" WHERE {quote_ident(cursor_column)} {op} {literal}"
+    return f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
+
+
+def export(
+    conn: psycopg.Connection[Any],
+    namespace: str,
+    table: str,
+    columns: list[Column],
+    *,
+    cursor_column: str | None,
+    cursor_value: str | None,
+    inclusive: bool,
+    path: Path,
+    cancelled: threading.Event,
+    progress: Progress,
+) -> int:
+    """Stream the table (past the cursor) into a CSV file with COPY; return the bytes written."""
+    statement = copy_statement(
+        namespace,
+        table,
+        columns,
+        cursor_column=cursor_column,
+        cursor_value=cursor_value,
+        inclusive=inclusive,
+    )
+    written = 0
+    rows = 0
+    with path.open("wb", buffering=1 << 20) as out, conn.cursor().copy(statement) as copy:
+        for data in copy:  # one row per item: libpq hands COPY data over row by row
+            out.write(data)
+            written += len(data)
+            rows += 1
+            if rows % 2000 == 0:
+                if cancelled.is_set():
+                    raise SyncCancelled
+                delay = progress(rows)
+                if delay:
+                    time.sleep(delay)
+    if cancelled.is_set():
+        raise SyncCancelled
+    return written

@@ -1,0 +1,87 @@
+"""Start and stop a sandbox: metadata store, warehouse, sync engine, scheduler and demo database."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.applications import Starlette
+
+from sandbox.api import Sandbox, build_app
+
+if TYPE_CHECKING:
+    from sandbox.engine import SyncEngine
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_TICK_SECONDS = 15.0
+
+
+@asynccontextmanager
+async def open_sandbox(
+    directory: Path,
+    *,
+    api_key: str | None = None,
+    demo: bool = True,
+    sync_delay: float = 0.0,
+    scheduler_tick: float = SCHEDULER_TICK_SECONDS,
+) -> AsyncIterator[Starlette]:
+    """Start a sandbox in `directory` and yield its ASGI app; stop everything on exit.
+
+    `api_key=None` accepts any bearer (or none). `sync_delay` slows syncs down (seconds per 2,000
+    rows) so tests can cancel or kill one midway.
+    """
+    from sandbox.engine import SyncEngine
+    from sandbox.store import Store
+    from sandbox.warehouse import Warehouse
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    store = Store(directory / "metadata.sqlite3")
+    try:
+        warehouse = await anyio.to_thread.run_sync(
+            lambda: Warehouse(directory / "warehouse.duckdb")
+        )
+    except BaseException:
+        store.close()
+        raise
+    engine = SyncEngine(store, warehouse, directory / "staging", sync_delay=sync_delay)
+    demo_server = None
+    try:
+        await anyio.to_thread.run_sync(engine.recover)
+        if demo:
+            from sandbox.demo import register_demo_source, start_demo_database
+
+            demo_server, creds = await anyio.to_thread.run_sync(
+                lambda: start_demo_database(directory)
+            )
+            await anyio.to_thread.run_sync(lambda: register_demo_source(store, creds))
+        sandbox = Sandbox(directory, store, warehouse, engine, api_key)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_schedule, engine, scheduler_tick)
+            try:
+                yield build_app(sandbox)
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(engine.shutdown)
+            await anyio.to_thread.run_sync(warehouse.close)
+            store.close()
+            if demo_server is not None:
+                await anyio.to_thread.run_sync(demo_server.stop)
+
+
+async def _schedule(engine: SyncEngine, tick: float) -> None:
+    """Start the syncs that schedules say are due, every `tick` seconds."""
+    from sandbox.store import now
+
+    while True:
+        await anyio.sleep(tick)
+        for schema in engine.due(now()):
+            logger.info("scheduled sync of %s", schema.name)
+            engine.start(schema)

@@ -1,0 +1,177 @@
+"""Metadata store: sources, schemas and jobs as JSON rows in SQLite, cached in memory."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+
+def now() -> datetime:
+    """The current UTC time."""
+    return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """Render a time the way DRF does (ISO 8601 with `Z`)."""
+    if value is None:
+        return None
+    # Fixed width (always microseconds) so that stored times also sort as strings.
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    """A new object id (PostHog uses UUIDs)."""
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Source:
+    """An external data source (`ExternalDataSource`)."""
+
+    id: str
+    source_type: str
+    prefix: str | None
+    description: str | None
+    job_inputs: dict[str, Any]
+    created_at: str
+    created_via: str = "api"
+    access_method: str = "warehouse"
+    status: str | None = None
+    revenue_analytics_config: dict[str, bool] = field(default_factory=dict)
+    deleted: bool = False
+
+
+@dataclass
+class Schema:
+    """A table of a source (`ExternalDataSchema`) and the warehouse table it syncs into."""
+
+    id: str
+    source_id: str
+    name: str
+    created_at: str
+    should_sync: bool = False
+    sync_type: str | None = None
+    incremental_field: str | None = None
+    incremental_field_type: str | None = None
+    sync_frequency: str = "6hour"
+    sync_time_of_day: str | None = None
+    primary_key_columns: list[str] | None = None
+    enabled_columns: list[str] | None = None
+    available_columns: list[dict[str, Any]] = field(default_factory=list)
+    detected_primary_keys: list[str] = field(default_factory=list)
+    status: str | None = None
+    latest_error: str | None = None
+    last_synced_at: str | None = None
+    table_id: str | None = None
+    table_name: str | None = None
+    table_columns: list[dict[str, Any]] = field(default_factory=list)
+    row_count: int | None = None
+    description: str | None = None
+    deleted: bool = False
+
+
+@dataclass
+class Job:
+    """One sync run of one schema (`ExternalDataJob`)."""
+
+    id: str
+    source_id: str
+    schema_id: str
+    created_at: str
+    status: str = "Running"
+    rows_synced: int = 0
+    finished_at: str | None = None
+    latest_error: str | None = None
+    workflow_run_id: str | None = None
+
+
+T = TypeVar("T", Source, Schema, Job)
+
+_TABLES: dict[type[Any], str] = {Source: "sources", Schema: "schemas", Job: "jobs"}
+
+
+class Store:
+    """All metadata, written through to SQLite on every change so a kill loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        # One lock for API handlers (event loop) and sync threads; every operation is short.
+        self.lock = threading.RLock()
+        self.sources: dict[str, Source] = {}
+        self.schemas: dict[str, Schema] = {}
+        self.jobs: dict[str, Job] = {}
+        for table in _TABLES.values():
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, doc TEXT)")
+        self._load(Source, self.sources)
+        self._load(Schema, self.schemas)
+        self._load(Job, self.jobs)
+
+    def _load(self, kind: type[T], into: dict[str, T]) -> None:
+        names = {f.name for f in fields(kind)}
+        for (doc,) in self._db.execute(f"SELECT doc FROM {_TABLES[kind]} ORDER BY rowid"):
+            data = {k: v for k, v in json.loads(doc).items() if k in names}
+            obj = kind(**data)
+            into[obj.id] = obj
+
+    def save(self, obj: Source | Schema | Job) -> None:
+        """Persist one object (insert or replace) and keep it in the cache."""
+        with self.lock:
+            self._db.execute(
+                f"INSERT OR REPLACE INTO {_TABLES[type(obj)]} (id, doc) VALUES (?, ?)",
+                (obj.id, json.dumps(asdict(obj))),
+            )
+            if isinstance(obj, Source):
+                self.sources[obj.id] = obj
+            elif isinstance(obj, Schema):
+                self.schemas[obj.id] = obj
+            else:
+                self.jobs[obj.id] = obj
+
+    def live_sources(self) -> list[Source]:
+        """Sources not deleted, newest first."""
+        with self.lock:
+            items = [s for s in self.sources.values() if not s.deleted]
+        return sorted(items, key=lambda s: s.created_at, reverse=True)
+
+    def source_schemas(self, source_id: str) -> list[Schema]:
+        """A source's live schemas, by name."""
+        with self.lock:
+            items = [s for s in self.schemas.values() if s.source_id == source_id and not s.deleted]
+        return sorted(items, key=lambda s: s.name)
+
+    def live_schemas(self) -> list[Schema]:
+        """All live schemas of live sources, newest first."""
+        with self.lock:
+            items = [
+                s
+                for s in self.schemas.values()
+                if not s.deleted
+                and s.source_id in self.sources
+                and not self.sources[s.source_id].deleted
+            ]
+        return sorted(items, key=lambda s: (s.created_at, s.name), reverse=True)
+
+    def schema_jobs(self, schema_id: str) -> list[Job]:
+        """A schema's jobs, newest first."""
+        with self.lock:
+            items = [j for j in self.jobs.values() if j.schema_id == schema_id]
+        return sorted(items, key=lambda j: j.created_at, reverse=True)
+
+    def source_jobs(self, source_id: str) -> list[Job]:
+        """A source's jobs, newest first."""
+        with self.lock:
+            items = [j for j in self.jobs.values() if j.source_id == source_id]
+        return sorted(items, key=lambda j: j.created_at, reverse=True)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self.lock:
+            self._db.close()

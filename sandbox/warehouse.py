@@ -1,0 +1,213 @@
+"""The DuckDB warehouse: staging loads and atomic publication of synced tables."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandbox.sources import Column, SyncCancelled, quote_ident
+
+if TYPE_CHECKING:
+    import duckdb
+
+STAGING_PREFIX = "_staging_"
+_STATE = "_sandbox_sync_state"
+
+
+class Warehouse:
+    """One read-write DuckDB connection for the process; sync threads use cursors of it."""
+
+    def __init__(self, path: Path, *, memory_limit: str = "256MB") -> None:
+        import duckdb
+
+        self.path = path
+        try:
+            self._con = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            raise RuntimeError(
+                f"{path} is in use by another process: a sandbox directory serves one process "
+                "at a time (stop the other sandbox or use another --dir)"
+            ) from exc
+        # Bounded memory: the sandbox's peak during a 1M-row sync must stay well under 500 MB.
+        self._con.execute(f"SET memory_limit = '{memory_limit}'")
+        self._con.execute("SET preserve_insertion_order = false")
+        # DuckDB resolves concurrent writers optimistically and aborts on conflict; one writer at a
+        # time keeps every publication deterministic, and the slow part (COPY) runs outside it.
+        self.write_lock = threading.Lock()
+        self._con.execute(
+            f"CREATE TABLE IF NOT EXISTS {_STATE} "
+            "(schema_id VARCHAR PRIMARY KEY, table_name VARCHAR, cursor_value VARCHAR)"
+        )
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection handle for one thread."""
+        return self._con.cursor()
+
+    def drop_leftover_staging(self) -> list[str]:
+        """Drop staging tables left by a sync that was killed; its published table is untouched."""
+        with self.write_lock:
+            cur = self.cursor()
+            names = [
+                row[0]
+                for row in cur.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE starts_with(table_name, ?)",
+                    [STAGING_PREFIX],
+                ).fetchall()
+            ]
+            for name in names:
+                cur.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+        return names
+
+    def table_exists(self, name: str) -> bool:
+        """Whether a published table exists."""
+        cur = self.cursor()
+        row = cur.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
+            [name],
+        ).fetchone()
+        return bool(row and row[0])
+
+    def count(self, name: str) -> int:
+        """Rows in a published table."""
+        row = self.cursor().execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()
+        return int(row[0]) if row else 0
+
+    def cursor_value(self, schema_id: str) -> str | None:
+        """The incremental cursor saved with the schema's last publication."""
+        row = (
+            self.cursor()
+            .execute(f"SELECT cursor_value FROM {_STATE} WHERE schema_id = ?", [schema_id])
+            .fetchone()
+        )
+        return None if row is None else row[0]
+
+    def load_staging(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        csv_path: Path,
+        staging: str,
+        columns: list[Column],
+        cancelled: threading.Event,
+    ) -> int:
+        """Load a COPY CSV file into a new staging table; return its row count."""
+        if cancelled.is_set():
+            raise SyncCancelled
+        types = ", ".join(f"{_sql_str(c.name)}: {_sql_str(c.duck_type)}" for c in columns)
+        cur.execute(
+            f"CREATE TABLE {quote_ident(staging)} AS SELECT * FROM read_csv(?, header = false, "
+            f"auto_detect = false, columns = {{{types}}}, quote = '\"', escape = '\"', "
+            "allow_quoted_nulls = false, new_line = '\\n')",
+            [str(csv_path)],
+        )
+        row = cur.execute(f"SELECT count(*) FROM {quote_ident(staging)}").fetchone()
+        return int(row[0]) if row else 0
+
+    def publish(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        *,
+        schema_id: str,
+        staging: str,
+        final: str,
+        mode: str,
+        primary_key: list[str],
+        cursor_column: str | None,
+    ) -> str | None:
+        """Move staged rows into the published table in one transaction; return the new cursor.
+
+        `full_refresh` swaps the table, `incremental` merges on the primary key, `append` inserts.
+        """
+        stg, fin = quote_ident(staging), quote_ident(final)
+        new_cursor: str | None = None
+        if cursor_column is not None:
+            row = cur.execute(
+                f"SELECT max({quote_ident(cursor_column)})::VARCHAR FROM {stg}"
+            ).fetchone()
+            new_cursor = row[0] if row else None
+        if new_cursor is None:
+            new_cursor = self.cursor_value(schema_id) if mode != "full_refresh" else None
+        exists = self.table_exists(final)
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            if mode == "full_refresh" or not exists:
+                cur.execute(f"DROP TABLE IF EXISTS {fin}")
+                if mode == "incremental" and primary_key:
+                    cur.execute(f"CREATE TABLE {fin} AS {_dedupe(stg, primary_key, cursor_column)}")
+                    cur.execute(f"DROP TABLE {stg}")
+                else:
+                    cur.execute(f"ALTER TABLE {stg} RENAME TO {fin}")
+            else:
+                self._add_new_columns(cur, stg, fin)
+                if mode == "incremental" and primary_key:
+                    match = " AND ".join(
+                        f"{fin}.{quote_ident(k)} IS NOT DISTINCT FROM {stg}.{quote_ident(k)}"
+                        for k in primary_key
+                    )
+                    cur.execute(f"DELETE FROM {fin} USING {stg} WHERE {match}")
+                    source = _dedupe(stg, primary_key, cursor_column)
+                else:
+                    source = f"SELECT * FROM {stg}"
+                cur.execute(f"INSERT INTO {fin} BY NAME {source}")
+                cur.execute(f"DROP TABLE {stg}")
+            cur.execute(
+                f"INSERT OR REPLACE INTO {_STATE} VALUES (?, ?, ?)", [schema_id, final, new_cursor]
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return new_cursor
+
+    def _add_new_columns(self, cur: duckdb.DuckDBPyConnection, stg: str, fin: str) -> None:
+        """Columns that appeared upstream since the last sync are added to the published table."""
+
+        def describe(name: str) -> dict[str, str]:
+            return {r[0]: r[1] for r in cur.execute(f"DESCRIBE {name}").fetchall()}
+
+        existing = describe(fin)
+        for name, dtype in describe(stg).items():
+            if name not in existing:
+                cur.execute(f"ALTER TABLE {fin} ADD COLUMN {quote_ident(name)} {dtype}")
+
+    def drop_staging(self, cur: duckdb.DuckDBPyConnection, staging: str) -> None:
+        """Drop a staging table if it exists."""
+        cur.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}")
+
+    def drop_table(self, schema_id: str, name: str | None) -> None:
+        """Drop a published table and forget its cursor (delete_data, resync, destroy)."""
+        with self.write_lock:
+            cur = self.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            if name:
+                cur.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+            cur.execute(f"DELETE FROM {_STATE} WHERE schema_id = ?", [schema_id])
+            cur.execute("COMMIT")
+
+    def columns(self, name: str) -> list[tuple[str, str]]:
+        """Name and DuckDB type of each column of a published table."""
+        return [
+            (r[0], r[1]) for r in self.cursor().execute(f"DESCRIBE {quote_ident(name)}").fetchall()
+        ]
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query (tests and benchmarks)."""
+        return self.cursor().execute(sql, params or []).fetchall()
+
+    def close(self) -> None:
+        """Checkpoint and close the database file."""
+        with self.write_lock:
+            self._con.execute("CHECKPOINT")
+            self._con.close()
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _dedupe(stg: str, primary_key: list[str], cursor_column: str | None) -> str:
+    keys = ", ".join(quote_ident(k) for k in primary_key)
+    order = f" ORDER BY {quote_ident(cursor_column)} DESC" if cursor_column else ""
+    return f"SELECT * FROM {stg} QUALIFY row_number() OVER (PARTITION BY {keys}{order}) = 1"
