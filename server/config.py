@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         """Whether a tool is listed and callable under read-only, toolsets and tools filters."""
         if self.read_only and not row.is_read_only:
             return False
-        if self.tools and row.name not in self.tools:
+        if self.tools and not {row.name, *row.aliases} & set(self.tools):
             return False
         return not (self.toolsets and row.toolset not in self.toolsets)
 

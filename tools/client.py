@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import stamina
 
@@ -19,10 +20,14 @@ from tools.errors import (
     TransportError,
     error_from_response,
 )
+from tools.redact import collect_secrets, scrub
 
 log = logging.getLogger("posthog_warehouse_mcp.http")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# PostHog's answers nest a few levels (source > schemas > table > columns); far deeper JSON
+# would only exhaust the recursion of validation and serialisation further down.
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -81,13 +86,14 @@ class PostHogClient:
             return await self._send(method, path, query, json_body, api_key, what)
 
         def should_retry(exc: Exception) -> bool | float:
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, RateLimited | ServerError):
+                if exc.status not in RETRY_STATUSES:
+                    return False
                 if exc.retry_after is None:
                     return True
-                # Honour Retry-After, but never wait longer than the whole retry budget.
+                # Honour Retry-After (429, or a 503 during maintenance), but never wait longer
+                # than the whole retry budget: the error then says how long to wait.
                 return exc.retry_after if exc.retry_after <= self.retry.total_wait else False
-            if isinstance(exc, ServerError):
-                return exc.status in RETRY_STATUSES
             return isinstance(exc, TransportError)
 
         async for attempt in stamina.retry_context(
@@ -111,24 +117,41 @@ class PostHogClient:
         what: str,
     ) -> Reply:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        # Credentials this request carries: an answer that echoes the request must not show them.
+        secrets = [*collect_secrets(json_body or {}), *collect_secrets(query or {}), api_key or ""]
+        # httpx's timeouts bound each network operation; a body that trickles in byte by byte
+        # never trips them, so the whole exchange also gets one deadline.
+        deadline = self.http.timeout.read
         try:
-            request = self.http.build_request(
-                method, path, params=query, json=json_body, headers=headers
-            )
-            response = await self.http.send(request, stream=True)
-            try:
-                content = await self._read_capped(response)
-            finally:
-                await response.aclose()
-        except httpx.TimeoutException as exc:
+            with anyio.fail_after(deadline):
+                request = self.http.build_request(
+                    method, path, params=query, json=json_body, headers=headers
+                )
+                response = await self.http.send(request, stream=True)
+                try:
+                    content = await self._read_capped(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
             raise TransportError(
-                f"{what}: PostHog did not answer within the timeout "
-                f"({type(exc).__name__}). Try again, or raise POSTHOG_TIMEOUT."
+                f"{what}: PostHog did not finish answering within the timeout ({deadline:g} s)."
+                f"{_maybe_applied(method, None)} Try again, or raise POSTHOG_TIMEOUT."
             ) from None
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(
                 f"{what}: could not reach {self.http.base_url.host or 'PostHog'} "
                 f"({type(exc).__name__}). Check POSTHOG_HOST and the network."
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise TransportError(
+                f"{what}: PostHog did not answer within the timeout ({type(exc).__name__})."
+                f"{_maybe_applied(method, exc)} Try again, or raise POSTHOG_TIMEOUT."
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"{what}: the connection to {self.http.base_url.host or 'PostHog'} broke before "
+                f"PostHog finished answering ({type(exc).__name__}).{_maybe_applied(method, exc)} "
+                "Check POSTHOG_HOST and the network."
             ) from None
         log.debug("%s -> %s (%d bytes)", what, response.status_code, len(content))
         for header in ("deprecation", "sunset"):
@@ -138,17 +161,24 @@ class PostHogClient:
             raise error_from_response(
                 httpx.Response(response.status_code, headers=response.headers, content=content),
                 what=what,
+                secrets=secrets,
             )
         if not content.strip():
             return Reply(response.status_code, None)
         try:
-            return Reply(response.status_code, json.loads(content))
-        except ValueError:
+            body = json.loads(content)
+        except (ValueError, RecursionError):
             raise MalformedResponse(
                 f"{what}: PostHog answered {response.status_code} with a body that is not "
                 "JSON. Check that POSTHOG_HOST points at PostHog's app host (not a proxy or "
                 "the ingestion host)."
             ) from None
+        if _depth_exceeds(body, MAX_JSON_DEPTH):
+            raise MalformedResponse(
+                f"{what}: PostHog answered with JSON nested more than {MAX_JSON_DEPTH} levels "
+                "deep, which PostHog never sends. Check that POSTHOG_HOST points at PostHog."
+            )
+        return Reply(response.status_code, scrub(body, secrets))
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         chunks: list[bytes] = []
@@ -163,6 +193,31 @@ class PostHogClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _maybe_applied(method: str, exc: Exception | None) -> str:
+    """A warning for a change whose request may have reached PostHog before the failure."""
+    if method == "GET" or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ""
+    if isinstance(exc, httpx.PoolTimeout):
+        return ""  # never left this process
+    return (
+        " The request may have reached PostHog: check with a list or retrieve call before "
+        "sending it again."
+    )
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def build_http_client(

@@ -51,6 +51,8 @@ def validate(row: Endpoint, arguments: Mapping[str, Any] | None) -> BaseModel:
                 problems.append(f"{where}: required")
             else:
                 problems.append(f"{where}: {error['msg']}")
+        if len(problems) > 10:
+            problems = [*problems[:10], f"and {len(problems) - 10} more problems"]
         raise ArgumentError(
             f"Invalid arguments for {row.name}; nothing was sent. " + "; ".join(problems) + "."
         ) from None

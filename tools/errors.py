@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import httpx
@@ -115,9 +115,28 @@ class RateLimited(APIError):
 
 
 class ServerError(APIError):
-    """5xx: PostHog (or a proxy in front of it) failed."""
+    """5xx: PostHog (or a proxy in front of it) failed; a 503 may carry ``retry_after``."""
 
     hint = "This is on PostHog's side; nothing was changed by a failed read. Try again shortly."
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        attr: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, attr=attr, code=code)
+        self.retry_after = retry_after
+
+    def describe(self) -> str:
+        """Status, message and hint, with the wait PostHog asked for if it sent Retry-After."""
+        text = super().describe()
+        if self.retry_after is None:
+            return text
+        return f"{text} PostHog asked to retry after {self.retry_after:g} seconds."
 
 
 class TransportError(PostHogError):
@@ -172,12 +191,18 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return None
 
 
-def error_from_response(response: httpx.Response, *, what: str) -> APIError:
-    """Build the error for a non-2xx ``response`` to the request described by ``what``."""
+def error_from_response(
+    response: httpx.Response, *, what: str, secrets: Iterable[str] = ()
+) -> APIError:
+    """Build the error for a non-2xx ``response`` to the request described by ``what``.
+
+    ``secrets`` are literal values the request carried (the caller's credentials); an answer
+    that echoes the request has them, and every credential-named key's value, redacted.
+    """
     status = response.status_code
     try:
         body: Any = json.loads(response.content) if response.content else None
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     message, attr, code = body_message(body)
     if message is None:
@@ -187,10 +212,14 @@ def error_from_response(response: httpx.Response, *, what: str) -> APIError:
             message = f"non-JSON error page from {what}" + (f": {snippet}" if snippet else "")
         else:
             message = f"{what} failed"
-    message = redact_text(message)
+    message = redact_text(message, extra=secrets)
     if status == 404 and message in ("Not found.", f"{what} failed"):
         message = f"{what}: not found. Check the id (list sources or schemas to find it)"
     if status == 429:
         return RateLimited(message, status=status, retry_after=retry_after_seconds(response))
-    cls = STATUS_ERRORS.get(status, ServerError if status >= 500 else BadRequest)
+    if status >= 500:
+        return ServerError(
+            message, status=status, attr=attr, code=code, retry_after=retry_after_seconds(response)
+        )
+    cls = STATUS_ERRORS.get(status, BadRequest)
     return cls(message, status=status, attr=attr, code=code)

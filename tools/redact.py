@@ -67,16 +67,59 @@ def collect_secrets(value: Any) -> list[str]:
     return found
 
 
+def scrub(value: Any, secrets: Iterable[str]) -> Any:
+    """Return ``value`` with every literal occurrence of ``secrets`` replaced, recursively."""
+    wanted = [s for s in secrets if s and len(s) >= 4]
+    if not wanted:
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, wanted) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, wanted) for v in value]
+    if isinstance(value, str):
+        for secret in wanted:
+            value = value.replace(secret, REDACTED)
+    return value
+
+
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
 _PHX = re.compile(r"\bph[xc]_[A-Za-z0-9]{6,}")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+# A credential-named key followed by its value, as an echoed request shows it: JSON
+# ("password": "x"), a Python repr ('password': 'x'), a query string or header (token=x).
+_SECRET_NAME = "|".join(part.replace("_", "[_-]?") for part in SECRET_KEY_PARTS)
+_SECRET_PAIR = re.compile(
+    rf"""(?ix)
+    (?P<key>(?P<q>["']?)(?<![a-z0-9_-])[a-z0-9_-]{{0,40}}?(?:{_SECRET_NAME})[a-z0-9_-]{{0,40}}
+      (?P=q)\s*[:=]\s*)
+    (?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s"'{{\[,;&}}\]()<>][^\s,;&}}\]()<>]*)
+    """
+)
+_HINTS = ("pass", "secret", "key", "token", "auth", "credential", "connection")
+
+
+def _may_name_a_secret(text: str) -> bool:
+    if ":" not in text and "=" not in text:
+        return False
+    lowered = text.lower()
+    return any(hint in lowered for hint in _HINTS)
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    value = match["value"]
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{match['key']}{quote}{REDACTED}{quote}"
 
 
 def redact_text(text: str, *, extra: Iterable[str] = ()) -> str:
-    """Remove known secrets, bearer tokens, PostHog keys and URL passwords from ``text``."""
+    """Remove known secrets, bearer tokens, PostHog keys, URL passwords and the values of
+    credential-named keys (``"password": "..."``, ``token=...``) from ``text``."""
     for secret in (*_known_secrets, *extra):
         if secret and len(secret) >= 4 and secret in text:
             text = text.replace(secret, REDACTED)
     text = _BEARER.sub(rf"\1{REDACTED}", text)
     text = _PHX.sub(REDACTED, text)
-    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    if not _may_name_a_secret(text):
+        return text  # the common case, and much cheaper than the pattern on big results
+    return _SECRET_PAIR.sub(_redact_pair, text)

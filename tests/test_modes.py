@@ -1,0 +1,293 @@
+"""Read-only mode, toolsets and the tool allow-list decide what is listed and what may be sent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client, StdioServerParameters
+
+from server.app import create_server
+from server.config import Settings
+from tests.conftest import CANARY_KEY, MODES, Recorder, connect
+from tests.loopback import serve
+from tests.test_calls import CASES
+from tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
+
+pytestmark = pytest.mark.anyio
+
+READ_ONLY = {
+    "external-data-sources-list",
+    "external-data-sources-retrieve",
+    "external-data-sources-jobs",
+    "external-data-schemas-list",
+    "external-data-schemas-retrieve",
+    "external-data-schemas-incremental-fields-create",
+}
+DESTRUCTIVE = {
+    "external-data-sources-destroy",
+    "external-data-sources-delete-webhook-create",
+    "external-data-schemas-destroy",
+    "external-data-schemas-delete-data",
+    "external-data-schemas-resync",
+}
+WRITES = [row for row in ENDPOINTS if row.name not in READ_ONLY]
+
+
+def names(tools: Any) -> set[str]:
+    return {t.name for t in tools}
+
+
+def text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+def answering(tool: str) -> Recorder:
+    recorder = Recorder()
+    recorder.answer_as(BY_NAME[tool])
+    return recorder
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without the developer's POSTHOG_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
+    return {**env, **extra}
+
+
+def test_the_table_marks_exactly_the_expected_tools() -> None:
+    assert {row.name for row in ENDPOINTS if row.is_read_only} == READ_ONLY
+    assert {row.name for row in ENDPOINTS if row.is_destructive} == DESTRUCTIVE
+
+
+@MODES
+async def test_read_only_lists_only_read_only_tools(mode: str) -> None:
+    async with connect(Recorder(), mode=mode, read_only=True) as client:
+        tools = (await client.list_tools()).tools
+    assert names(tools) == READ_ONLY
+    assert all(t.annotations and t.annotations.read_only_hint for t in tools)
+
+
+@MODES
+async def test_read_only_refuses_every_other_tool_and_its_aliases_without_sending(
+    mode: str,
+) -> None:
+    recorder = Recorder()
+    async with connect(recorder, mode=mode, read_only=True) as client:
+        for row in WRITES:
+            for name in (row.name, *row.aliases):
+                result = await client.call_tool(name, CASES[row.name][0])
+                assert result.is_error is True, name
+                message = text(result)
+                assert message.startswith(f"{row.name} changes data and the server runs read-only")
+                assert "nothing was sent" in message
+                assert "--read-only" in message
+    assert recorder.seen == []
+
+
+@MODES
+async def test_read_only_still_allows_every_read_only_tool(mode: str) -> None:
+    for name in sorted(READ_ONLY):
+        recorder = answering(name)
+        async with connect(recorder, mode=mode, read_only=True) as client:
+            result = await client.call_tool(name, CASES[name][0])
+        assert result.is_error is False, text(result)
+        assert [s.method for s in recorder.seen] == [BY_NAME[name].method]
+
+
+@pytest.mark.parametrize("toolset", TOOLSETS)
+async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str) -> None:
+    expected = {row.name for row in ENDPOINTS if row.toolset == toolset}
+    recorder = Recorder()
+    async with connect(recorder, toolsets=[toolset]) as client:
+        listed = names((await client.list_tools()).tools)
+        outside = [row for row in ENDPOINTS if row.toolset != toolset]
+        for row in outside:
+            result = await client.call_tool(row.name, CASES[row.name][0])
+            assert result.is_error is True
+            assert "not enabled on this server" in text(result)
+            assert f"toolset '{row.toolset}'" in text(result)
+    assert listed == expected
+    assert recorder.seen == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"toolsets": ["sources", "webhooks"]},
+            {
+                "external-data-sources-list",
+                "external-data-sources-create",
+                "external-data-sources-retrieve",
+                "external-data-sources-partial-update",
+                "external-data-sources-destroy",
+                "external-data-sources-create-webhook-create",
+                "external-data-sources-delete-webhook-create",
+            },
+        ),
+        ({"read_only": True, "toolsets": ["sync"]}, {"external-data-sources-jobs"}),
+        (
+            {"read_only": True, "toolsets": ["schemas", "sync"]},
+            {
+                "external-data-sources-jobs",
+                "external-data-schemas-list",
+                "external-data-schemas-retrieve",
+                "external-data-schemas-incremental-fields-create",
+            },
+        ),
+        (
+            {"tools": ["external-data-sources-list", "external-data-schemas-resync"]},
+            {"external-data-sources-list", "external-data-schemas-resync"},
+        ),
+        (
+            {
+                "read_only": True,
+                "tools": ["external-data-sources-list", "external-data-schemas-resync"],
+            },
+            {"external-data-sources-list"},
+        ),
+        (
+            {
+                "toolsets": ["sources"],
+                "tools": ["external-data-sources-list", "external-data-schemas-resync"],
+            },
+            {"external-data-sources-list"},
+        ),
+        ({"read_only": True, "toolsets": ["webhooks", "revenue"]}, set()),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+async def test_filters_combine_as_an_intersection(
+    overrides: dict[str, Any], expected: set[str]
+) -> None:
+    recorder = Recorder()
+    async with connect(recorder, **overrides) as client:
+        listed = names((await client.list_tools()).tools)
+        # Everything not listed is refused before any request.
+        for row in ENDPOINTS:
+            if row.name not in listed:
+                result = await client.call_tool(row.name, CASES[row.name][0])
+                assert result.is_error is True and "nothing was sent" in text(result)
+    assert listed == expected
+    assert recorder.seen == []
+
+
+async def test_an_alias_in_the_tool_allow_list_enables_its_tool() -> None:
+    async with connect(Recorder(), tools=["external-data-schemas-cancel-create"]) as client:
+        listed = names((await client.list_tools()).tools)
+    assert listed == {"external-data-schemas-cancel"}
+
+
+async def test_environment_variables_set_the_same_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("POSTHOG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("POSTHOG_ENVIRONMENT_ID", "42")
+    monkeypatch.setenv("POSTHOG_READ_ONLY", "1")
+    monkeypatch.setenv("POSTHOG_TOOLSETS", "sources, schemas")
+    monkeypatch.setenv("POSTHOG_TOOLS", "external-data-sources-list,external-data-sources-destroy")
+    config = Settings()
+    recorder = Recorder()
+    server = create_server(config, transport=httpx.ASGITransport(app=recorder.app()))
+    async with Client(server, mode="legacy") as client:  # type: ignore[arg-type]
+        listed = names((await client.list_tools()).tools)
+        refused = await client.call_tool(
+            "external-data-sources-destroy", CASES["external-data-sources-destroy"][0]
+        )
+    assert listed == {"external-data-sources-list"}
+    assert refused.is_error is True and "read-only" in text(refused)
+    assert recorder.seen == []
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--read-only", "--toolsets", "sync,schemas"], {}),
+        ([], {"POSTHOG_READ_ONLY": "1", "POSTHOG_TOOLSETS": "sync,schemas"}),
+    ],
+    ids=["flags", "env"],
+)
+async def test_stdio_server_applies_read_only_and_toolsets(
+    args: list[str], env: dict[str, str]
+) -> None:
+    recorder = Recorder()
+    async with serve(recorder.app()) as upstream:
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "server", "--posthog-host", upstream, "--environment-id", "42", *args],
+            env=clean_env(POSTHOG_PERSONAL_API_KEY=CANARY_KEY, **env),
+        )
+        async with Client(params, mode="legacy") as client:
+            listed = names((await client.list_tools()).tools)
+            refused = await client.call_tool(
+                "external-data-schemas-resync", CASES["external-data-schemas-resync"][0]
+            )
+    assert listed == {
+        "external-data-sources-jobs",
+        "external-data-schemas-list",
+        "external-data-schemas-retrieve",
+        "external-data-schemas-incremental-fields-create",
+    }
+    assert refused.is_error is True and "read-only" in text(refused)
+    assert recorder.seen == []
+
+
+UNKNOWN_NAMES: dict[str, tuple[list[str], dict[str, str], list[str]]] = {
+    "toolsets flag": (["--toolsets", "nope"], {}, ["nope", *TOOLSETS]),
+    "toolsets mixed": (["--toolsets", "sources,nope,sync"], {}, ["nope", *TOOLSETS]),
+    "toolsets env": ([], {"POSTHOG_TOOLSETS": "nope"}, ["nope", *TOOLSETS]),
+    "tools flag": (
+        ["--tools", "external-data-sources-lst"],
+        {},
+        ["external-data-sources-lst", *(row.name for row in ENDPOINTS)],
+    ),
+}
+
+
+async def test_unknown_names_are_a_startup_error_naming_the_valid_values() -> None:
+    done: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+    async def start(case: str) -> None:
+        argv, env, _ = UNKNOWN_NAMES[case]
+        done[case] = await anyio.run_process(
+            [sys.executable, "-m", "server", *argv], env=clean_env(**env), check=False
+        )
+
+    # The cases run side by side: each is a cold Python start.
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for case in UNKNOWN_NAMES:
+                tg.start_soon(start, case)
+    for case, (_, _, must_name) in UNKNOWN_NAMES.items():
+        process = done[case]
+        stderr = process.stderr.decode()
+        assert process.returncode == 2, (case, stderr)
+        assert process.stdout == b"", case
+        first_line = stderr.strip().splitlines()[0]
+        assert first_line.startswith("posthog-warehouse-mcp: Unknown tool"), case
+        for name in must_name:
+            assert name in first_line, (case, name)
+        assert "Traceback" not in stderr, case
+
+
+@MODES
+async def test_destructive_tools_carry_a_one_line_warning_first(mode: str) -> None:
+    async with connect(Recorder(), mode=mode) as client:
+        tools = (await client.list_tools()).tools
+    assert "\n" not in DESTRUCTIVE_WARNING
+    assert DESTRUCTIVE_WARNING.startswith("DESTRUCTIVE:")
+    assert "confirm with the user" in DESTRUCTIVE_WARNING
+    for tool in tools:
+        description = tool.description or ""
+        warned = description.startswith(DESTRUCTIVE_WARNING)
+        assert warned is (tool.name in DESTRUCTIVE), tool.name
+        assert description.count("DESTRUCTIVE") == int(warned), tool.name
+        assert tool.annotations is not None
+        assert tool.annotations.destructive_hint is (tool.name in DESTRUCTIVE), tool.name
+    assert len(tools) == len(ENDPOINTS)
