@@ -30,7 +30,7 @@ from benchmarks.upstream import SOURCE_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SEQUENTIAL = 200
+SEQUENTIAL = int(os.environ.get("BENCH_SEQ", "200"))
 CONCURRENT = 100
 
 
@@ -177,6 +177,7 @@ async def main(runs: int) -> None:
             "floor": [],
             "httpx": [],
             "ours": [],
+            "reference": [],
             "sandbox": [],
         }
         for _ in range(runs):
@@ -184,6 +185,14 @@ async def main(runs: int) -> None:
                 await run_server([PY, "-m", "benchmarks.floor_server"], env, "noop", {})
             )
             results["httpx"].append(await raw_httpx(url))
+            results["reference"].append(
+                await run_server(
+                    [PY, "-m", "benchmarks.floor_httpx_server"],
+                    env,
+                    "external-data-sources-retrieve",
+                    {"id": SOURCE_ID},
+                )
+            )
             retrieve = {"id": SOURCE_ID}
             results["ours"].append(
                 await run_server(ours_argv, env, "external-data-sources-retrieve", retrieve)
@@ -206,6 +215,10 @@ async def main(runs: int) -> None:
         (f"{CONCURRENT} concurrent tools/call", floor_conc, med("ours", "concurrent"), "x", 1.3),
         ("resident memory (MB)", med("floor", "rss"), med("ours", "rss"), "+MB", 25.0),
     ]
+    reference = [
+        ("sequential p50 vs reference", med("reference", "p50"), med("ours", "p50")),
+        ("100 concurrent vs reference", med("reference", "concurrent"), med("ours", "concurrent")),
+    ]
     print(f"median of {runs} runs; {SEQUENTIAL} sequential calls per run")
     print(f"{'figure':<30}{'floor':>10}{'ours':>10}{'result':>10}{'target':>10}  ")
     for name, floor, ours, kind, target in rows:
@@ -219,6 +232,10 @@ async def main(runs: int) -> None:
             shown, goal = f"+{value:.1f}", f"<=+{target:.0f}"
             f_s, o_s = f"{floor:.1f}", f"{ours:.1f}"
         print(f"{name:<30}{f_s:>10}{o_s:>10}{shown:>10}{goal:>10}  {'met' if met else 'MISSED'}")
+    print()
+    print("reference: the floor server whose tool makes the same httpx request (no target)")
+    for name, ref, ours in reference:
+        print(f"{name:<30}{ref * 1000:>8.2f}ms{ours * 1000:>8.2f}ms{ours / ref:>9.2f}x")
 
 
 async def cold_start_sandbox(argv: list[str], env: dict[str, str], tmp: str) -> dict[str, float]:

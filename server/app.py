@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
@@ -16,7 +15,6 @@ from server import __version__
 from server.config import Settings, bearer
 from server.prompts import BY_NAME as PROMPTS_BY_NAME
 from server.prompts import PROMPTS
-from tools.client import PostHogClient, build_http_client
 from tools.dispatch import ArgumentError, run, validate
 from tools.errors import PostHogError
 from tools.output import cap, dumps
@@ -24,6 +22,11 @@ from tools.redact import redact_text, remember_secrets
 from tools.schema import json_schema
 from tools.table import ENDPOINTS, Endpoint, lookup
 from tools.waiting import Call
+
+if TYPE_CHECKING:
+    import httpx
+
+    from tools.client import PostHogClient
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -71,11 +74,40 @@ def error_result(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
 
 
+class LazyClient:
+    """The adapter, built at the first tool call: answering tools/list never waits for httpx."""
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None) -> None:
+        self.settings = settings
+        self.transport = transport
+        self._client: PostHogClient | None = None
+
+    def get(self) -> PostHogClient:
+        """The pooled adapter, created on first use."""
+        if self._client is None:
+            from tools.client import PostHogClient, build_http_client
+
+            http = build_http_client(
+                base_url=self.settings.base_url,
+                api_key=self.settings.api_key,
+                timeout=self.settings.timeout,
+                user_agent=USER_AGENT,
+                transport=self.transport,
+            )
+            self._client = PostHogClient(http)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the pool, if it was ever opened."""
+        if self._client is not None:
+            await self._client.http.aclose()
+
+
 @asynccontextmanager
 async def open_client(
     settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
-) -> AsyncIterator[PostHogClient]:
-    """Open the pooled adapter (and the in-process sandbox, if configured) for a lifetime.
+) -> AsyncIterator[LazyClient]:
+    """Hold the adapter (and run the in-process sandbox, if configured) for a lifetime.
 
     ``transport`` replaces the network (tests inject ``httpx.ASGITransport``).
     """
@@ -86,23 +118,16 @@ async def open_client(
 
             sandbox = SandboxTransport(settings.sandbox_dir, demo=settings.demo)
             backend = await stack.enter_async_context(sandbox.running())
-        http = await stack.enter_async_context(
-            build_http_client(
-                base_url=settings.base_url,
-                api_key=settings.api_key,
-                timeout=settings.timeout,
-                user_agent=USER_AGENT,
-                transport=backend,
-            )
-        )
-        yield PostHogClient(http)
+        lazy = LazyClient(settings, backend)
+        stack.push_async_callback(lazy.aclose)
+        yield lazy
 
 
 def create_server(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
-    client: PostHogClient | None = None,
+    client: PostHogClient | LazyClient | None = None,
 ) -> Server[dict[str, Any]]:
     """Build the low-level MCP server.
 
@@ -161,7 +186,8 @@ def create_server(
                 "POSTHOG_PERSONAL_API_KEY to a key with the external_data_source:read and "
                 ":write scopes, or run with --sandbox to try the server locally."
             )
-        client: PostHogClient = ctx.lifespan_context["client"]
+        held = ctx.lifespan_context["client"]
+        client: PostHogClient = held.get() if isinstance(held, LazyClient) else held
         try:
             call = Call(args, client, settings.base_path(), api_key, ctx.session.report_progress)
             result = await run(row, call)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(sandbox_main(argv[1:]))
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
+    # SIGTERM (how hosts and service managers stop a server) unwinds like Ctrl-C, so the
+    # sandbox and its embedded PostgreSQL shut down instead of being left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         settings = _settings(args)
         settings.check()

@@ -2,6 +2,8 @@
 
 ``tools/list`` must answer at once, while the sandbox (DuckDB, an embedded PostgreSQL)
 takes seconds to start; so the sandbox starts in the background and tool calls wait for it.
+It starts at the first tool call or after a short grace period, whichever comes first, so its
+imports do not compete with the client's handshake and ``tools/list`` for the interpreter.
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ DEFAULT_SANDBOX_DIR = Path.home() / ".posthog-warehouse-mcp" / "sandbox"
 class SandboxTransport(httpx.AsyncBaseTransport):
     """Routes requests into the sandbox's ASGI app once it has started."""
 
-    def __init__(self, directory: Path | None, *, demo: bool, startup_timeout: float = 180.0):
+    def __init__(
+        self,
+        directory: Path | None,
+        *,
+        demo: bool,
+        startup_timeout: float = 180.0,
+        grace: float = 0.5,
+    ):
         self.directory = directory or DEFAULT_SANDBOX_DIR
         self.demo = demo
         self.startup_timeout = startup_timeout
+        self.grace = grace
+        self._wanted = anyio.Event()
         self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._inner: httpx.AsyncBaseTransport | None = None
@@ -42,6 +53,8 @@ class SandboxTransport(httpx.AsyncBaseTransport):
                 self._stop.set()
 
     async def _serve(self) -> None:
+        with anyio.move_on_after(self.grace):
+            await self._wanted.wait()
         try:
             from sandbox import open_sandbox
         except ImportError:
@@ -70,6 +83,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Wait for the sandbox, then hand the request to its ASGI app."""
+        self._wanted.set()
         with anyio.move_on_after(self.startup_timeout):
             await self._ready.wait()
         if not self._ready.is_set():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,12 +137,28 @@ def http_app(server: Server[Any], options: HttpOptions, *, kind: str) -> ASGIApp
     return app
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn that does not re-raise SIGTERM/SIGINT after its graceful shutdown.
+
+    It re-sends the signal once ``serve()`` returns, which would kill the process before the
+    sandbox (and its embedded PostgreSQL) is shut down by the code around ``serve()``.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
 async def serve_http(app: ASGIApp, options: HttpOptions) -> None:
-    """Run ``app`` with uvicorn until cancelled."""
+    """Run ``app`` with uvicorn until interrupted."""
     config = uvicorn.Config(
         app, host=options.host, port=options.port, log_level="warning", lifespan="on"
     )
-    await uvicorn.Server(config).serve()
+    await _Uvicorn(config).serve()
 
 
 __all__ = ["HttpOptions", "http_app", "serve_http"]

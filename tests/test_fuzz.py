@@ -87,6 +87,8 @@ def resolve(node: Mapping[str, Any], defs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def types_of(node: Mapping[str, Any]) -> list[str]:
+    if "anyOf" in node:
+        return [kind for branch in node["anyOf"] for kind in types_of(branch)]
     kind = node.get("type", [])
     return [kind] if isinstance(kind, str) else list(kind)
 
@@ -94,6 +96,9 @@ def types_of(node: Mapping[str, Any]) -> list[str]:
 def valid_value(node: Mapping[str, Any], defs: Mapping[str, Any]) -> st.SearchStrategy[Any]:
     """Values the schema ``node`` allows."""
     node = resolve(node, defs)
+    if "anyOf" in node:
+        siblings = {k: v for k, v in node.items() if k != "anyOf"}
+        return st.one_of([valid_value({**siblings, **branch}, defs) for branch in node["anyOf"]])
     if "enum" in node:
         return st.sampled_from(node["enum"])
     options = [valid_of_type(kind, node, defs) for kind in types_of(node)]
@@ -322,7 +327,7 @@ def test_strategies_cover_every_schema_keyword() -> None:
     handled = {
         "type", "properties", "required", "additionalProperties", "items", "minItems", "enum",
         "$ref", "$defs", "format", "pattern", "minimum", "maximum", "minLength", "maxLength",
-        "description", "default",
+        "description", "default", "anyOf",
     }  # fmt: skip
     seen: set[str] = set()
 

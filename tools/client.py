@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio
 import httpx
-import stamina
 
 from tools.errors import (
     MalformedResponse,
@@ -96,6 +95,8 @@ class PostHogClient:
                 return exc.retry_after if exc.retry_after <= self.retry.total_wait else False
             return isinstance(exc, TransportError)
 
+        import stamina  # only a failed request needs it; keep it off the startup path
+
         async for attempt in stamina.retry_context(
             on=should_retry,
             attempts=self.retry.attempts,
@@ -138,6 +139,9 @@ class PostHogClient:
                 f"{_maybe_applied(method, None)} Try again, or raise POSTHOG_TIMEOUT."
             ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if self.http.base_url.host == "sandbox":
+                # The in-process sandbox explains itself (still starting, not installed...).
+                raise TransportError(f"{what}: {exc}.") from None
             raise TransportError(
                 f"{what}: could not reach {self.http.base_url.host or 'PostHog'} "
                 f"({type(exc).__name__}). Check POSTHOG_HOST and the network."

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pydantic
 from pydantic import BaseModel
 
-from tools.client import PostHogClient, Reply
 from tools.errors import BadRequest, MalformedResponse
 from tools.models import Ack
 from tools.redact import redact
 from tools.table import Endpoint
 from tools.waiting import Call, wait_for_sync
+
+if TYPE_CHECKING:
+    # The adapter imports httpx; nothing here needs it until a call is made.
+    from tools.client import PostHogClient, Reply
 
 
 class ArgumentError(ValueError):

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tools.redact import redact_text
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class PostHogError(Exception):

@@ -11,7 +11,9 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tools.schema import NULL_MEANS_CLEAR, NULLABLE
 
 # ---------------------------------------------------------------- enums (stable upstream values
 
@@ -77,6 +79,22 @@ class Params(BaseModel):
     """Base of every tool's arguments."""
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_only_where_meaningful(cls, data: Any) -> Any:
+        # The schema offers null only where it clears a setting; elsewhere omit the argument.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                extra = field.json_schema_extra if field is not None else None
+                if (
+                    value is None
+                    and field is not None
+                    and not (isinstance(extra, dict) and extra.get(NULLABLE))
+                ):
+                    raise ValueError(f"{name} cannot be null; leave it out instead")
+        return data
 
 
 class IdParams(Params):
@@ -153,7 +171,9 @@ class SchemaSettings(Params):
     should_sync: bool | None = Field(None, description="Sync this table on schedule.")
     sync_type: SyncType | None = Field(None, description="How to sync.")
     incremental_field: str | None = Field(
-        None, description="Cursor column for incremental/append, e.g. updated_at."
+        None,
+        description="Cursor column for incremental/append, e.g. updated_at; null clears it.",
+        json_schema_extra=NULL_MEANS_CLEAR,
     )
     incremental_field_type: IncrementalFieldType | None = Field(
         None, description="Type of incremental_field."
@@ -162,13 +182,18 @@ class SchemaSettings(Params):
     sync_time_of_day: str | None = Field(
         None,
         pattern=r"^\d{2}:\d{2}(:\d{2})?$",
-        description="UTC anchor HH:MM:SS for scheduled syncs.",
+        description="UTC anchor HH:MM:SS for scheduled syncs; null clears it.",
+        json_schema_extra=NULL_MEANS_CLEAR,
     )
     primary_key_columns: list[str] | None = Field(
-        None, description="Merge key for incremental; fixed once data synced."
+        None,
+        description="Merge key for incremental; fixed once data synced.",
+        json_schema_extra=NULL_MEANS_CLEAR,
     )
     cdc_table_mode: CdcTableMode | None = Field(None, description="CDC output tables.")
-    enabled_columns: list[str] | None = Field(None, description="Columns to sync; null = all.")
+    enabled_columns: list[str] | None = Field(
+        None, description="Columns to sync; null = all.", json_schema_extra=NULL_MEANS_CLEAR
+    )
 
 
 class SchemaUpdate(SchemaSettings):
@@ -234,7 +259,7 @@ class Response(BaseModel):
 class Table(Response):
     """The warehouse table a schema writes to."""
 
-    id: Any = None
+    id: str | int | None = None
     name: str | None = None
 
 

@@ -1,4 +1,8 @@
-"""Lean JSON schemas from pydantic models: no titles, no null defaults, shared ``$defs``."""
+"""Lean, portable JSON schemas from pydantic models: no titles, no null defaults, ``$defs``.
+
+Nullable values use ``anyOf`` branches with one ``type`` each (not a ``type`` list), which
+single-type schema dialects accept.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 
 _DROP = frozenset({"title"})
+# Mark an input field whose null is meaningful: Field(None, json_schema_extra=NULL_MEANS_CLEAR).
+NULLABLE = "x-null-meaningful"
+NULL_MEANS_CLEAR: dict[str, Any] = {NULLABLE: True}
 
 
 def _simplify(node: Any, *, output: bool) -> Any:
@@ -19,19 +26,15 @@ def _simplify(node: Any, *, output: bool) -> Any:
         del out["default"]
     if out.get("additionalProperties") is True:
         del out["additionalProperties"]  # the JSON Schema default
-    options = out.get("anyOf")
-    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+    options = out.get("anyOf") or []
+    explicit_null = out.pop(NULLABLE, False)
+    nullable = len(options) == 2 and {"type": "null"} in options
+    if nullable and not (output or explicit_null):
+        # An optional input: omitting it already means "no value", so the schema need not
+        # offer null. Where null means something (clears a setting), the field says so.
         (other,) = [o for o in options if o != {"type": "null"}]
-        if isinstance(other.get("type"), str):
-            del out["anyOf"]
-            # Nullable scalar or array: one schema with a type list.
-            merged = {**other, **out}
-            merged["type"] = [other["type"], "null"]
-            out = merged
-        elif not output:
-            # An input reference: omitting the argument already means "no value".
-            del out["anyOf"]
-            out = {**other, **out}
+        del out["anyOf"]
+        out = {**other, **out}
     return out
 
 

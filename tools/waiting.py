@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import BaseModel
 
-from tools.client import PostHogClient
+if TYPE_CHECKING:
+    from tools.client import PostHogClient
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 
