@@ -41,6 +41,10 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO; our own debug line says the same, with less.
+    logging.getLogger("httpx").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -65,6 +65,14 @@ def _job_view(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _newest_per_table(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest job of each table (PostHog lists jobs newest first)."""
+    seen: dict[Any, dict[str, Any]] = {}
+    for job in jobs:
+        seen.setdefault(_job_view(job)["schema"], job)
+    return list(seen.values())
+
+
 async def _source_of_schema(call: Call, schema: dict[str, Any]) -> str | None:
     source = schema.get("source")
     if isinstance(source, dict) and source.get("id"):
@@ -108,14 +116,16 @@ async def wait_for_sync(
         listed = await call.run("external-data-sources-jobs", id=source_id, schemas=names)
         return list(listed.get("results", []))
 
-    before = {job.get("id") for job in await jobs()}
+    # Jobs already finished are history; one still running (say, started when the table was
+    # enabled) is a sync of this table that PostHog will not start twice, so it is followed.
+    history = {job.get("id") for job in await jobs() if job.get("status") in FINISHED}
     result = await start()
     began = time.monotonic()
     deadline = began + wait
     delay = POLL_FIRST
     latest: list[dict[str, Any]] = []
     while True:
-        latest = [job for job in await jobs() if job.get("id") not in before]
+        latest = _newest_per_table([j for j in await jobs() if j.get("id") not in history])
         done = [job for job in latest if job.get("status") in FINISHED]
         finished = len(latest) >= len(names) and len(done) == len(latest)
         if call.progress is not None:

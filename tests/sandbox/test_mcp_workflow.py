@@ -1,0 +1,164 @@
+"""An agent's whole workflow through the MCP tools against the sandbox and a real Postgres.
+
+Create a source, enable tables with bulk update, sync with wait_seconds (and progress), check
+the warehouse; change rows upstream and watch incremental merge and append; delete data and
+resync; rediscover tables after adding and dropping one upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import Client
+from starlette.applications import Starlette
+
+from sandbox import open_sandbox
+from server.app import create_server
+from tests.conftest import settings
+
+from .conftest import Upstream, schema_by_name, warehouse_rows
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def agent(tmp_path: Path) -> AsyncIterator[tuple[Client, Starlette]]:
+    """An MCP client whose server talks to an in-process sandbox we can also look inside."""
+    async with open_sandbox(tmp_path / "sandbox", demo=False) as app:
+        config = settings(environment_id="1", personal_api_key=None)
+        server = create_server(config, transport=httpx.ASGITransport(app=app))
+        async with Client(server, mode="legacy") as client:
+            yield client, app
+
+
+async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    result = await client.call_tool(name, args, **kw)
+    assert result.is_error is False, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+async def test_agent_connects_syncs_merges_and_rediscovers(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    upstream.execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount int, updated_at timestamptz NOT NULL);"
+        "INSERT INTO orders SELECT g, g, now() - interval '1 day' FROM generate_series(1, 300) g;"
+        "CREATE TABLE events (id bigint PRIMARY KEY, kind text, created_at timestamptz);"
+        "INSERT INTO events SELECT g, 'view', now() FROM generate_series(1, 200) g;"
+    )
+    async with agent(tmp_path) as (client, app):
+        created = await call(
+            client,
+            "external-data-sources-create",
+            {
+                "source_type": "Postgres",
+                "prefix": "shop_",
+                "payload": upstream.payload(
+                    [
+                        {"name": "orders", "should_sync": False},
+                        {"name": "events", "should_sync": False},
+                    ]
+                ),
+            },
+        )
+        source = await call(client, "external-data-sources-retrieve", {"id": created["id"]})
+        orders = schema_by_name(source, "orders")
+        events = schema_by_name(source, "events")
+        fields = await call(
+            client, "external-data-schemas-incremental-fields-create", {"id": orders["id"]}
+        )
+        assert "updated_at" in {f["field"] for f in fields["incremental_fields"]}
+
+        await call(
+            client,
+            "external-data-sources-bulk-update-schemas-partial-update",
+            {
+                "id": created["id"],
+                "schemas": [
+                    {
+                        "id": orders["id"],
+                        "should_sync": True,
+                        "sync_type": "incremental",
+                        "incremental_field": "updated_at",
+                        "incremental_field_type": "timestamp",
+                        "primary_key_columns": ["id"],
+                    },
+                    {
+                        "id": events["id"],
+                        "should_sync": True,
+                        "sync_type": "append",
+                        "incremental_field": "id",
+                        "incremental_field_type": "integer",
+                    },
+                ],
+            },
+        )
+        progress: list[float] = []
+
+        async def on_progress(p: float, total: float | None, message: str | None) -> None:
+            progress.append(p)
+
+        synced = await call(
+            client,
+            "external-data-sources-reload",
+            {"id": created["id"], "wait_seconds": 60},
+            progress_callback=on_progress,
+        )
+        wait = synced["wait"]
+        assert wait["finished"] is True, wait
+        assert {j["schema"]: j["status"] for j in wait["jobs"]} == {
+            "orders": "Completed",
+            "events": "Completed",
+        }
+        assert progress
+        assert progress[-1] == 2.0
+        assert warehouse_rows(app, "SELECT count(*) FROM shop_postgres_orders") == [(300,)]
+        assert warehouse_rows(app, "SELECT count(*) FROM shop_postgres_events") == [(200,)]
+
+        # Incremental: update 10 rows and insert 5 upstream; the merge has no duplicates.
+        upstream.execute(
+            "UPDATE orders SET amount = -1, updated_at = now() WHERE id <= 10;"
+            "INSERT INTO orders SELECT g, g, now() FROM generate_series(301, 305) g;"
+            "INSERT INTO events SELECT g, 'click', now() FROM generate_series(201, 250) g;"
+        )
+        merged = await call(
+            client, "external-data-schemas-reload", {"id": orders["id"], "wait_seconds": 60}
+        )
+        assert merged["wait"]["finished"] is True
+        assert merged["wait"]["jobs"][0]["status"] == "Completed"
+        assert warehouse_rows(
+            app,
+            "SELECT count(*), count(DISTINCT id), sum((amount = -1)::int) "
+            "FROM shop_postgres_orders",
+        ) == [(305, 305, 10)]
+        appended = await call(
+            client, "external-data-schemas-reload", {"id": events["id"], "wait_seconds": 60}
+        )
+        assert appended["wait"]["finished"] is True
+        assert warehouse_rows(app, "SELECT count(*) FROM shop_postgres_events") == [(250,)]
+
+        # delete_data keeps the schema; resync brings every row back.
+        await call(client, "external-data-schemas-delete-data", {"id": events["id"]})
+        emptied = await call(client, "external-data-schemas-retrieve", {"id": events["id"]})
+        assert emptied["table"] is None
+        assert emptied["should_sync"] is True
+        resynced = await call(
+            client, "external-data-schemas-resync", {"id": events["id"], "wait_seconds": 60}
+        )
+        assert resynced["wait"]["finished"] is True
+        assert warehouse_rows(app, "SELECT count(*) FROM shop_postgres_events") == [(250,)]
+
+        # Rediscovery after adding one table and dropping another upstream.
+        upstream.execute("CREATE TABLE refunds (id int PRIMARY KEY); DROP TABLE events;")
+        found = await call(client, "external-data-sources-refresh-schemas", {"id": created["id"]})
+        assert found["added"] == 1
+        assert found["total_tables_seen"] == 2
+        jobs = await call(client, "external-data-sources-jobs", {"id": created["id"]})
+        assert all(j["status"] == "Completed" for j in jobs["results"])
+        assert "password" not in str(jobs)
