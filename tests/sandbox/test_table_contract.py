@@ -1,0 +1,92 @@
+"""Every row of the endpoint table, called through MCP, gets PostHog's answer from the sandbox.
+
+The same tool calls the recording stand-in checks request by request (tests/test_calls.py),
+here against the sandbox: each result must fit the tool's output schema (the MCP client
+validates structured content) or be the error PostHog gives in that situation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools.table import ENDPOINTS
+
+from .conftest import Upstream
+from .test_mcp_workflow import agent
+
+pytestmark = pytest.mark.anyio
+
+# Tools that must fail here, with PostHog's own message, given the situation of the walk.
+EXPECTED_ERRORS = {
+    "external-data-sources-create-webhook-create": "does not support webhooks",
+    "external-data-sources-delete-webhook-create": "does not support webhooks",
+    "external-data-schemas-cancel": "No running sync to cancel.",
+}
+
+
+async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upstream) -> None:
+    upstream.execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, updated_at timestamptz NOT NULL);"
+        "INSERT INTO orders SELECT g, now() FROM generate_series(1, 50) g;"
+        "CREATE TABLE notes (id int PRIMARY KEY);"
+    )
+    called: dict[str, Any] = {}
+    async with agent(tmp_path) as (client, _app):
+
+        async def use(name: str, args: dict[str, Any]) -> dict[str, Any]:
+            result = await client.call_tool(name, args)
+            text = result.content[0].text  # type: ignore[union-attr]
+            if name in EXPECTED_ERRORS:
+                assert result.is_error is True, text
+                assert EXPECTED_ERRORS[name] in text
+            else:
+                assert result.is_error is False, f"{name}: {text}"
+            called[name] = result.structured_content
+            return result.structured_content or {}
+
+        payload = upstream.payload(
+            [{"name": "orders", "should_sync": False}, {"name": "notes", "should_sync": False}]
+        )
+        source_id = (
+            await use(
+                "external-data-sources-create", {"source_type": "Postgres", "payload": payload}
+            )
+        )["id"]
+        listed = await use("external-data-sources-list", {"search": "Postgres", "limit": 5})
+        assert listed["count"] == 1
+        source = await use("external-data-sources-retrieve", {"id": source_id})
+        ids = {s["name"]: s["id"] for s in source["schemas"]}
+        await use("external-data-sources-partial-update", {"id": source_id, "description": "x"})
+        await use(
+            "external-data-sources-bulk-update-schemas-partial-update",
+            {"id": source_id, "schemas": [{"id": ids["notes"], "sync_type": "full_refresh"}]},
+        )
+        await use("external-data-sources-create-webhook-create", {"id": source_id})
+        await use("external-data-sources-delete-webhook-create", {"id": source_id})
+        await use(
+            "external-data-sources-revenue-analytics-config-partial-update",
+            {"id": source_id, "enabled": True},
+        )
+        await use("external-data-sources-refresh-schemas", {"id": source_id})
+        await use("external-data-schemas-list", {"search": "orders"})
+        await use("external-data-schemas-retrieve", {"id": ids["orders"]})
+        await use("external-data-schemas-incremental-fields-create", {"id": ids["orders"]})
+        await use(
+            "external-data-schemas-partial-update",
+            {"id": ids["orders"], "should_sync": True, "sync_type": "full_refresh"},
+        )
+        await use("external-data-schemas-reload", {"id": ids["orders"], "wait_seconds": 60})
+        await use("external-data-sources-reload", {"id": source_id, "wait_seconds": 60})
+        await use("external-data-sources-jobs", {"id": source_id, "schemas": ["orders"]})
+        await use("external-data-schemas-cancel", {"id": ids["orders"]})
+        await use("external-data-schemas-resync", {"id": ids["orders"], "wait_seconds": 60})
+        await use("external-data-schemas-delete-data", {"id": ids["orders"]})
+        await use("external-data-schemas-destroy", {"id": ids["notes"]})
+        await use("external-data-sources-destroy", {"id": source_id})
+        gone = await client.call_tool("external-data-sources-retrieve", {"id": source_id})
+        assert gone.is_error is True
+        assert "404" in gone.content[0].text  # type: ignore[union-attr]
+    assert set(called) == {row.name for row in ENDPOINTS}
