@@ -19,9 +19,9 @@ from .test_server import _free_port, serve, wait_until_up
 pytestmark = pytest.mark.anyio
 
 
-async def call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
+async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
     """Call a tool that must succeed; return its structured result."""
-    result = await client.call_tool(name, args)
+    result = await client.call_tool(name, args, **kw)
     assert result.is_error is False, result.content
     assert isinstance(result.structured_content, dict)
     return result.structured_content

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from server.app import create_server
 from tests.conftest import settings
 
 from .conftest import Upstream, schema_by_name, warehouse_rows
+from .test_mcp_e2e import call
 
 pytestmark = pytest.mark.anyio
 
@@ -34,13 +34,6 @@ async def agent(tmp_path: Path) -> AsyncIterator[tuple[Client, Starlette]]:
         server = create_server(config, transport=httpx.ASGITransport(app=app))
         async with Client(server, mode="legacy") as client:
             yield client, app
-
-
-async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    result = await client.call_tool(name, args, **kw)
-    assert result.is_error is False, result.content
-    assert isinstance(result.structured_content, dict)
-    return result.structured_content
 
 
 async def test_agent_connects_syncs_merges_and_rediscovers(
