@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from mcp import Client
@@ -27,9 +28,11 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def agent(tmp_path: Path) -> AsyncIterator[tuple[Client, Starlette]]:
+async def agent(
+    tmp_path: Path, *, sync_delay: float = 0.0
+) -> AsyncIterator[tuple[Client, Starlette]]:
     """An MCP client whose server talks to an in-process sandbox we can also look inside."""
-    async with open_sandbox(tmp_path / "sandbox", demo=False) as app:
+    async with open_sandbox(tmp_path / "sandbox", demo=False, sync_delay=sync_delay) as app:
         config = settings(environment_id="1", personal_api_key=None)
         server = create_server(config, transport=httpx.ASGITransport(app=app))
         async with Client(server, mode="legacy") as client:
@@ -155,3 +158,58 @@ async def test_agent_connects_syncs_merges_and_rediscovers(
         jobs = await call(client, "external-data-sources-jobs", {"id": created["id"]})
         assert all(j["status"] == "Completed" for j in jobs["results"])
         assert "password" not in str(jobs)
+
+
+async def test_agent_cancels_a_running_sync_and_finds_everything_after_a_restart(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    upstream.execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v text);"
+        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 40000) g;"
+    )
+    payload = upstream.payload([{"name": "big", "should_sync": False}])
+    async with agent(tmp_path) as (client, app):
+        source_id = (
+            await call(
+                client,
+                "external-data-sources-create",
+                {"source_type": "Postgres", "payload": payload},
+            )
+        )["id"]
+        schema_id = (await call(client, "external-data-schemas-list", {"search": "big"}))[
+            "results"
+        ][0]["id"]
+        await call(
+            client,
+            "external-data-schemas-partial-update",
+            {"id": schema_id, "should_sync": True, "sync_type": "full_refresh"},
+        )
+        first = await call(
+            client, "external-data-schemas-reload", {"id": schema_id, "wait_seconds": 60}
+        )
+        assert first["wait"]["finished"] is True
+        assert warehouse_rows(app, "SELECT count(*) FROM postgres_big") == [(40000,)]
+
+    # Restart slowed down, so a sync is still running when the agent cancels it.
+    upstream.execute("INSERT INTO big SELECT g, 'new' FROM generate_series(40001, 50000) g;")
+    async with agent(tmp_path, sync_delay=0.05) as (client, app):
+        jobs = await call(client, "external-data-sources-jobs", {"id": source_id})
+        assert [j["status"] for j in jobs["results"]] == ["Completed"]
+        await call(client, "external-data-schemas-reload", {"id": schema_id})
+        with anyio.fail_after(30):
+            while True:
+                schema = await call(client, "external-data-schemas-retrieve", {"id": schema_id})
+                if schema["status"] == "Running":
+                    break
+                await anyio.sleep(0.05)
+        await call(client, "external-data-schemas-cancel", {"id": schema_id})
+        with anyio.fail_after(30):
+            while True:
+                jobs = await call(client, "external-data-sources-jobs", {"id": source_id})
+                if jobs["results"][0]["status"] != "Running":
+                    break
+                await anyio.sleep(0.05)
+        assert jobs["results"][0]["status"] == "Failed"
+        assert jobs["results"][0]["latest_error"] == "Sync cancelled by user"
+        # The cancelled sync never touched the published table.
+        assert warehouse_rows(app, "SELECT count(*) FROM postgres_big") == [(40000,)]
