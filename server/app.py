@@ -200,10 +200,12 @@ def create_server(
                 "server's stderr). Whether PostHog applied the change is unknown: check with a "
                 "list or retrieve call before retrying."
             )
-        result = cap(result, settings.max_output_bytes)
+        text = dumps(result)
+        if len(text.encode()) > settings.max_output_bytes:
+            result = cap(result, settings.max_output_bytes)
+            text = dumps(result)
         return types.CallToolResult(
-            content=[types.TextContent(type="text", text=dumps(result))],
-            structured_content=result,
+            content=[types.TextContent(type="text", text=text)], structured_content=result
         )
 
     async def on_list_prompts(
