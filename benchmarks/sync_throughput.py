@@ -129,19 +129,25 @@ def job_seconds(job: dict[str, Any]) -> float:
 
 def run_sync(client: httpx.Client, source_id: str, url: str) -> tuple[float, dict[str, Any], float]:
     """Trigger a sync and poll until it ends; return wall time, the job and the slowest poll."""
-    before = len(client.get(f"{API}/external_data_sources/{source_id}/jobs/").json())
+    jobs_url = f"{API}/external_data_sources/{source_id}/jobs/"
+    # The jobs list is capped at 50: recognise the new job by id, not by a longer list.
+    before = {job["id"] for job in client.get(jobs_url).json()}
     start = time.perf_counter()
+    deadline = start + 600
     client.post(url).raise_for_status()
     slowest = 0.0
     while True:
         t0 = time.perf_counter()
-        jobs = client.get(f"{API}/external_data_sources/{source_id}/jobs/").json()
+        jobs = client.get(jobs_url).json()
         slowest = max(slowest, time.perf_counter() - t0)
-        if len(jobs) > before and jobs[0]["status"] != "Running":
+        new = [job for job in jobs if job["id"] not in before]
+        if new and new[0]["status"] != "Running":
             elapsed = time.perf_counter() - start
-            if jobs[0]["status"] != "Completed":
-                raise RuntimeError(f"sync failed: {jobs[0]['latest_error']}")
-            return elapsed, jobs[0], slowest
+            if new[0]["status"] != "Completed":
+                raise RuntimeError(f"sync failed: {new[0]['latest_error']}")
+            return elapsed, new[0], slowest
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the sync did not finish within 600 s")
         time.sleep(0.005)
 
 

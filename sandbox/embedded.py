@@ -171,10 +171,13 @@ class EmbeddedPostgres:
             password = self._secret_file.read_text().strip()
         else:
             password = secrets.token_urlsafe(18)
+            # Saved (owner-only) before initdb: a kill between the two must not leave a cluster
+            # whose password nobody knows.
+            fd = os.open(self._secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as secret_file:
+                secret_file.write(password)
         if not (self.pgdata / "PG_VERSION").exists():
             self._init(password)
-            self._secret_file.write_text(password)
-            self._secret_file.chmod(0o600)
         port = self._running_port()
         if port is not None:
             # A server left running by a sandbox that was killed: adopt it, and stop it on exit.

@@ -100,6 +100,9 @@ class Store:
     """All metadata, written through to SQLite on every change so a kill loses nothing."""
 
     def __init__(self, path: Path) -> None:
+        # Source credentials live here: owner-only (SQLite gives its -wal/-shm files the same).
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -7,6 +7,7 @@ validates structured content) or be the error PostHog gives in that situation.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,4 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         assert gone.is_error is True
         assert "404" in gone.content[0].text  # type: ignore[union-attr]
     assert set(called) == {row.name for row in ENDPOINTS}
+    assert upstream.creds.password not in json.dumps(called, default=str)
