@@ -136,7 +136,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Delete a source, cancel its syncs and drop all its synced tables. Irreversible: the "
         "source must be recreated and resynced.",
         "sources",
-        idempotent=False,
     ),
     Endpoint(
         "external-data-sources-bulk-update-schemas-partial-update",
@@ -264,7 +263,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Remove a table from its source and drop its synced data. To keep the table listed, "
         "use delete-data or set should_sync false.",
         "schemas",
-        idempotent=False,
     ),
     Endpoint(
         "external-data-schemas-cancel",
