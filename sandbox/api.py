@@ -708,12 +708,17 @@ async def sources_partial_update(request: Request, sb: Sandbox) -> Response:
 async def sources_destroy(request: Request, sb: Sandbox) -> Response:
     """DELETE external_data_sources/{id}/: stop syncs, drop the tables, delete everything."""
     source = _get_source(sb, request.path_params["id"])
-    for schema in sb.store.source_schemas(source.id):
+    schemas = sb.store.source_schemas(source.id)
+    # Deleted first: from here on neither a reload nor the scheduler starts a sync that could
+    # publish a table after its data was dropped (the engine refuses deleted schemas/sources).
+    with sb.store.lock:
+        source.deleted = True
+        sb.store.save(source)
+        for schema in schemas:
+            schema.deleted = True
+            sb.store.save(schema)
+    for schema in schemas:
         await _drop_data(sb, schema)
-        schema.deleted = True
-        sb.store.save(schema)
-    source.deleted = True
-    sb.store.save(source)
     return _empty(204)
 
 
@@ -742,19 +747,27 @@ async def sources_bulk_update_schemas(request: Request, sb: Sandbox) -> Response
     owned = {s.id: s for s in sb.store.source_schemas(source.id)}
     if any(i not in owned for i in ids):
         raise errors.validation_error("One or more schemas could not be found for this source")
-    # Validate every item on copies first so a bad item leaves the batch unapplied.
+    # Validate every item on copies first so a bad item leaves the batch unapplied. All of it under
+    # the store lock, so a sync thread finishing meanwhile is not overwritten by a stale copy; no
+    # await and no engine lock in here (start() takes that before the store lock): syncs start
+    # after it is released.
     staged = []
-    for item in items:
-        schema = owned[str(item["id"])]
-        copy = dataclasses.replace(schema)
-        settings = {k: v for k, v in item.items() if k != "id"}
-        enabling = _apply_settings(
-            copy, settings, has_data=schema.table_name is not None, source_type=source.source_type
-        )
-        staged.append((schema, copy, enabling))
-    for schema, copy, enabling in staged:
-        schema.__dict__.update(copy.__dict__)
-        sb.store.save(schema)
+    with sb.store.lock:
+        for item in items:
+            schema = owned[str(item["id"])]
+            copy = dataclasses.replace(schema)
+            settings = {k: v for k, v in item.items() if k != "id"}
+            enabling = _apply_settings(
+                copy,
+                settings,
+                has_data=schema.table_name is not None,
+                source_type=source.source_type,
+            )
+            staged.append((schema, copy, enabling))
+        for schema, copy, _ in staged:
+            schema.__dict__.update(copy.__dict__)
+            sb.store.save(schema)
+    for schema, _, enabling in staged:
         if enabling:
             sb.engine.start(schema)
     return _json([_schema_json(sb, schema) for schema, _, _ in staged])
@@ -874,10 +887,14 @@ async def schemas_partial_update(request: Request, sb: Sandbox) -> Response:
     schema = _get_schema(sb, request.path_params["id"])
     data = await _body(request)
     source_type = sb.store.sources[schema.source_id].source_type
-    enabling = _apply_settings(
-        schema, data, has_data=schema.table_name is not None, source_type=source_type
-    )
-    sb.store.save(schema)
+    # Copy, validate, apply and save under the store lock: a sync thread finishing in between
+    # would otherwise have its status and table overwritten by the stale copy. Nothing in here
+    # awaits or takes the engine lock (start() takes it before the store lock).
+    with sb.store.lock:
+        enabling = _apply_settings(
+            schema, data, has_data=schema.table_name is not None, source_type=source_type
+        )
+        sb.store.save(schema)
     if enabling:
         sb.engine.start(schema)
     return _json(_schema_json(sb, schema, with_source=True))
@@ -886,9 +903,10 @@ async def schemas_partial_update(request: Request, sb: Sandbox) -> Response:
 async def schemas_destroy(request: Request, sb: Sandbox) -> Response:
     """DELETE external_data_schemas/{id}/: drop its table and the schema."""
     schema = _get_schema(sb, request.path_params["id"])
-    await _drop_data(sb, schema)
+    # Deleted before its data is dropped, so no sync can start and publish the table again.
     schema.deleted = True
     sb.store.save(schema)
+    await _drop_data(sb, schema)
     return _empty(204)
 
 

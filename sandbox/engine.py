@@ -101,9 +101,16 @@ class SyncEngine:
             return schema_id in self._runs
 
     def start(self, schema: Schema, *, replace: bool = False) -> Job | None:
-        """Start a sync of one schema unless one is already running; return its job."""
-        with self._lock:
+        """Start a sync of one schema unless one is already running; return its job.
+
+        None, and nothing started, if the schema is already syncing or it or its source is deleted.
+        """
+        with self._lock, self.store.lock:
             if schema.id in self._runs:
+                return None
+            stored = self.store.schemas.get(schema.id, schema)
+            source = self.store.sources.get(schema.source_id)
+            if schema.deleted or stored.deleted or source is None or source.deleted:
                 return None
             job = Job(
                 id=new_id(),
@@ -115,7 +122,6 @@ class SyncEngine:
             self.store.save(job)
             schema.status = "Running"
             self.store.save(schema)
-            source = self.store.sources[schema.source_id]
             source.status = "Running"
             self.store.save(source)
             run = _Run(job=job, schema_id=schema.id, replace=replace)
@@ -265,9 +271,14 @@ class SyncEngine:
             wanted.add(cursor_column)
         columns = [c for c in table.columns if c.name in wanted]
         name = schema.table_name or table_name(source.prefix, source.source_type, schema.name)
+        existing = self.warehouse.table_exists(name)
         cursor_value = None
-        if cursor_column and not run.replace and self.warehouse.table_exists(name):
+        if cursor_column and not run.replace and existing:
             cursor_value = self.warehouse.cursor_value(schema.id)
+        # A table with no saved cursor (e.g. last published by a full refresh) gets every row
+        # exported again: appending those on top would duplicate them, so replace the table.
+        # Incremental needs no such care: it merges on the primary key.
+        replace = run.replace or (mode == "append" and existing and cursor_value is None)
         connector.export(
             conn,
             namespace,
@@ -294,7 +305,7 @@ class SyncEngine:
                     schema_id=schema.id,
                     staging=staging,
                     final=name,
-                    mode="full_refresh" if run.replace else mode,
+                    mode="full_refresh" if replace else mode,
                     primary_key=primary_key if mode == "incremental" else [],
                     cursor_column=cursor_column,
                 )
@@ -323,7 +334,10 @@ class SyncEngine:
 
     def _finish(self, run: _Run, rows: int, error: str | None) -> None:
         finished = iso(now())
-        with self.store.lock:
+        # The same lock order as start(), and the run leaves _runs in the same block that marks it
+        # finished: a start() in between would otherwise see "Completed" yet find the run still
+        # registered, and silently start nothing.
+        with self._lock, self.store.lock:
             job = run.job
             job.status = "Failed" if error else "Completed"
             job.rows_synced = rows
@@ -337,7 +351,6 @@ class SyncEngine:
                 if not error:
                     schema.last_synced_at = finished
                 self.store.save(schema)
-        with self._lock:
             self._runs.pop(run.schema_id, None)
         logger.info("sync job %s ended %s (%d rows)", job.id, job.status, rows)
 
