@@ -1032,7 +1032,8 @@ def _endpoint(sb: Sandbox, methods: dict[str, Handler]) -> Callable[[Request], A
     async def endpoint(request: Request) -> Response:
         try:
             _check_auth(request, sb.api_key)
-            if request.path_params.get("environment_id") != ENVIRONMENT_ID:
+            # "@current" is PostHog's alias for the caller's current project: here, the only one.
+            if request.path_params.get("environment_id") not in (ENVIRONMENT_ID, "@current"):
                 raise errors.not_found()
             handler = methods.get(request.method)
             if handler is None:

@@ -63,6 +63,16 @@ async def test_unknown_ids_and_environments_are_404(
     assert cancel.status_code == 404
 
 
+async def test_current_is_an_alias_of_the_only_environment(
+    sandbox: tuple[Starlette, httpx.AsyncClient],
+) -> None:
+    _, client = sandbox
+    for prefix in ("environments", "projects"):
+        response = await client.get(f"/api/{prefix}/@current/external_data_sources/")
+        assert response.status_code == 200
+        assert response.json()["count"] == 0
+
+
 async def test_post_to_schemas_collection_is_405(
     sandbox: tuple[Starlette, httpx.AsyncClient],
 ) -> None:
