@@ -437,6 +437,16 @@ def _apply_settings(
                 f"Incremental field {field} does not exist on table {schema.name}",
                 "incremental_field",
             )
+        cursor_type = _infer_field_type(updated, field, source_type) if field else None
+        if field and updated.available_columns and cursor_type is None:
+            raise errors.validation_error(
+                f"Incremental field {field} of table {schema.name} cannot be used as a "
+                "cursor: it must be an integer, date or timestamp column",
+                "incremental_field",
+            )
+        # The type belongs to the field: a new field takes the request's type or its own.
+        if field != schema.incremental_field or updated.available_columns:
+            updated.incremental_field_type = cursor_type
     if "incremental_field_type" in data:
         value = data["incremental_field_type"]
         if value is not None and value not in INCREMENTAL_FIELD_TYPES:
@@ -480,6 +490,14 @@ def _apply_settings(
             raise errors.validation_error(
                 'Expected a list of items but got type "str".', "primary_key_columns", "not_a_list"
             )
+        if value is not None and updated.available_columns:
+            unknown = [v for v in value if v not in _column_names(updated)]
+            if unknown:
+                raise errors.validation_error(
+                    f"Unknown columns in primary_key_columns: {unknown}. Run `Pull new schemas` "
+                    "to refresh available columns.",
+                    "primary_key_columns",
+                )
         if has_data and value != schema.primary_key_columns and schema.sync_type == "incremental":
             raise errors.validation_error(
                 "Primary key cannot be changed after data has been synced. Delete the synced "
@@ -549,7 +567,8 @@ def _validate_prefix(sb: Sandbox, source_type: str, prefix: str | None) -> None:
     same_type = [s for s in sb.store.live_sources() if s.source_type == source_type]
     if same_type and not prefix:
         raise errors.message("Source type already exists. Prefix is required")
-    if any((s.prefix or "") == (prefix or "") for s in same_type):
+    # Table names are snake-cased to lower case: prefixes differing only by case would collide.
+    if any((s.prefix or "").lower() == (prefix or "").lower() for s in same_type):
         raise errors.message("Prefix already exists")
 
 

@@ -274,7 +274,8 @@ class SyncEngine:
         existing = self.warehouse.table_exists(name)
         cursor_value = None
         if cursor_column and not run.replace and existing:
-            cursor_value = self.warehouse.cursor_value(schema.id)
+            # None when the saved cursor belongs to another column (incremental_field changed).
+            cursor_value = self.warehouse.cursor_value(schema.id, cursor_column)
         # A table with no saved cursor (e.g. last published by a full refresh) gets every row
         # exported again: appending those on top would duplicate them, so replace the table.
         # Incremental needs no such care: it merges on the primary key.

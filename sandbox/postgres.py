@@ -48,23 +48,22 @@ _DUCK_TYPES = {
     "uuid": "UUID",
     "text": "VARCHAR",
     "character varying": "VARCHAR",
-    "numeric": "DOUBLE",
+    # Unconstrained (or wider than DECIMAL's 38 digits): exact as text, never rounded to a double.
+    "numeric": "VARCHAR",
 }
 
 
 def column(name: str, data_type: str, nullable: bool) -> Column:
     """A column from its `format_type` name, with its DuckDB type and COPY expression."""
     base = re.sub(r"\(\d+(,\d+)?\)", "", data_type).strip()
-    match = re.fullmatch(r"numeric\((\d+),(\d+)\)", data_type)
+    match = re.fullmatch(r"numeric\((\d+)(?:,(\d+))?\)", data_type)
     if match and int(match.group(1)) <= 38:
-        duck = f"DECIMAL({match.group(1)},{match.group(2)})"
+        duck = f"DECIMAL({match.group(1)},{match.group(2) or 0})"
     else:
         duck = _DUCK_TYPES.get(base, "VARCHAR")
     ident = quote_ident(name)
     if duck == "VARCHAR" and base not in ("text", "character varying"):
         select = f"{ident}::text"  # arrays, json, bytea, intervals...: their text form
-    elif base == "numeric" and duck == "DOUBLE":
-        select = f"{ident}::float8"
     else:
         select = ident
     return Column(name, data_type, nullable, duck, _INCREMENTAL_TYPES.get(base), select)

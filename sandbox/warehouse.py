@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.sources import Column, SyncCancelled, quote_ident
+from sandbox.sources import Column, SourceError, SyncCancelled, quote_ident
 
 if TYPE_CHECKING:
     import duckdb
@@ -39,8 +39,11 @@ class Warehouse:
         self.write_lock = threading.Lock()
         self._con.execute(
             f"CREATE TABLE IF NOT EXISTS {_STATE} "
-            "(schema_id VARCHAR PRIMARY KEY, table_name VARCHAR, cursor_value VARCHAR)"
+            "(schema_id VARCHAR PRIMARY KEY, table_name VARCHAR, cursor_value VARCHAR, "
+            "cursor_column VARCHAR)"
         )
+        # Files written before the cursor recorded its column: their cursors match no column.
+        self._con.execute(f"ALTER TABLE {_STATE} ADD COLUMN IF NOT EXISTS cursor_column VARCHAR")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection handle for one thread."""
@@ -75,14 +78,27 @@ class Warehouse:
         row = self.cursor().execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()
         return int(row[0]) if row else 0
 
-    def cursor_value(self, schema_id: str) -> str | None:
-        """The incremental cursor saved with the schema's last publication."""
+    def cursor_value(self, schema_id: str, cursor_column: str | None) -> str | None:
+        """The incremental cursor saved with the schema's last publication, if it is a value of
+        `cursor_column` (a cursor saved for another column is no cursor for this one)."""
         row = (
             self.cursor()
-            .execute(f"SELECT cursor_value FROM {_STATE} WHERE schema_id = ?", [schema_id])
+            .execute(
+                f"SELECT cursor_value, cursor_column FROM {_STATE} WHERE schema_id = ?",
+                [schema_id],
+            )
             .fetchone()
         )
-        return None if row is None else row[0]
+        if row is None or cursor_column is None or row[1] != cursor_column:
+            return None
+        return str(row[0]) if row[0] is not None else None
+
+    def table_owner(self, cur: duckdb.DuckDBPyConnection, name: str) -> str | None:
+        """The schema whose publications wrote the table `name` (DuckDB names ignore case)."""
+        row = cur.execute(
+            f"SELECT schema_id FROM {_STATE} WHERE lower(table_name) = lower(?) LIMIT 1", [name]
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def load_staging(
         self,
@@ -121,6 +137,12 @@ class Warehouse:
         `full_refresh` swaps the table, `incremental` merges on the primary key, `append` inserts.
         """
         stg, fin = quote_ident(staging), quote_ident(final)
+        owner = self.table_owner(cur, final)
+        if owner is not None and owner != schema_id:
+            raise SourceError(
+                f"Warehouse table {final} already belongs to another table of this project; "
+                "give one of the sources another prefix"
+            )
         new_cursor: str | None = None
         if cursor_column is not None:
             row = cur.execute(
@@ -128,7 +150,9 @@ class Warehouse:
             ).fetchone()
             new_cursor = row[0] if row else None
         if new_cursor is None:
-            new_cursor = self.cursor_value(schema_id) if mode != "full_refresh" else None
+            new_cursor = (
+                self.cursor_value(schema_id, cursor_column) if mode != "full_refresh" else None
+            )
         exists = self.table_exists(final)
         cur.execute("BEGIN TRANSACTION")
         try:
@@ -153,7 +177,9 @@ class Warehouse:
                 cur.execute(f"INSERT INTO {fin} BY NAME {source}")
                 cur.execute(f"DROP TABLE {stg}")
             cur.execute(
-                f"INSERT OR REPLACE INTO {_STATE} VALUES (?, ?, ?)", [schema_id, final, new_cursor]
+                f"INSERT OR REPLACE INTO {_STATE} "
+                "(schema_id, table_name, cursor_value, cursor_column) VALUES (?, ?, ?, ?)",
+                [schema_id, final, new_cursor, cursor_column if new_cursor is not None else None],
             )
             cur.execute("COMMIT")
         except BaseException:

@@ -175,3 +175,183 @@ async def test_no_sync_publishes_a_table_for_a_source_being_deleted(
     assert warehouse_rows(app, tables) == [(0,)]
     assert engine.start(store.schemas[schema_id]) is None
     assert store.schemas[schema_id].deleted and store.sources[source["id"]].deleted
+
+
+async def test_changing_the_incremental_field_does_not_reuse_the_old_cursor(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    upstream.execute(
+        "CREATE TABLE items (id int PRIMARY KEY, updated_at timestamptz NOT NULL, name text);"
+        "INSERT INTO items SELECT g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 day',"
+        " 'n' || g FROM generate_series(1, 10) AS g;"
+    )
+    source = await create_source(
+        client,
+        upstream,
+        [
+            {
+                "name": "items",
+                "should_sync": True,
+                "sync_type": "incremental",
+                "incremental_field": "id",
+            }
+        ],
+    )
+    schema_id = schema_by_name(source, "items")["id"]
+    jobs = await wait_for_jobs(client, source["id"], 1)
+    assert jobs[0]["status"] == "Completed", jobs[0]
+    url = f"{API}/external_data_schemas/{schema_id}/"
+    # A text column cannot be a cursor, whatever type the request claims for it.
+    for body in (
+        {"incremental_field": "name"},
+        {"incremental_field": "name", "incremental_field_type": "integer"},
+    ):
+        response = await client.patch(url, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["type"] == "validation_error"
+        assert response.json()["attr"] == "incremental_field"
+    response = await client.patch(url, json={"incremental_field": "updated_at"})
+    assert response.status_code == 200, response.text
+    assert response.json()["incremental_field_type"] == "timestamp"
+    # Both are below the old cursor's column values as numbers, and 10 is no timestamp.
+    upstream.execute(
+        "UPDATE items SET name = 'changed', updated_at = '2025-01-01 00:00:00+00' WHERE id = 3;"
+        "INSERT INTO items VALUES (0, '2025-01-02 00:00:00+00', 'zero');"
+    )
+    assert (await client.post(f"{API}/external_data_schemas/{schema_id}/reload/")).is_success
+    jobs = await wait_for_jobs(client, source["id"], 2)
+    assert jobs[0]["status"] == "Completed", jobs[0]
+    table = "postgres_items"
+    assert warehouse_rows(app, f"SELECT count(*), count(DISTINCT id) FROM {table}") == [(11, 11)]
+    assert warehouse_rows(app, f"SELECT name FROM {table} WHERE id IN (0, 3) ORDER BY id") == [
+        ("zero",),
+        ("changed",),
+    ]
+    # The next sync reads from the new column's cursor.
+    upstream.execute("INSERT INTO items VALUES (-1, '2025-02-01 00:00:00+00', 'late');")
+    assert (await client.post(f"{API}/external_data_schemas/{schema_id}/reload/")).is_success
+    jobs = await wait_for_jobs(client, source["id"], 3)
+    assert jobs[0]["status"] == "Completed", jobs[0]
+    assert jobs[0]["rows_synced"] == 2  # the boundary row is read again, then the new one
+    assert warehouse_rows(app, f"SELECT count(*) FROM {table}") == [(12,)]
+
+
+async def test_append_switching_cursor_column_replaces_instead_of_skipping(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    upstream.execute(
+        "CREATE TABLE logs (id int PRIMARY KEY, seq bigint NOT NULL);"
+        "INSERT INTO logs SELECT g, g * 1000 FROM generate_series(1, 5) AS g;"
+    )
+    source = await create_source(
+        client,
+        upstream,
+        [{"name": "logs", "should_sync": True, "sync_type": "append", "incremental_field": "seq"}],
+    )
+    schema_id = schema_by_name(source, "logs")["id"]
+    await wait_for_jobs(client, source["id"], 1)
+    response = await client.patch(
+        f"{API}/external_data_schemas/{schema_id}/", json={"incremental_field": "id"}
+    )
+    assert response.status_code == 200, response.text
+    upstream.execute("INSERT INTO logs VALUES (6, 1);")  # id 6 is far below the seq cursor 5000
+    assert (await client.post(f"{API}/external_data_schemas/{schema_id}/reload/")).is_success
+    jobs = await wait_for_jobs(client, source["id"], 2)
+    assert jobs[0]["status"] == "Completed", jobs[0]
+    sql = "SELECT count(*), count(DISTINCT id) FROM postgres_logs"
+    assert warehouse_rows(app, sql) == [(6, 6)]
+
+
+async def test_unknown_primary_key_columns_are_refused(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    _, client = sandbox
+    upstream.execute("CREATE TABLE pk (id int, name text);")
+    source = await create_source(
+        client, upstream, [{"name": "pk", "should_sync": False, "sync_type": "full_refresh"}]
+    )
+    schema_id = schema_by_name(source, "pk")["id"]
+    response = await client.patch(
+        f"{API}/external_data_schemas/{schema_id}/",
+        json={"sync_type": "incremental", "incremental_field": "id", "primary_key_columns": ["x"]},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["type"] == "validation_error"
+    assert response.json()["attr"] == "primary_key_columns"
+    assert "x" in response.json()["detail"]
+    response = await client.patch(
+        f"{API}/external_data_schemas/{schema_id}/",
+        json={"sync_type": "incremental", "incremental_field": "id", "primary_key_columns": ["id"]},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_two_tables_never_write_the_same_warehouse_table(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    upstream.execute(
+        'CREATE TABLE "Ev" (id int PRIMARY KEY); INSERT INTO "Ev" VALUES (1), (2), (3);'
+        "CREATE TABLE ev (id int PRIMARY KEY); INSERT INTO ev VALUES (10);"
+    )
+    source = await create_source(
+        client,
+        upstream,
+        [{"name": name, "should_sync": True, "sync_type": "full_refresh"} for name in ("Ev", "ev")],
+    )
+    jobs = await wait_for_jobs(client, source["id"], 2)
+    assert sorted(j["status"] for j in jobs) == ["Completed", "Failed"], jobs
+    winner = next(j for j in jobs if j["status"] == "Completed")["schema"]["name"]
+    loser = next(j for j in jobs if j["status"] == "Failed")
+    assert "postgres_ev already belongs to another table" in loser["latest_error"]
+    expected = [(3,)] if winner == "Ev" else [(1,)]
+    assert warehouse_rows(app, "SELECT count(*) FROM postgres_ev") == expected
+    # Syncing the loser again still leaves the winner's table alone.
+    loser_id = loser["schema"]["id"]
+    assert (await client.post(f"{API}/external_data_schemas/{loser_id}/reload/")).is_success
+    jobs = await wait_for_jobs(client, source["id"], 3)
+    assert jobs[0]["status"] == "Failed", jobs[0]
+    assert warehouse_rows(app, "SELECT count(*) FROM postgres_ev") == expected
+
+
+async def test_prefixes_differing_only_by_case_are_refused(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    _, client = sandbox
+    upstream.execute("CREATE TABLE t (id int PRIMARY KEY);")
+    schemas = [{"name": "t", "should_sync": False}]
+    await create_source(client, upstream, schemas, prefix="Crm_")
+    response = await client.post(
+        f"{API}/external_data_sources/",
+        json={"source_type": "Postgres", "payload": upstream.payload(schemas), "prefix": "crm_"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"message": "Prefix already exists"}
+
+
+async def test_numeric_without_scale_keeps_every_digit(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    upstream.execute(
+        "CREATE TABLE big_numbers (id int PRIMARY KEY, fixed numeric(20), free numeric);"
+        "INSERT INTO big_numbers VALUES"
+        " (1, 12345678901234567890, 123456789012345678901234567890.0123456789),"
+        " (2, NULL, NULL);"
+    )
+    source = await create_source(
+        client,
+        upstream,
+        [{"name": "big_numbers", "should_sync": True, "sync_type": "full_refresh"}],
+    )
+    jobs = await wait_for_jobs(client, source["id"], 1)
+    assert jobs[0]["status"] == "Completed", jobs[0]
+    sql = "SELECT fixed::VARCHAR, free::VARCHAR FROM postgres_big_numbers ORDER BY id"
+    assert warehouse_rows(app, sql) == [
+        ("12345678901234567890", "123456789012345678901234567890.0123456789"),
+        (None, None),
+    ]
+    types = dict(app.state.sandbox.warehouse.columns("postgres_big_numbers"))
+    assert types["fixed"] == "DECIMAL(20,0)"
