@@ -19,7 +19,7 @@ from tools.dispatch import ArgumentError, run, validate
 from tools.errors import PostHogError
 from tools.output import cap, dumps
 from tools.redact import redact_text, remember_secrets
-from tools.schema import json_schema
+from tools.schema import model_schema
 from tools.table import ENDPOINTS, Endpoint, lookup
 from tools.waiting import Call
 
@@ -57,8 +57,8 @@ def tool_definition(row: Endpoint) -> types.Tool:
         name=row.name,
         title=row.title,
         description=row.full_description,
-        input_schema=json_schema(row.params),
-        output_schema=json_schema(row.response, mode="serialization"),
+        input_schema=model_schema(row.params),
+        output_schema=model_schema(row.response, mode="serialization"),
         annotations=types.ToolAnnotations(
             read_only_hint=row.is_read_only,
             destructive_hint=row.is_destructive,

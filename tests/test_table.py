@@ -84,3 +84,15 @@ def test_tool_definition_matches_snapshot(row) -> None:  # type: ignore[no-untyp
 
 def test_no_snapshot_for_a_tool_that_is_gone() -> None:
     assert {p.stem for p in SNAPS.glob("*.json")} <= set(BY_NAME)
+
+
+def test_schema_cache_is_current() -> None:
+    from tools.schema import _cached, json_schema
+
+    cached = _cached()
+    assert cached, "tools/schemas.json is stale or missing: run python -m tools.schema"
+    for row in ENDPOINTS:
+        assert cached[f"{row.params.__name__}:validation"] == json_schema(row.params)
+        assert cached[f"{row.response.__name__}:serialization"] == json_schema(
+            row.response, mode="serialization"
+        )

@@ -6,8 +6,14 @@ single-type schema dialects accept.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel
 
 _DROP = frozenset({"title"})
@@ -51,3 +57,56 @@ def json_schema(model: type[BaseModel], *, mode: str = "validation") -> dict[str
         definition.pop("description", None)
     schema.setdefault("type", "object")
     return schema
+
+
+# Generating 42 schemas costs about 23 ms of every server start, before tools/list can answer.
+# They are cached in schemas.json, stamped with a fingerprint of the code that produces them;
+# a stale or missing cache is ignored (schemas are then generated), never served.
+CACHE = Path(__file__).with_name("schemas.json")
+_SOURCES = ("models.py", "schema.py")
+
+
+def fingerprint() -> str:
+    """Hash of the modules that define the schemas, and of pydantic's version."""
+    digest = hashlib.sha256(pydantic.VERSION.encode())
+    for name in _SOURCES:
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def _cached() -> dict[str, Any]:
+    try:
+        data = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint():
+        return {}
+    schemas = data.get("schemas")
+    return schemas if isinstance(schemas, dict) else {}
+
+
+def model_schema(model: type[BaseModel], *, mode: str = "validation") -> dict[str, Any]:
+    """:func:`json_schema`, from the cache when it is current."""
+    cached = _cached().get(f"{model.__name__}:{mode}")
+    if isinstance(cached, dict):
+        return cached
+    return json_schema(model, mode=mode)
+
+
+def write_cache(models: Iterable[tuple[type[BaseModel], str]]) -> None:
+    """Regenerate schemas.json for ``(model, mode)`` pairs."""
+    schemas = {f"{m.__name__}:{mode}": json_schema(m, mode=mode) for m, mode in models}
+    data = {"fingerprint": fingerprint(), "schemas": dict(sorted(schemas.items()))}
+    CACHE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    # python -m tools.schema: refresh the cache after changing tools/models.py or this file.
+    from tools.table import ENDPOINTS
+
+    write_cache(
+        {(r.params, "validation") for r in ENDPOINTS}
+        | {(r.response, "serialization") for r in ENDPOINTS}
+    )
+    print(f"wrote {CACHE}")
