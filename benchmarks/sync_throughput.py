@@ -238,12 +238,7 @@ def drive(base_url: str, creds: PostgresCredentials, repeat: int) -> dict[str, A
                     raise
                 time.sleep(0.1)
         payload = {
-            "host": creds.host,
-            "port": creds.port,
-            "database": creds.database,
-            "user": creds.user,
-            "password": creds.password,
-            "schema": "public",
+            **creds.job_inputs(),
             "schemas": [{"name": "bench", "should_sync": False, "sync_type": "full_refresh"}],
         }
         created = client.post(

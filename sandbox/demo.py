@@ -101,14 +101,7 @@ def start_demo_database(directory: Path) -> tuple[EmbeddedPostgres, PostgresCred
 
 def register_demo_source(store: Store, creds: PostgresCredentials) -> Source:
     """Register the demo database as a `Postgres` source once; later starts refresh its port."""
-    inputs = {
-        "host": creds.host,
-        "port": creds.port,
-        "database": creds.database,
-        "user": creds.user,
-        "password": creds.password,
-        "schema": "public",
-    }
+    inputs = creds.job_inputs()
     for source in store.live_sources():
         if source.source_type == "Postgres" and source.prefix == DEMO_PREFIX:
             if source.job_inputs != inputs:

@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,17 @@ class PostgresCredentials:
             f"host={self.host} port={self.port} dbname={database or self.database} "
             f"user={self.user} password={self.password} connect_timeout=5"
         )
+
+    def job_inputs(self, schema: str = "public") -> dict[str, Any]:
+        """The connection keys of a PostHog `Postgres` source payload for this server."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "database": self.database,
+            "user": self.user,
+            "password": self.password,
+            "schema": schema,
+        }
 
 
 _READ = stat.S_IRGRP | stat.S_IROTH

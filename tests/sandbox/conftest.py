@@ -48,16 +48,7 @@ class Upstream:
 
     def payload(self, schemas: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         """A `Postgres` create payload for this database."""
-        return {
-            "host": self.creds.host,
-            "port": self.creds.port,
-            "database": self.creds.database,
-            "user": self.creds.user,
-            "password": self.creds.password,
-            "schema": "public",
-            "schemas": schemas,
-            **extra,
-        }
+        return {**self.creds.job_inputs(), "schemas": schemas, **extra}
 
     def execute(self, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
         """Run SQL upstream and return any rows."""
