@@ -172,7 +172,7 @@ async def main(runs: int) -> None:
             "POSTHOG_ENVIRONMENT_ID": "1",
             "POSTHOG_HOST": url,
         }
-        ours_argv = [PY, "-m", "server", "--log-level", "WARNING"]
+        ours_argv = [PY, "-m", "posthog_warehouse_mcp", "--log-level", "WARNING"]
         results: dict[str, list[dict[str, float]]] = {
             "floor": [],
             "httpx": [],

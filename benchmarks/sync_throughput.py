@@ -27,7 +27,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sandbox.embedded import EmbeddedPostgres, PostgresCredentials  # noqa: E402
+from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials  # noqa: E402
 
 API = "/api/environments/1"
 COLUMNS = {
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> int:
                 [
                     sys.executable,
                     "-m",
-                    "sandbox",
+                    "posthog_warehouse_mcp.sandbox",
                     "--port",
                     str(port),
                     "--dir",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from server.app import tool_definition
-from tools.table import ENDPOINTS
+from posthog_warehouse_mcp.server.app import tool_definition
+from posthog_warehouse_mcp.tools.table import ENDPOINTS
 
 # PostHog's MCP server, same byte count, for the tools both servers have.
 POSTHOG_BYTES = {

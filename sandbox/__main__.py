@@ -1,7 +1,7 @@
-"""`python -m sandbox ...`."""
+"""`python -m posthog_warehouse_mcp.sandbox ...`."""
 
 import sys
 
-from sandbox.cli import main
+from posthog_warehouse_mcp.sandbox.cli import main
 
 raise SystemExit(main(sys.argv[1:]))

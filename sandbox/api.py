@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import errors, sources
-from sandbox.engine import FREQUENCIES, SyncEngine
-from sandbox.errors import ApiError
-from sandbox.store import Job, Schema, Source, Store, iso, new_id, now
-from sandbox.warehouse import Warehouse
+from posthog_warehouse_mcp.sandbox import errors, sources
+from posthog_warehouse_mcp.sandbox.engine import FREQUENCIES, SyncEngine
+from posthog_warehouse_mcp.sandbox.errors import ApiError
+from posthog_warehouse_mcp.sandbox.store import Job, Schema, Source, Store, iso, new_id, now
+from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 

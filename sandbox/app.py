@@ -1,4 +1,7 @@
-"""An app factory for ASGI servers: `uvicorn --factory sandbox.app:create_app`."""
+"""An app factory for ASGI servers.
+
+`uvicorn --factory posthog_warehouse_mcp.sandbox.app:create_app`
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandbox.runtime import open_sandbox
+from posthog_warehouse_mcp.sandbox.runtime import open_sandbox
 
 
 class _Deferred:

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     )
     import uvicorn
 
-    from sandbox.app import create_app
+    from posthog_warehouse_mcp.sandbox.app import create_app
 
     app = create_app(
         args.dir, api_key=args.api_key, demo=not args.no_demo, sync_delay=args.sync_delay

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sandbox import postgres
-from sandbox.embedded import EmbeddedPostgres, PostgresCredentials
-from sandbox.store import Schema, Source, Store, iso, new_id, now
+from posthog_warehouse_mcp.sandbox import postgres
+from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
+from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store, iso, new_id, now
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from sandbox import sources
-from sandbox.sources import SourceError, SyncCancelled
-from sandbox.store import Job, Schema, Store, iso, new_id, now
-from sandbox.warehouse import STAGING_PREFIX, Warehouse
+from posthog_warehouse_mcp.sandbox import sources
+from posthog_warehouse_mcp.sandbox.sources import SourceError, SyncCancelled
+from posthog_warehouse_mcp.sandbox.store import Job, Schema, Store, iso, new_id, now
+from posthog_warehouse_mcp.sandbox.warehouse import STAGING_PREFIX, Warehouse
 
 logger = logging.getLogger(__name__)
 

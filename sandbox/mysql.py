@@ -10,7 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sandbox.sources import Column, Progress, SourceError, SyncCancelled, Table
+from posthog_warehouse_mcp.sandbox.sources import (
+    Column,
+    Progress,
+    SourceError,
+    SyncCancelled,
+    Table,
+)
 
 NONSENSITIVE_INPUTS = ("host", "port", "database", "user", "schema", "using_ssl")
 

@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.sources import Column, Progress, SourceError, SyncCancelled, Table, quote_ident
+from posthog_warehouse_mcp.sandbox.sources import (
+    Column,
+    Progress,
+    SourceError,
+    SyncCancelled,
+    Table,
+    quote_ident,
+)
 
 if TYPE_CHECKING:
     import psycopg

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.applications import Starlette
 
-from sandbox.api import Sandbox, build_app
+from posthog_warehouse_mcp.sandbox.api import Sandbox, build_app
 
 if TYPE_CHECKING:
-    from sandbox.engine import SyncEngine
+    from posthog_warehouse_mcp.sandbox.engine import SyncEngine
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ async def open_sandbox(
     `api_key=None` accepts any bearer (or none). `sync_delay` slows syncs down (seconds per 2,000
     rows) so tests can cancel or kill one midway.
     """
-    from sandbox.engine import SyncEngine
-    from sandbox.store import Store
-    from sandbox.warehouse import Warehouse
+    from posthog_warehouse_mcp.sandbox.engine import SyncEngine
+    from posthog_warehouse_mcp.sandbox.store import Store
+    from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ async def open_sandbox(
     try:
         await anyio.to_thread.run_sync(engine.recover)
         if demo:
-            from sandbox.demo import register_demo_source, start_demo_database
+            from posthog_warehouse_mcp.sandbox.demo import register_demo_source, start_demo_database
 
             demo_server, creds = await anyio.to_thread.run_sync(
                 lambda: start_demo_database(directory)
@@ -78,7 +78,7 @@ async def open_sandbox(
 
 async def _schedule(engine: SyncEngine, tick: float) -> None:
     """Start the syncs that schedules say are due, every `tick` seconds."""
-    from sandbox.store import now
+    from posthog_warehouse_mcp.sandbox.store import now
 
     while True:
         await anyio.sleep(tick)

@@ -31,7 +31,10 @@ _HOGQL_TYPES = {
 }
 
 # Connector modules by PostHog source type; each provides the functions `Connector` lists.
-_CONNECTORS = {"Postgres": "sandbox.postgres", "MySQL": "sandbox.mysql"}
+_CONNECTORS = {
+    "Postgres": "posthog_warehouse_mcp.sandbox.postgres",
+    "MySQL": "posthog_warehouse_mcp.sandbox.mysql",
+}
 SUPPORTED_SOURCE_TYPES = tuple(_CONNECTORS)
 
 

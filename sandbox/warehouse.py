@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.sources import Column, SourceError, SyncCancelled, quote_ident
+from posthog_warehouse_mcp.sandbox.sources import Column, SourceError, SyncCancelled, quote_ident
 
 if TYPE_CHECKING:
     import duckdb

@@ -125,7 +125,7 @@ def main(cmd, *args):
     elif cmd == "tool-names":
         print("\n".join(sorted(t["name"] for t in result(args[0])["tools"])))
     elif cmd == "expected-tools":  # read_only(true|false) -> names from tools/table.py
-        from tools.table import ENDPOINTS
+        from posthog_warehouse_mcp.tools.table import ENDPOINTS
 
         only = args[0] == "true"
         print("\n".join(sorted(r.name for r in ENDPOINTS if r.is_read_only or not only)))

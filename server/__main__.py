@@ -1,7 +1,7 @@
-"""``python -m server``: same as the ``posthog-warehouse-mcp`` command."""
+"""``python -m posthog_warehouse_mcp.server``: same as the ``posthog-warehouse-mcp`` command."""
 
 import sys
 
-from server.entry import main
+from posthog_warehouse_mcp.server.entry import main
 
 sys.exit(main())

@@ -11,22 +11,22 @@ import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
-from server import __version__
-from server.config import Settings, bearer
-from server.prompts import BY_NAME as PROMPTS_BY_NAME
-from server.prompts import PROMPTS
-from tools.dispatch import ArgumentError, run, validate
-from tools.errors import PostHogError
-from tools.output import cap, dumps
-from tools.redact import redact_text, remember_secrets
-from tools.schema import model_schema
-from tools.table import ENDPOINTS, Endpoint, lookup
-from tools.waiting import Call
+from posthog_warehouse_mcp import __version__
+from posthog_warehouse_mcp.server.config import Settings, bearer
+from posthog_warehouse_mcp.server.prompts import BY_NAME as PROMPTS_BY_NAME
+from posthog_warehouse_mcp.server.prompts import PROMPTS
+from posthog_warehouse_mcp.tools.dispatch import ArgumentError, run, validate
+from posthog_warehouse_mcp.tools.errors import PostHogError
+from posthog_warehouse_mcp.tools.output import cap, dumps
+from posthog_warehouse_mcp.tools.redact import redact_text, remember_secrets
+from posthog_warehouse_mcp.tools.schema import model_schema
+from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint, lookup
+from posthog_warehouse_mcp.tools.waiting import Call
 
 if TYPE_CHECKING:
     import httpx
 
-    from tools.client import PostHogClient
+    from posthog_warehouse_mcp.tools.client import PostHogClient
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -85,7 +85,7 @@ class LazyClient:
     def get(self) -> PostHogClient:
         """The pooled adapter, created on first use."""
         if self._client is None:
-            from tools.client import PostHogClient, build_http_client
+            from posthog_warehouse_mcp.tools.client import PostHogClient, build_http_client
 
             http = build_http_client(
                 base_url=self.settings.base_url,
@@ -114,7 +114,7 @@ async def open_client(
     async with AsyncExitStack() as stack:
         backend = transport
         if backend is None and settings.sandbox:
-            from server.sandbox_backend import SandboxTransport
+            from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
 
             sandbox = SandboxTransport(settings.sandbox_dir, demo=settings.demo)
             backend = await stack.enter_async_context(sandbox.running())

@@ -13,11 +13,11 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
-from server import __version__
-from server.app import create_server, open_client
-from server.config import ConfigError, Settings
-from tools.redact import redact_text
-from tools.table import TOOLSETS
+from posthog_warehouse_mcp import __version__
+from posthog_warehouse_mcp.server.app import create_server, open_client
+from posthog_warehouse_mcp.server.config import ConfigError, Settings
+from posthog_warehouse_mcp.tools.redact import redact_text
+from posthog_warehouse_mcp.tools.table import TOOLSETS
 
 
 class RedactingFilter(logging.Filter):
@@ -138,7 +138,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> None:
                 await server.run(read, write, server.create_initialization_options())
             return
         # HTTP needs uvicorn and Starlette; stdio sessions never pay for importing them.
-        from server.transports import HttpOptions, http_app, serve_http
+        from posthog_warehouse_mcp.server.transports import HttpOptions, http_app, serve_http
 
         options = HttpOptions(
             host=args.host,
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sandbox"]:
         try:
-            from sandbox.cli import main as sandbox_main
+            from posthog_warehouse_mcp.sandbox.cli import main as sandbox_main
         except ImportError:
             print(
                 "The sandbox is not installed: pip install 'posthog-warehouse-mcp[sandbox]'",

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tools.table import BY_NAME, ENDPOINTS, TOOLSETS, Endpoint
+from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, TOOLSETS, Endpoint
 
 HOST_SHORTCUTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
 SANDBOX_BASE_URL = "http://sandbox"

@@ -56,7 +56,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         with anyio.move_on_after(self.grace):
             await self._wanted.wait()
         try:
-            from sandbox import open_sandbox
+            from posthog_warehouse_mcp.sandbox import open_sandbox
         except ImportError:
             self._failure = (
                 "the sandbox is not installed; install it with "

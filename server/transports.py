@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from server.config import bearer
+from posthog_warehouse_mcp.server.config import bearer
 
 log = logging.getLogger("posthog_warehouse_mcp.http")
 

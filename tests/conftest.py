@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.app import create_server
-from server.config import Settings
-from tools import models as m
-from tools.table import Endpoint
+from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.server.config import Settings
+from posthog_warehouse_mcp.tools import models as m
+from posthog_warehouse_mcp.tools.table import Endpoint
 
 SOURCE_ID = "0b5e6f1c-3f0a-4c55-9a57-5d4f4a0c2b11"
 SCHEMA_ID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"

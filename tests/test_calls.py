@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
 from tests.conftest import MODES, SCHEMA_ID, SOURCE_ID, Recorder, connect
-from tools.table import BY_NAME, ENDPOINTS
 
 pytestmark = pytest.mark.anyio
 

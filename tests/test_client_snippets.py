@@ -18,7 +18,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tools.table import ENDPOINTS, TOOLSETS
+from posthog_warehouse_mcp.tools.table import ENDPOINTS, TOOLSETS
 
 pytestmark = pytest.mark.anyio
 
@@ -137,11 +137,11 @@ def expected_tools(flags: list[str], env: dict[str, str]) -> set[str]:
 
 
 def local_server() -> tuple[str, list[str]]:
-    """This venv's console script (or ``python -m server`` if it is not installed)."""
+    """This venv's console script (or ``python -m posthog_warehouse_mcp`` if not installed)."""
     script = Path(sys.executable).with_name(ENTRY)
     if script.exists():
         return str(script), []
-    return sys.executable, ["-m", "server"]
+    return sys.executable, ["-m", "posthog_warehouse_mcp"]
 
 
 def test_every_client_has_snippets() -> None:

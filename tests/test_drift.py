@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from server import __version__
-from tools.table import ENDPOINTS
+from posthog_warehouse_mcp import __version__
+from posthog_warehouse_mcp.tools.table import ENDPOINTS
 
 ROOT = Path(__file__).resolve().parent.parent
 

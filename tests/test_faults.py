@@ -24,12 +24,12 @@ from mcp import Client
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.app import create_server
+from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
+from posthog_warehouse_mcp.tools.table import ENDPOINTS
 from tests.conftest import CANARY_KEY, SCHEMA_ID, SOURCE, SOURCE_ID, Recorder, Seen, settings
 from tests.loopback import serve
 from tests.test_calls import CASES
-from tools.client import PostHogClient, RetryPolicy, build_http_client
-from tools.table import ENDPOINTS
 
 pytestmark = pytest.mark.anyio
 

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from server.app import tool_definition
+from posthog_warehouse_mcp.server.app import tool_definition
+from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint
 from tests.conftest import Recorder, connect
-from tools.table import ENDPOINTS, Endpoint
 
 EXAMPLES = 25  # per tool, per kind (valid, invalid), per protocol mode
 BASE = "/api/environments/42/"

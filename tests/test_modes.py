@@ -12,12 +12,12 @@ import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 
-from server.app import create_server
-from server.config import Settings
+from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.server.config import Settings
+from posthog_warehouse_mcp.tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
 from tests.conftest import CANARY_KEY, MODES, Recorder, connect
 from tests.loopback import serve
 from tests.test_calls import CASES
-from tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
 
 pytestmark = pytest.mark.anyio
 
@@ -220,7 +220,15 @@ async def test_stdio_server_applies_read_only_and_toolsets(
     async with serve(recorder.app()) as upstream:
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "server", "--posthog-host", upstream, "--environment-id", "42", *args],
+            args=[
+                "-m",
+                "posthog_warehouse_mcp",
+                "--posthog-host",
+                upstream,
+                "--environment-id",
+                "42",
+                *args,
+            ],
             env=clean_env(POSTHOG_PERSONAL_API_KEY=CANARY_KEY, **env),
         )
         async with Client(params, mode="legacy") as client:
@@ -256,7 +264,9 @@ async def test_unknown_names_are_a_startup_error_naming_the_valid_values() -> No
     async def start(case: str) -> None:
         argv, env, _ = UNKNOWN_NAMES[case]
         done[case] = await anyio.run_process(
-            [sys.executable, "-m", "server", *argv], env=clean_env(**env), check=False
+            [sys.executable, "-m", "posthog_warehouse_mcp", *argv],
+            env=clean_env(**env),
+            check=False,
         )
 
     # The cases run side by side: each is a cold Python start.

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from posthog_warehouse_mcp.tools.output import cap, dumps
 from tests.conftest import JOB, MODES, SCHEMA, SOURCE, SOURCE_ID, Recorder, Seen, connect
-from tools.output import cap, dumps
 
 BUDGET = 2_000  # the smallest budget Settings accepts
 

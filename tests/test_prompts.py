@@ -7,9 +7,9 @@ import re
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from server.prompts import PROMPTS
+from posthog_warehouse_mcp.server.prompts import PROMPTS
+from posthog_warehouse_mcp.tools.table import BY_NAME
 from tests.conftest import MODES, Recorder, connect
-from tools.table import BY_NAME
 
 pytestmark = pytest.mark.anyio
 

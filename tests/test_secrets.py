@@ -25,15 +25,15 @@ from mcp.client.stdio import stdio_client
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.app import create_server
+from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
+from posthog_warehouse_mcp.tools.errors import AuthenticationFailed, PermissionDenied
+from posthog_warehouse_mcp.tools.output import dumps
+from posthog_warehouse_mcp.tools.redact import REDACTED, SECRET_KEY_PARTS, redact_text
+from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
 from tests.conftest import CANARY_KEY, SAMPLE_BODIES, Recorder, Seen, settings
 from tests.loopback import serve
 from tests.test_calls import CASES
-from tools.client import PostHogClient, RetryPolicy, build_http_client
-from tools.errors import AuthenticationFailed, PermissionDenied
-from tools.output import dumps
-from tools.redact import REDACTED, SECRET_KEY_PARTS, redact_text
-from tools.table import BY_NAME, ENDPOINTS
 
 pytestmark = pytest.mark.anyio
 
@@ -339,7 +339,14 @@ async def test_stdio_debug_log_never_shows_a_secret(tmp_path: Path) -> None:
         params = StdioServerParameters(
             command=sys.executable,
             args=[
-                *("-m", "server", "--posthog-host", upstream, "--environment-id", "42"),
+                *(
+                    "-m",
+                    "posthog_warehouse_mcp",
+                    "--posthog-host",
+                    upstream,
+                    "--environment-id",
+                    "42",
+                ),
                 *("--log-level", "DEBUG"),
             ],
             env=scrub_env(),

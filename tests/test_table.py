@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server.app import tool_definition
-from tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
+from posthog_warehouse_mcp.server.app import tool_definition
+from posthog_warehouse_mcp.tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
 
 SNAPS = Path(__file__).parent / "__toolsnaps__"
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -87,7 +87,7 @@ def test_no_snapshot_for_a_tool_that_is_gone() -> None:
 
 
 def test_schema_cache_is_current() -> None:
-    from tools.schema import _cached, json_schema
+    from posthog_warehouse_mcp.tools.schema import _cached, json_schema
 
     cached = _cached()
     assert cached, "tools/schemas.json is stale or missing: run python -m tools.schema"

@@ -15,11 +15,11 @@ from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from server.app import create_server, open_client
-from server.transports import HttpOptions, http_app
+from posthog_warehouse_mcp.server.app import create_server, open_client
+from posthog_warehouse_mcp.server.transports import HttpOptions, http_app
+from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
 from tests.conftest import CANARY_KEY, SOURCE_ID, Recorder, settings
 from tests.loopback import serve
-from tools.table import BY_NAME, ENDPOINTS
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +44,14 @@ async def test_stdio_subprocess_lists_and_calls() -> None:
     async with serve(recorder.app()) as upstream:
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "server", "--posthog-host", upstream, "--environment-id", "42"],
+            args=[
+                "-m",
+                "posthog_warehouse_mcp",
+                "--posthog-host",
+                upstream,
+                "--environment-id",
+                "42",
+            ],
             env={**os.environ, "POSTHOG_PERSONAL_API_KEY": CANARY_KEY},
         )
         async with Client(params, mode="legacy") as client:

@@ -10,15 +10,15 @@ from urllib.parse import quote
 import pydantic
 from pydantic import BaseModel
 
-from tools.errors import BadRequest, MalformedResponse
-from tools.models import Ack
-from tools.redact import redact
-from tools.table import Endpoint
-from tools.waiting import Call, wait_for_sync
+from posthog_warehouse_mcp.tools.errors import BadRequest, MalformedResponse
+from posthog_warehouse_mcp.tools.models import Ack
+from posthog_warehouse_mcp.tools.redact import redact
+from posthog_warehouse_mcp.tools.table import Endpoint
+from posthog_warehouse_mcp.tools.waiting import Call, wait_for_sync
 
 if TYPE_CHECKING:
     # The adapter imports httpx; nothing here needs it until a call is made.
-    from tools.client import PostHogClient, Reply
+    from posthog_warehouse_mcp.tools.client import PostHogClient, Reply
 
 
 class ArgumentError(ValueError):

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tools.redact import redact_text
+from posthog_warehouse_mcp.tools.redact import redact_text
 
 if TYPE_CHECKING:
     import httpx

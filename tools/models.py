@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tools.schema import NULL_MEANS_CLEAR, NULLABLE
+from posthog_warehouse_mcp.tools.schema import NULL_MEANS_CLEAR, NULLABLE
 
 # ---------------------------------------------------------------- enums (stable upstream values
 

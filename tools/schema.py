@@ -103,7 +103,7 @@ def write_cache(models: Iterable[tuple[type[BaseModel], str]]) -> None:
 
 if __name__ == "__main__":
     # python -m tools.schema: refresh the cache after changing tools/models.py or this file.
-    from tools.table import ENDPOINTS
+    from posthog_warehouse_mcp.tools.table import ENDPOINTS
 
     write_cache(
         {(r.params, "validation") for r in ENDPOINTS}

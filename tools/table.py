@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tools import models as m
+from posthog_warehouse_mcp.tools import models as m
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue"]

@@ -16,7 +16,7 @@ import anyio
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from tools.client import PostHogClient
+    from posthog_warehouse_mcp.tools.client import PostHogClient
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -39,8 +39,8 @@ class Call:
 
     async def run(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row of the table by tool name, with validated arguments."""
-        from tools.dispatch import execute, validate
-        from tools.table import BY_NAME
+        from posthog_warehouse_mcp.tools.dispatch import execute, validate
+        from posthog_warehouse_mcp.tools.table import BY_NAME
 
         row = BY_NAME[tool]
         return await execute(

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from starlette.applications import Starlette
 
-from sandbox import open_sandbox
-from sandbox.embedded import EmbeddedPostgres, PostgresCredentials
+from posthog_warehouse_mcp.sandbox import open_sandbox
+from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
 
 API = "/api/environments/1"
 

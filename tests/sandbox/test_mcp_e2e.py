@@ -10,7 +10,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from server.app import create_server
+from posthog_warehouse_mcp.server.app import create_server
 from tests.conftest import settings
 
 from .conftest import API, Upstream

@@ -18,8 +18,8 @@ import pytest
 from mcp import Client
 from starlette.applications import Starlette
 
-from sandbox import open_sandbox
-from server.app import create_server
+from posthog_warehouse_mcp.sandbox import open_sandbox
+from posthog_warehouse_mcp.server.app import create_server
 from tests.conftest import settings
 
 from .conftest import Upstream, schema_by_name, warehouse_rows

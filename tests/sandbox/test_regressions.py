@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from sandbox import api
+from posthog_warehouse_mcp.sandbox import api
 
 from .conftest import API, Upstream, create_source, schema_by_name, wait_for_jobs, warehouse_rows
 

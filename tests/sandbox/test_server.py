@@ -16,9 +16,9 @@ import httpx
 import psycopg
 import pytest
 
-from sandbox import open_sandbox
-from sandbox.embedded import EmbeddedPostgres
-from sandbox.engine import INTERRUPTED
+from posthog_warehouse_mcp.sandbox import open_sandbox
+from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres
+from posthog_warehouse_mcp.sandbox.engine import INTERRUPTED
 
 from .conftest import API, Upstream, client_for, create_source, wait_for_jobs, wait_for_running
 
@@ -35,12 +35,12 @@ def _free_port() -> int:
 
 @contextmanager
 def serve(directory: Path, port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `python -m sandbox` on loopback; kill it on exit if it is still running."""
+    """Run the standalone sandbox on loopback; kill it on exit if it is still running."""
     log = (directory.parent / f"server-{port}.log").open("ab")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["--host", "127.0.0.1", "--port", str(port), "--dir", str(directory), "--no-demo"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", *args, *extra],
+        [sys.executable, "-m", "posthog_warehouse_mcp.sandbox", *args, *extra],
         cwd=ROOT,
         env=env,
         stdout=log,

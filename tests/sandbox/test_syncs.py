@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from sandbox import open_sandbox
+from posthog_warehouse_mcp.sandbox import open_sandbox
 
 from .conftest import (
     API,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tools.table import ENDPOINTS
+from posthog_warehouse_mcp.tools.table import ENDPOINTS
 
 from .conftest import Upstream
 from .test_mcp_workflow import agent

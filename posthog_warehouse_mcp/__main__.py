@@ -1,0 +1,7 @@
+"""``python -m posthog_warehouse_mcp``: same as the ``posthog-warehouse-mcp`` command."""
+
+import sys
+
+from posthog_warehouse_mcp.server.entry import main
+
+sys.exit(main())
