@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.conftest import MODES, SCHEMA_ID, SOURCE_ID, Recorder, connect
+from tests.support import MODES, SCHEMA_ID, SOURCE_ID, Recorder, connect
 
 pytestmark = pytest.mark.anyio
 

@@ -27,8 +27,7 @@ from starlette.responses import JSONResponse, Response
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
 from posthog_warehouse_mcp.tools.table import ENDPOINTS
-from tests.conftest import CANARY_KEY, SCHEMA_ID, SOURCE, SOURCE_ID, Recorder, Seen, settings
-from tests.loopback import serve
+from tests.support import CANARY_KEY, SCHEMA_ID, SOURCE, SOURCE_ID, Recorder, Seen, serve, settings
 from tests.test_calls import CASES
 
 pytestmark = pytest.mark.anyio

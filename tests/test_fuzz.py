@@ -26,7 +26,7 @@ from mcp import Client
 
 from posthog_warehouse_mcp.server.app import tool_definition
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint
-from tests.conftest import Recorder, connect
+from tests.support import Recorder, connect
 
 EXAMPLES = 25  # per tool, per kind (valid, invalid), per protocol mode
 BASE = "/api/environments/42/"

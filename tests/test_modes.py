@@ -15,8 +15,7 @@ from mcp import Client, StdioServerParameters
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.server.config import Settings
 from posthog_warehouse_mcp.tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
-from tests.conftest import CANARY_KEY, MODES, Recorder, connect
-from tests.loopback import serve
+from tests.support import CANARY_KEY, MODES, Recorder, connect, serve
 from tests.test_calls import CASES
 
 pytestmark = pytest.mark.anyio

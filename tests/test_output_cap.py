@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from posthog_warehouse_mcp.tools.output import cap, dumps
-from tests.conftest import JOB, MODES, SCHEMA, SOURCE, SOURCE_ID, Recorder, Seen, connect
+from tests.support import JOB, MODES, SCHEMA, SOURCE, SOURCE_ID, Recorder, Seen, connect
 
 BUDGET = 2_000  # the smallest budget Settings accepts
 

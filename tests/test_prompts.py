@@ -9,7 +9,7 @@ from mcp.shared.exceptions import MCPError
 
 from posthog_warehouse_mcp.server.prompts import PROMPTS
 from posthog_warehouse_mcp.tools.table import BY_NAME
-from tests.conftest import MODES, Recorder, connect
+from tests.support import MODES, Recorder, connect
 
 pytestmark = pytest.mark.anyio
 

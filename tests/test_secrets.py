@@ -31,8 +31,7 @@ from posthog_warehouse_mcp.tools.errors import AuthenticationFailed, PermissionD
 from posthog_warehouse_mcp.tools.output import dumps
 from posthog_warehouse_mcp.tools.redact import REDACTED, SECRET_KEY_PARTS, redact_text
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.conftest import CANARY_KEY, SAMPLE_BODIES, Recorder, Seen, settings
-from tests.loopback import serve
+from tests.support import CANARY_KEY, SAMPLE_BODIES, Recorder, Seen, serve, settings
 from tests.test_calls import CASES
 
 pytestmark = pytest.mark.anyio

@@ -18,8 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from posthog_warehouse_mcp.server.app import create_server, open_client
 from posthog_warehouse_mcp.server.transports import HttpOptions, http_app
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.conftest import CANARY_KEY, SOURCE_ID, Recorder, settings
-from tests.loopback import serve
+from tests.support import CANARY_KEY, SOURCE_ID, Recorder, serve, settings
 
 pytestmark = pytest.mark.anyio
 

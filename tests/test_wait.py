@@ -8,7 +8,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tests.conftest import MODES, SCHEMA_ID, SOURCE, SOURCE_ID, Recorder, Seen, connect
+from tests.support import MODES, SCHEMA_ID, SOURCE, SOURCE_ID, Recorder, Seen, connect
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 
 from posthog_warehouse_mcp.server.app import create_server
-from tests.conftest import settings
+from tests.support import settings
 
 from .conftest import API, Upstream
 from .test_server import _free_port, serve, wait_until_up

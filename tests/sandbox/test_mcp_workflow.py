@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.server.app import create_server
-from tests.conftest import settings
+from tests.support import settings
 
 from .conftest import Upstream, schema_by_name, warehouse_rows
 from .test_mcp_e2e import call
