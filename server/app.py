@@ -1,10 +1,15 @@
-"""Build the MCP server from the endpoint table: one generic handler for every tool."""
+"""Build the MCP server from the endpoint table: one generic handler for every tool.
+
+call_tool(ctx, params)   look up the row, refuse what the settings refuse (preflight),
+                         validate, then tools.dispatch.call_tool -> the adapter -> PostHog
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
@@ -12,19 +17,21 @@ from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from posthog_warehouse_mcp import __version__
-from posthog_warehouse_mcp.server.config import Settings, bearer
-from posthog_warehouse_mcp.server.prompts import BY_NAME as PROMPTS_BY_NAME
-from posthog_warehouse_mcp.server.prompts import PROMPTS
-from posthog_warehouse_mcp.tools.dispatch import ArgumentError, run, validate
+from posthog_warehouse_mcp.server.auth import bearer
+from posthog_warehouse_mcp.server.config import Settings
+from posthog_warehouse_mcp.server.filters import enabled, why_disabled
+from posthog_warehouse_mcp.server.prompts import PROMPTS, PROMPTS_BY_NAME
+from posthog_warehouse_mcp.tools import dispatch
+from posthog_warehouse_mcp.tools.definitions import definitions
+from posthog_warehouse_mcp.tools.dispatch import ArgumentError, Call, validate
 from posthog_warehouse_mcp.tools.errors import PostHogError
 from posthog_warehouse_mcp.tools.output import cap, dumps
 from posthog_warehouse_mcp.tools.redact import redact_text, remember_secrets
-from posthog_warehouse_mcp.tools.schema import model_schema
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint, lookup
-from posthog_warehouse_mcp.tools.waiting import Call
 
 if TYPE_CHECKING:
     import httpx
+    from starlette.requests import Request
 
     from posthog_warehouse_mcp.tools.client import PostHogClient
 
@@ -51,36 +58,24 @@ This server runs against a local sandbox, not PostHog: environment 1, data in a 
 file. A demo Postgres source with prefix demo_ is registered; its tables are not syncing yet."""
 
 
-def tool_definition(row: Endpoint) -> types.Tool:
-    """The MCP tool for one table row."""
-    return types.Tool(
-        name=row.name,
-        title=row.title,
-        description=row.full_description,
-        input_schema=model_schema(row.params),
-        output_schema=model_schema(row.response, mode="serialization"),
-        annotations=types.ToolAnnotations(
-            read_only_hint=row.is_read_only,
-            destructive_hint=row.is_destructive,
-            idempotent_hint=row.is_idempotent,
-            open_world_hint=True,
-        ),
-    )
-
-
-def error_result(message: str) -> types.CallToolResult:
-    """A tool error the model can read and act on."""
-    text = redact_text(message)
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
-
-
 class LazyClient:
-    """The adapter, built at the first tool call: answering tools/list never waits for httpx."""
+    """The adapter, built at the first tool call: answering tools/list never waits for httpx.
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None) -> None:
+    ``transport`` replaces the network (the in-process sandbox, or a test's ASGI app); it may
+    be attached after construction, as long as no call has been made yet. ``client`` is an
+    adapter built elsewhere (with a retry policy or size limit of its own) to hand out instead.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        client: PostHogClient | None = None,
+    ) -> None:
         self.settings = settings
         self.transport = transport
-        self._client: PostHogClient | None = None
+        self._client = client
 
     def get(self) -> PostHogClient:
         """The pooled adapter, created on first use."""
@@ -104,138 +99,198 @@ class LazyClient:
 
 
 @asynccontextmanager
+async def open_backend(settings: Settings) -> AsyncIterator[httpx.AsyncBaseTransport | None]:
+    """Run the in-process sandbox for the block, if configured; yield its transport."""
+    if not settings.sandbox:
+        yield None
+        return
+    from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
+
+    async with SandboxTransport(settings.sandbox_dir, demo=settings.demo).running() as sandbox:
+        yield sandbox
+
+
+@asynccontextmanager
 async def open_client(
     settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> AsyncIterator[LazyClient]:
-    """Hold the adapter (and run the in-process sandbox, if configured) for a lifetime.
+    """Hold the adapter (and the in-process sandbox, if configured) for a lifetime.
 
     ``transport`` replaces the network (tests inject ``httpx.ASGITransport``).
     """
     async with AsyncExitStack() as stack:
-        backend = transport
-        if backend is None and settings.sandbox:
-            from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
+        if transport is None:
+            transport = await stack.enter_async_context(open_backend(settings))
+        client = LazyClient(settings, transport)
+        stack.push_async_callback(client.aclose)
+        yield client
 
-            sandbox = SandboxTransport(settings.sandbox_dir, demo=settings.demo)
-            backend = await stack.enter_async_context(sandbox.running())
-        lazy = LazyClient(settings, backend)
-        stack.push_async_callback(lazy.aclose)
-        yield lazy
+
+@dataclass(frozen=True)
+class ServerState:
+    """What the handlers need, for one server lifetime (the SDK's ``ctx.lifespan_context``)."""
+
+    settings: Settings
+    client: LazyClient
+    listing: types.ListToolsResult
+
+
+Context = ServerRequestContext[ServerState]
+
+
+def error_result(message: str) -> types.CallToolResult:
+    """A tool error the model can read and act on."""
+    text = redact_text(message)
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def listing_for(settings: Settings) -> types.ListToolsResult:
+    """The tools these settings offer, in table order."""
+    tools = definitions()
+    return types.ListToolsResult(
+        tools=[
+            types.Tool.model_validate(tools[row.name])
+            for row in ENDPOINTS
+            if enabled(settings, row)
+        ]
+    )
+
+
+def preflight(settings: Settings, row: Endpoint, request: Request | None) -> str | None:
+    """Why this call cannot be sent as configured (a tool error for the model), or None."""
+    if not enabled(settings, row):
+        return why_disabled(settings, row)
+    if settings.environment is None:
+        return (
+            "No PostHog environment id is configured; nothing was sent. Set "
+            "POSTHOG_ENVIRONMENT_ID (or --environment-id) to the number in your PostHog URL "
+            "(/project/<id>/), or run with --sandbox to try the server locally."
+        )
+    if settings.forward_key and forwarded_key(request) is None:
+        return (
+            "This server uses each caller's own PostHog key; send it as "
+            "'Authorization: Bearer phx_...'. Nothing was sent."
+        )
+    if settings.needs_key and not settings.api_key:
+        return (
+            "No PostHog personal API key is configured; nothing was sent. Set "
+            "POSTHOG_PERSONAL_API_KEY to a key with the external_data_source:read and "
+            ":write scopes, or run with --sandbox to try the server locally."
+        )
+    return None
+
+
+def forwarded_key(request: Request | None) -> str | None:
+    """The caller's own PostHog key, from its HTTP request (hosted, with --forward-key)."""
+    return bearer(request.headers) if request is not None else None
+
+
+async def list_tools(
+    ctx: Context, params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
+    """``tools/list``: the table's rows these settings offer."""
+    return ctx.lifespan_context.listing
+
+
+async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
+    """``tools/call``: every tool, through its table row.
+
+    Raises:
+        MCPError: only for a tool name no row has; every other failure is a tool error.
+    """
+    state = ctx.lifespan_context
+    settings = state.settings
+    row = lookup(params.name)
+    if row is None:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+    refusal = preflight(settings, row, ctx.request)
+    if refusal is not None:
+        return error_result(refusal)
+    try:
+        args = validate(row, params.arguments)
+    except ArgumentError as exc:
+        return error_result(str(exc))
+    api_key = forwarded_key(ctx.request) if settings.forward_key else None
+    try:
+        call = Call(
+            args, state.client.get(), settings.base_path(), api_key, ctx.session.report_progress
+        )
+        result = await dispatch.call_tool(row, call)
+    except PostHogError as exc:
+        return error_result(exc.describe())
+    except Exception:
+        log.exception("unexpected failure in %s", row.name)
+        return error_result(
+            f"{row.name} failed inside the server (an unexpected error, logged on the "
+            "server's stderr). Whether PostHog applied the change is unknown: check with a "
+            "list or retrieve call before retrying."
+        )
+    text = dumps(result)
+    if len(text.encode()) > settings.max_output_bytes:
+        result = cap(result, settings.max_output_bytes)
+        text = dumps(result)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=result
+    )
+
+
+async def list_prompts(
+    ctx: Context, params: types.PaginatedRequestParams | None
+) -> types.ListPromptsResult:
+    """``prompts/list``: the workflow prompts."""
+    return types.ListPromptsResult(prompts=[p.definition() for p in PROMPTS])
+
+
+async def get_prompt(ctx: Context, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    """``prompts/get``: one workflow prompt, rendered.
+
+    Raises:
+        MCPError: an unknown prompt, or a required argument missing.
+    """
+    prompt = PROMPTS_BY_NAME.get(params.name)
+    if prompt is None:
+        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+    arguments = dict(params.arguments or {})
+    missing = prompt.missing(arguments)
+    if missing:
+        raise MCPError(
+            code=types.INVALID_PARAMS,
+            message=f"Prompt {prompt.name} needs the argument(s): {', '.join(missing)}",
+        )
+    return types.GetPromptResult(
+        description=prompt.description,
+        messages=[
+            types.PromptMessage(
+                role="user", content=types.TextContent(type="text", text=prompt.render(arguments))
+            )
+        ],
+    )
 
 
 def create_server(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
-    client: PostHogClient | LazyClient | None = None,
-) -> Server[dict[str, Any]]:
+    client: LazyClient | None = None,
+) -> Server[ServerState]:
     """Build the low-level MCP server.
 
-    With ``client``, every connection shares that adapter (the HTTP transports open it once);
-    otherwise each connection opens its own through :func:`open_client` with ``transport``.
+    With ``client``, every connection shares that adapter (the HTTP transports open it once,
+    in the ASGI lifespan); otherwise each connection opens its own through :func:`open_client`
+    with ``transport``.
     """
     settings.check()
-    remember_secrets([settings.api_key])
-    tools = [tool_definition(row) for row in ENDPOINTS if settings.enabled(row)]
-    schemas: Mapping[str, Mapping[str, Any]] = {t.name: t.input_schema for t in tools}
-    listing = types.ListToolsResult(tools=tools)
+    remember_secrets([settings.api_key, settings.auth_token])
+    listing = listing_for(settings)
+    schemas: Mapping[str, Mapping[str, Any]] = {t.name: t.input_schema for t in listing.tools}
 
     @asynccontextmanager
-    async def lifespan(_: Server[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(_: Server[ServerState]) -> AsyncIterator[ServerState]:
         if client is not None:
-            yield {"client": client}
+            yield ServerState(settings, client, listing)
             return
         async with open_client(settings, transport=transport) as own:
-            yield {"client": own}
-
-    async def on_list_tools(
-        ctx: ServerRequestContext[dict[str, Any]], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        return listing
-
-    async def on_call_tool(
-        ctx: ServerRequestContext[dict[str, Any]], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        row = lookup(params.name)
-        if row is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-        if not settings.enabled(row):
-            return error_result(settings.why_disabled(row))
-        try:
-            args = validate(row, params.arguments)
-        except ArgumentError as exc:
-            return error_result(str(exc))
-        if settings.environment is None:
-            return error_result(
-                "No PostHog environment id is configured; nothing was sent. Set "
-                "POSTHOG_ENVIRONMENT_ID (or --environment-id) to the number in your PostHog URL "
-                "(/project/<id>/), or run with --sandbox to try the server locally."
-            )
-        api_key = None
-        if settings.forward_key:
-            request = ctx.request
-            api_key = bearer(request.headers) if request is not None else None
-            if api_key is None:
-                return error_result(
-                    "This server uses each caller's own PostHog key; send it as "
-                    "'Authorization: Bearer phx_...'. Nothing was sent."
-                )
-        elif not settings.sandbox and not settings.api_key and transport is None:
-            return error_result(
-                "No PostHog personal API key is configured; nothing was sent. Set "
-                "POSTHOG_PERSONAL_API_KEY to a key with the external_data_source:read and "
-                ":write scopes, or run with --sandbox to try the server locally."
-            )
-        held = ctx.lifespan_context["client"]
-        client: PostHogClient = held.get() if isinstance(held, LazyClient) else held
-        try:
-            call = Call(args, client, settings.base_path(), api_key, ctx.session.report_progress)
-            result = await run(row, call)
-        except PostHogError as exc:
-            return error_result(exc.describe())
-        except Exception:
-            log.exception("unexpected failure in %s", row.name)
-            return error_result(
-                f"{row.name} failed inside the server (an unexpected error, logged on the "
-                "server's stderr). Whether PostHog applied the change is unknown: check with a "
-                "list or retrieve call before retrying."
-            )
-        text = dumps(result)
-        if len(text.encode()) > settings.max_output_bytes:
-            result = cap(result, settings.max_output_bytes)
-            text = dumps(result)
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=text)], structured_content=result
-        )
-
-    async def on_list_prompts(
-        ctx: ServerRequestContext[dict[str, Any]], params: types.PaginatedRequestParams | None
-    ) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=[p.definition() for p in PROMPTS])
-
-    async def on_get_prompt(
-        ctx: ServerRequestContext[dict[str, Any]], params: types.GetPromptRequestParams
-    ) -> types.GetPromptResult:
-        prompt = PROMPTS_BY_NAME.get(params.name)
-        if prompt is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
-        missing = [
-            n
-            for n, _, required in prompt.arguments
-            if required and not (params.arguments or {}).get(n)
-        ]
-        if missing:
-            raise MCPError(
-                code=types.INVALID_PARAMS,
-                message=f"Prompt {prompt.name} needs the argument(s): {', '.join(missing)}",
-            )
-        text = prompt.render(dict(params.arguments or {}))
-        return types.GetPromptResult(
-            description=prompt.description,
-            messages=[
-                types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))
-            ],
-        )
+            yield ServerState(settings, own, listing)
 
     return Server(
         NAME,
@@ -243,9 +298,11 @@ def create_server(
         title="PostHog data warehouse",
         instructions=INSTRUCTIONS + (SANDBOX_NOTE if settings.sandbox else ""),
         lifespan=lifespan,
+        # The 2026-07-28 streamable-HTTP path checks Mcp-Param-* headers against a tool's
+        # input schema; without this lookup the SDK would call list_tools on every call.
         get_tool_input_schema=schemas.get,
-        on_list_tools=on_list_tools,
-        on_call_tool=on_call_tool,
-        on_list_prompts=on_list_prompts,
-        on_get_prompt=on_get_prompt,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
     )

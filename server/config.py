@@ -1,4 +1,8 @@
-"""Configuration from the environment (``POSTHOG_*``) and matching CLI flags."""
+"""Every setting in one model: an environment variable each (``POSTHOG_*``), most with a flag.
+
+A field's ``json_schema_extra={"flag": ...}`` names its command-line flag; the CLI builds its
+parser from these fields (server/cli.py), so the README's configuration table is this model.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,24 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, TOOLSETS, Endpoint
+from posthog_warehouse_mcp.tools.output import DEFAULT_MAX_OUTPUT_BYTES
+from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, TOOLSETS
 
 HOST_SHORTCUTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
 SANDBOX_BASE_URL = "http://sandbox"
 SANDBOX_ENVIRONMENT_ID = "1"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+Transport = Literal["stdio", "sse", "http"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class ConfigError(ValueError):
     """A setting is wrong; the message says which and how to fix it."""
 
 
-def bearer(headers: Any) -> str | None:
-    """The bearer token of an ``Authorization`` header, if any."""
-    value = headers.get("authorization") if headers is not None else None
-    if not value or not value.lower().startswith("bearer "):
-        return None
-    token = str(value[7:].strip())
-    return token or None
+def _flag(name: str) -> dict[str, Any]:
+    return {"flag": name}
 
 
 def _split(value: object) -> object:
@@ -34,28 +38,117 @@ def _split(value: object) -> object:
     return value
 
 
+CommaList = Annotated[list[str], NoDecode]
+
+
 class Settings(BaseSettings):
-    """Everything the server needs to know; each field has an env var and a CLI flag."""
+    """Everything the server needs to know; see the README's configuration table."""
 
     model_config = SettingsConfigDict(env_prefix="POSTHOG_", extra="ignore")
 
+    # PostHog. The key has no flag, so it never shows in a process list.
     personal_api_key: SecretStr | None = Field(
-        None, description="Personal API key (phx_...) with external_data_source scopes."
+        None, description="personal API key (phx_...) with external_data_source scopes"
     )
-    host: str = Field("https://us.posthog.com", description="us, eu, or any base URL.")
-    environment_id: str | None = Field(None, description="Environment (project) id.")
-    path_prefix: Literal["environments", "projects"] = "environments"
-    timeout: float = Field(30.0, gt=0, le=600, description="Seconds per request.")
-    read_only: bool = False
-    toolsets: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_output_bytes: int = Field(80_000, ge=2_000)
-    sandbox: bool = False
-    sandbox_dir: Path | None = None
-    demo: bool = True
-    forward_key: bool = False
+    host: str = Field(
+        "https://us.posthog.com",
+        description="us, eu, or a base URL",
+        json_schema_extra=_flag("--posthog-host"),
+    )
+    environment_id: str | None = Field(
+        None,
+        description="PostHog environment id (the number in your PostHog URL)",
+        json_schema_extra=_flag("--environment-id"),
+    )
+    path_prefix: Literal["environments", "projects"] = Field(
+        "environments",
+        description="API path prefix",
+        json_schema_extra=_flag("--path-prefix"),
+    )
+    timeout: float = Field(
+        30.0, gt=0, le=600, description="seconds per request", json_schema_extra=_flag("--timeout")
+    )
 
-    _split_toolsets = field_validator("toolsets", "tools", mode="before")(_split)
+    # Which tools are offered, and how much a result may say.
+    read_only: bool = Field(
+        False,
+        description="list and allow only read-only tools",
+        json_schema_extra=_flag("--read-only"),
+    )
+    toolsets: CommaList = Field(
+        default_factory=list,
+        description=f"comma list of {', '.join(TOOLSETS)}",
+        json_schema_extra=_flag("--toolsets"),
+    )
+    tools: CommaList = Field(
+        default_factory=list,
+        description="comma list of tool names to allow",
+        json_schema_extra=_flag("--tools"),
+    )
+    max_output_bytes: int = Field(
+        DEFAULT_MAX_OUTPUT_BYTES,
+        ge=2_000,
+        description="result budget in bytes",
+        json_schema_extra=_flag("--max-output-bytes"),
+    )
+
+    # The local sandbox.
+    sandbox: bool = Field(
+        False,
+        description="run against an in-process local sandbox instead of PostHog",
+        json_schema_extra=_flag("--sandbox"),
+    )
+    sandbox_dir: Path | None = Field(
+        None, description="sandbox data directory", json_schema_extra=_flag("--sandbox-dir")
+    )
+    demo: bool = Field(
+        True,
+        description="start the sandbox's demo Postgres (--no-demo: don't)",
+        json_schema_extra=_flag("--no-demo"),
+    )
+
+    # Serving.
+    mcp_transport: Transport = Field(
+        "stdio",
+        description="stdio, sse (/sse) or http (streamable HTTP at /mcp)",
+        json_schema_extra=_flag("--transport"),
+    )
+    mcp_host: str = Field(
+        "127.0.0.1", description="HTTP bind address", json_schema_extra=_flag("--host")
+    )
+    mcp_port: int = Field(
+        8000, ge=0, le=65535, description="HTTP port", json_schema_extra=_flag("--port")
+    )
+    mcp_stateless: bool = Field(
+        False,
+        description="stateless streamable HTTP (JSON answers, no sessions)",
+        json_schema_extra=_flag("--stateless"),
+    )
+    mcp_auth_token: SecretStr | None = Field(
+        None, description="HTTP: the bearer token clients must send"
+    )
+    forward_key: bool = Field(
+        False,
+        description="HTTP: use each caller's own 'Authorization: Bearer phx_...' for PostHog",
+        json_schema_extra=_flag("--forward-key"),
+    )
+    mcp_allowed_hosts: CommaList = Field(
+        default_factory=list,
+        description="HTTP: comma list of allowed Host values",
+        json_schema_extra=_flag("--allowed-hosts"),
+    )
+    mcp_allowed_origins: CommaList = Field(
+        default_factory=list,
+        description="HTTP: comma list of allowed Origin values",
+        json_schema_extra=_flag("--allowed-origins"),
+    )
+    log_level: LogLevel = Field(
+        "INFO", description="log level (logs go to stderr)", json_schema_extra=_flag("--log-level")
+    )
+
+    _split_lists = field_validator(
+        "toolsets", "tools", "mcp_allowed_hosts", "mcp_allowed_origins", mode="before"
+    )(_split)
 
     @field_validator("host")
     @classmethod
@@ -76,11 +169,17 @@ class Settings(BaseSettings):
             raise ValueError("must be a numeric environment id (from the PostHog URL)")
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     def check(self) -> None:
-        """Reject unknown toolset or tool names at startup.
+        """Reject what cannot work, at startup.
 
         Raises:
-            ConfigError: naming the unknown values and the valid ones.
+            ConfigError: unknown toolset or tool names (naming the valid ones), or an HTTP
+                server that anyone could use with this server's key.
         """
         unknown = [t for t in self.toolsets if t not in TOOLSETS]
         if unknown:
@@ -94,11 +193,34 @@ class Settings(BaseSettings):
                 + ", ".join(row.name for row in ENDPOINTS)
                 + "."
             )
+        if self.mcp_transport == "stdio":
+            return
+        if not self.is_loopback and not (self.auth_token or self.forward_key):
+            raise ConfigError(
+                f"Refusing to serve on {self.mcp_host} without authentication: set "
+                "POSTHOG_MCP_AUTH_TOKEN (clients send it as a bearer token) or pass "
+                "--forward-key (clients send their own PostHog key)."
+            )
+        if self.forward_key and self.api_key:
+            raise ConfigError(
+                "--forward-key uses each caller's own key; unset POSTHOG_PERSONAL_API_KEY so "
+                "no server-wide key can be used by someone else."
+            )
 
     @property
     def api_key(self) -> str | None:
         """The key as plain text, for the Authorization header only."""
         return self.personal_api_key.get_secret_value() if self.personal_api_key else None
+
+    @property
+    def auth_token(self) -> str | None:
+        """The HTTP bearer token as plain text, for comparing with what a client sends."""
+        return self.mcp_auth_token.get_secret_value() if self.mcp_auth_token else None
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the HTTP transports listen where only this machine can connect."""
+        return self.mcp_host in LOOPBACK
 
     @property
     def base_url(self) -> str:
@@ -110,26 +232,11 @@ class Settings(BaseSettings):
         """The environment id in use (the sandbox always has ``1``)."""
         return SANDBOX_ENVIRONMENT_ID if self.sandbox else self.environment_id
 
+    @property
+    def needs_key(self) -> bool:
+        """Whether calls need a server-wide PostHog key (not the sandbox, not forwarding)."""
+        return not (self.sandbox or self.forward_key)
+
     def base_path(self) -> str:
         """``/api/{prefix}/{environment_id}/`` for the configured environment."""
         return f"/api/{self.path_prefix}/{self.environment}/"
-
-    def enabled(self, row: Endpoint) -> bool:
-        """Whether a tool is listed and callable under read-only, toolsets and tools filters."""
-        if self.read_only and not row.is_read_only:
-            return False
-        if self.tools and not {row.name, *row.aliases} & set(self.tools):
-            return False
-        return not (self.toolsets and row.toolset not in self.toolsets)
-
-    def why_disabled(self, row: Endpoint) -> str:
-        """Explain to the model why a tool is refused and how the user can allow it."""
-        if self.read_only and not row.is_read_only:
-            return (
-                f"{row.name} changes data and the server runs read-only; nothing was sent. Ask "
-                "the user to restart it without --read-only (POSTHOG_READ_ONLY=0) to allow it."
-            )
-        return (
-            f"{row.name} is not enabled on this server (--tools/--toolsets); nothing was sent. "
-            f"It belongs to the toolset '{row.toolset}'."
-        )

@@ -14,7 +14,7 @@ class Prompt:
     name: str
     title: str
     description: str
-    arguments: tuple[tuple[str, str, bool], ...]  # (name, description, required)
+    arguments: tuple[types.PromptArgument, ...]
     template: str
 
     def definition(self) -> types.Prompt:
@@ -23,16 +23,21 @@ class Prompt:
             name=self.name,
             title=self.title,
             description=self.description,
-            arguments=[
-                types.PromptArgument(name=n, description=d, required=r)
-                for n, d, r in self.arguments
-            ],
+            arguments=list(self.arguments),
         )
+
+    def missing(self, arguments: dict[str, str]) -> list[str]:
+        """The required arguments that are absent or empty."""
+        return [a.name for a in self.arguments if a.required and not arguments.get(a.name)]
 
     def render(self, arguments: dict[str, str]) -> str:
         """The prompt text with arguments filled in (missing optional ones say so)."""
-        values = {n: arguments.get(n) or f"(no {n} given)" for n, _, _ in self.arguments}
+        values = {a.name: arguments.get(a.name) or f"(no {a.name} given)" for a in self.arguments}
         return self.template.format(**values)
+
+
+def _arg(name: str, description: str, *, required: bool = False) -> types.PromptArgument:
+    return types.PromptArgument(name=name, description=description, required=required)
 
 
 PROMPTS: tuple[Prompt, ...] = (
@@ -41,9 +46,9 @@ PROMPTS: tuple[Prompt, ...] = (
         "Connect a Postgres database",
         "Connect a Postgres database and choose a sync type for each table.",
         (
-            ("host", "Database host", True),
-            ("database", "Database name", True),
-            ("prefix", "Table-name prefix in PostHog, e.g. app_", False),
+            _arg("host", "Database host", required=True),
+            _arg("database", "Database name", required=True),
+            _arg("prefix", "Table-name prefix in PostHog, e.g. app_"),
         ),
         """Connect the Postgres database {database} on {host} to PostHog's data warehouse \
 (prefix {prefix}) and choose how each table syncs.
@@ -66,7 +71,7 @@ or Failed; report rows_synced and any latest_error.""",
         "diagnose-failing-sync",
         "Diagnose a failing sync",
         "Find why a source's table fails to sync and propose a fix.",
-        (("source", "Source id, prefix or type", True), ("table", "Table name", False)),
+        (_arg("source", "Source id, prefix or type", required=True), _arg("table", "Table name")),
         """Find out why the sync of {table} in source {source} fails, and propose a fix.
 1. external-data-sources-list (search by type or prefix) to find the source id; \
 external-data-sources-retrieve for its status, latest_error and each schema's status.
@@ -85,7 +90,7 @@ external-data-sources-jobs.""",
         "switch-to-incremental",
         "Switch a table to incremental sync",
         "Move a table from full refresh to incremental sync without losing or duplicating rows.",
-        (("schema_id", "Schema id of the table", True),),
+        (_arg("schema_id", "Schema id of the table", required=True),),
         """Switch table schema {schema_id} to incremental sync safely.
 1. external-data-schemas-retrieve: note sync_type, status, primary_key_columns. If a sync is \
 Running, wait (external-data-sources-jobs) or ask before external-data-schemas-cancel.
@@ -103,7 +108,7 @@ if the data is wrong, suggest external-data-schemas-resync (it deletes and re-im
         "remove-source",
         "Remove a source safely",
         "Stop or remove a source without deleting synced data unexpectedly.",
-        (("source", "Source id, prefix or type", True),),
+        (_arg("source", "Source id, prefix or type", required=True),),
         """Help the user stop or remove source {source} without losing data they still need.
 1. external-data-sources-list / external-data-sources-retrieve: list its tables, which sync, \
 and their warehouse table names.
@@ -119,4 +124,4 @@ and cannot be undone, get an explicit yes, then call it.
     ),
 )
 
-BY_NAME = {p.name: p for p in PROMPTS}
+PROMPTS_BY_NAME = {p.name: p for p in PROMPTS}

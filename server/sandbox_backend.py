@@ -16,6 +16,8 @@ from pathlib import Path
 import anyio
 import httpx
 
+from posthog_warehouse_mcp.tools.errors import TransportError
+
 log = logging.getLogger("posthog_warehouse_mcp.sandbox")
 
 DEFAULT_SANDBOX_DIR = Path.home() / ".posthog-warehouse-mcp" / "sandbox"
@@ -82,12 +84,18 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             self._ready.set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Wait for the sandbox, then hand the request to its ASGI app."""
+        """Wait for the sandbox, then hand the request to its ASGI app.
+
+        Raises:
+            TransportError: the sandbox is not up; its message says why, for the model.
+        """
         self._wanted.set()
         with anyio.move_on_after(self.startup_timeout):
             await self._ready.wait()
         if not self._ready.is_set():
-            raise httpx.ConnectTimeout("the sandbox is still starting", request=request)
+            raise TransportError(
+                f"the sandbox is still starting after {self.startup_timeout:g} s; try again"
+            )
         if self._inner is None:
-            raise httpx.ConnectError(self._failure or "the sandbox has stopped", request=request)
+            raise TransportError(f"{self._failure or 'the sandbox has stopped'}.")
         return await self._inner.handle_async_request(request)

@@ -1,13 +1,16 @@
-"""Serve the MCP server over streamable HTTP or legacy SSE (stdio lives in the CLI)."""
+"""Serve the MCP server over streamable HTTP or legacy SSE (stdio lives in the CLI).
+
+The adapter and the in-process sandbox live in the ASGI app's lifespan: uvicorn's graceful
+shutdown closes them (and stops the sandbox's PostgreSQL) before ``serve()`` returns.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import hmac
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from mcp.server import Server
@@ -15,106 +18,55 @@ from mcp.server.sse import SseServerTransport
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
-from posthog_warehouse_mcp.server.config import bearer
+from posthog_warehouse_mcp.server.app import LazyClient, create_server, open_backend
+from posthog_warehouse_mcp.server.auth import BearerAuth
+from posthog_warehouse_mcp.server.config import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("posthog_warehouse_mcp.http")
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
-]
 
-
-@dataclass(frozen=True)
-class HttpOptions:
-    """How the HTTP transports listen and whom they let in."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    stateless: bool = False
-    auth_token: str | None = None
-    forward_key: bool = False
-    allowed_hosts: list[str] = field(default_factory=list)
-    allowed_origins: list[str] = field(default_factory=list)
-
-    @property
-    def is_loopback(self) -> bool:
-        """Whether only this machine can connect."""
-        return self.host in LOOPBACK
-
-    def security(self) -> TransportSecuritySettings:
-        """Host and Origin checks (DNS-rebinding protection), always on."""
-        hosts = self.allowed_hosts or (
-            ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-            if self.is_loopback
-            else [f"{self.host}:*", f"{self.host}"]
-        )
-        origins = self.allowed_origins or (
-            ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-            if self.is_loopback
-            else [f"https://{self.host}:*", f"http://{self.host}:*"]
-        )
-        return TransportSecuritySettings(
-            enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
-        )
-
-
-class BearerAuth:
-    """Reject HTTP requests without the server's token (or, forwarding, without a PostHog key)."""
-
-    def __init__(self, app: ASGIApp, *, token: str | None, forward_key: bool) -> None:
-        self.app = app
-        self.token = token
-        self.forward_key = forward_key
-
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = bearer(Request(scope).headers)
-        if self.forward_key:
-            ok = given is not None and given.startswith(("phx_", "pha_", "phs_"))
-            detail = "Send your PostHog personal API key as Authorization: Bearer phx_..."
-        else:
-            ok = given is not None and hmac.compare_digest(given, self.token or "")
-            detail = "Send the server's token as Authorization: Bearer <token>."
-        if not ok:
-            response = JSONResponse(
-                {"error": "invalid_token", "error_description": detail},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def streamable_http_app(server: Server[Any], options: HttpOptions) -> Starlette:
-    """The streamable HTTP app at ``/mcp``."""
-    return server.streamable_http_app(
-        streamable_http_path="/mcp",
-        stateless_http=options.stateless,
-        json_response=options.stateless,
-        host=options.host,
-        transport_security=options.security(),
+def security(settings: Settings) -> TransportSecuritySettings:
+    """Host and Origin checks (DNS-rebinding protection), always on."""
+    host = settings.mcp_host
+    hosts = settings.mcp_allowed_hosts or (
+        ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+        if settings.is_loopback
+        else [f"{host}:*", f"{host}"]
+    )
+    origins = settings.mcp_allowed_origins or (
+        ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+        if settings.is_loopback
+        else [f"https://{host}:*", f"http://{host}:*"]
+    )
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
 
 
-def sse_app(server: Server[Any], options: HttpOptions) -> Starlette:
+def streamable_http_app(server: Server[Any], settings: Settings) -> Starlette:
+    """The streamable HTTP app at ``/mcp``."""
+    return server.streamable_http_app(
+        streamable_http_path="/mcp",
+        stateless_http=settings.mcp_stateless,
+        json_response=settings.mcp_stateless,
+        host=settings.mcp_host,
+        transport_security=security(settings),
+    )
+
+
+def sse_app(server: Server[Any], settings: Settings) -> Starlette:
     """The legacy HTTP+SSE app: ``GET /sse`` and ``POST /messages/``."""
-    sse = SseServerTransport("/messages/", security_settings=options.security())
+    sse = SseServerTransport("/messages/", security_settings=security(settings))
 
     async def handle_sse(request: Request) -> Response:
+        # request._send is how the SDK's own SseServerTransport docs reach the raw send.
         async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
             await server.run(read, write, server.create_initialization_options())
         return Response()
@@ -127,38 +79,59 @@ def sse_app(server: Server[Any], options: HttpOptions) -> Starlette:
     )
 
 
-def http_app(server: Server[Any], options: HttpOptions, *, kind: str) -> ASGIApp:
-    """The ASGI app for ``kind`` (``http`` or ``sse``), behind bearer auth when configured."""
-    app: ASGIApp = (
-        streamable_http_app(server, options) if kind == "http" else sse_app(server, options)
-    )
-    if options.auth_token or options.forward_key:
-        app = BearerAuth(app, token=options.auth_token, forward_key=options.forward_key)
-    return app
+@dataclass(frozen=True)
+class HttpKind:
+    """One HTTP transport: where clients connect, and how its app is built."""
+
+    path: str
+    build: Callable[[Server[Any], Settings], Starlette]
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn that does not re-raise SIGTERM/SIGINT after its graceful shutdown.
+KINDS: dict[str, HttpKind] = {
+    "http": HttpKind("/mcp", streamable_http_app),
+    "sse": HttpKind("/sse", sse_app),
+}
 
-    It re-sends the signal once ``serve()`` returns, which would kill the process before the
-    sandbox (and its embedded PostgreSQL) is shut down by the code around ``serve()``.
+
+def http_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """The ASGI app for ``settings.mcp_transport``, behind bearer auth when configured.
+
+    One adapter serves every connection; it and the in-process sandbox (or ``transport``, in
+    tests) are opened and closed by the app's lifespan.
     """
+    client = LazyClient(settings, transport)
+    inner = KINDS[settings.mcp_transport].build(create_server(settings, client=client), settings)
+    app: ASGIApp = inner
+    if settings.auth_token or settings.forward_key:
+        app = BearerAuth(inner, token=settings.auth_token, forward_key=settings.forward_key)
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if transport is None:
+                client.transport = await stack.enter_async_context(open_backend(settings))
+            stack.push_async_callback(client.aclose)
+            # Mounted apps get no lifespan of their own: run the SDK's (its session manager).
+            await stack.enter_async_context(inner.router.lifespan_context(inner))
+            yield
+
+    return Starlette(routes=[Mount("/", app=app)], lifespan=lifespan)
 
 
-async def serve_http(app: ASGIApp, options: HttpOptions) -> None:
-    """Run ``app`` with uvicorn until interrupted."""
+async def serve_http(settings: Settings) -> None:
+    """Serve ``settings.mcp_transport`` with uvicorn until interrupted."""
+    app = http_app(settings)
     config = uvicorn.Config(
-        app, host=options.host, port=options.port, log_level="warning", lifespan="on"
+        app, host=settings.mcp_host, port=settings.mcp_port, log_level="warning", lifespan="on"
     )
-    await _Uvicorn(config).serve()
+    log.info(
+        "serving %s on http://%s:%d%s",
+        settings.mcp_transport,
+        settings.mcp_host,
+        settings.mcp_port,
+        KINDS[settings.mcp_transport].path,
+    )
+    await uvicorn.Server(config).serve()
 
 
-__all__ = ["HttpOptions", "http_app", "serve_http"]
+__all__ = ["KINDS", "http_app", "serve_http"]

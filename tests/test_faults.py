@@ -24,7 +24,7 @@ from mcp import Client
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.server.app import LazyClient, create_server
 from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
 from posthog_warehouse_mcp.tools.table import ENDPOINTS
 from tests.support import CANARY_KEY, SCHEMA_ID, SOURCE, SOURCE_ID, Recorder, Seen, serve, settings
@@ -77,7 +77,9 @@ async def mcp_client(
     )
     async with http:
         adapter = PostHogClient(http, retry=retry, max_response_bytes=max_response_bytes)
-        async with Client(create_server(config, client=adapter), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(
+            create_server(config, client=LazyClient(config, client=adapter)), mode=mode
+        ) as client:  # type: ignore[arg-type]
             yield client
 
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from posthog_warehouse_mcp.server.app import tool_definition
+from posthog_warehouse_mcp.tools.definitions import definition
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint
 from tests.support import Recorder, connect
 
@@ -275,7 +275,7 @@ TOOL_IDS = [row.name for row in ENDPOINTS]
 def test_valid_arguments_from_the_schema_are_accepted_and_routed(
     session: Session, row: Endpoint
 ) -> None:
-    schema = dict(tool_definition(row).input_schema)
+    schema = dict(definition(row)["inputSchema"])
     outcomes: list[bool] = []
 
     @FUZZ
@@ -291,7 +291,7 @@ def test_valid_arguments_from_the_schema_are_accepted_and_routed(
 
 @pytest.mark.parametrize("row", ENDPOINTS, ids=TOOL_IDS)
 def test_invalid_arguments_send_nothing_and_never_crash(session: Session, row: Endpoint) -> None:
-    schema = dict(tool_definition(row).input_schema)
+    schema = dict(definition(row)["inputSchema"])
     outcomes: list[bool] = []
 
     @FUZZ
@@ -344,5 +344,5 @@ def test_strategies_cover_every_schema_keyword() -> None:
                 walk(child)
 
     for row in ENDPOINTS:
-        walk(tool_definition(row).input_schema)
+        walk(definition(row)["inputSchema"])
     assert seen <= handled, seen - handled

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
+import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from posthog_warehouse_mcp.server.prompts import PROMPTS
+from posthog_warehouse_mcp.server.prompts import PROMPTS, Prompt
 from posthog_warehouse_mcp.tools.table import BY_NAME
 from tests.support import MODES, Recorder, connect
 
@@ -17,8 +18,8 @@ TOOL = re.compile(r"external-data-[a-z-]+[a-z]")
 
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: p.name)
-def test_prompt_mentions_only_existing_tools(prompt) -> None:  # type: ignore[no-untyped-def]
-    text = prompt.render({n: "x" for n, _, _ in prompt.arguments})
+def test_prompt_mentions_only_existing_tools(prompt: Prompt) -> None:
+    text = prompt.render({a.name: "x" for a in prompt.arguments})
     named = TOOL.findall(text)
     assert len(named) >= 3
     unknown = [n for n in named if n not in BY_NAME]
@@ -54,7 +55,10 @@ async def test_prompts_list_and_get(mode: str) -> None:
     async with connect(Recorder(), mode=mode) as client:
         listed = (await client.list_prompts()).prompts
         got = await client.get_prompt("connect-postgres", {"host": "db", "database": "shop"})
-        with pytest.raises(MCPError):
+        with pytest.raises(MCPError) as missing:
             await client.get_prompt("connect-postgres", {})
+    assert missing.value.code == types.INVALID_PARAMS
+    assert "host, database" in str(missing.value)
     assert [p.name for p in listed] == [p.name for p in PROMPTS]
-    assert "shop" in got.messages[0].content.text  # type: ignore[union-attr]
+    content = got.messages[0].content
+    assert isinstance(content, types.TextContent) and "shop" in content.text

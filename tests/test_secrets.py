@@ -25,7 +25,7 @@ from mcp.client.stdio import stdio_client
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.server.app import LazyClient, create_server
 from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
 from posthog_warehouse_mcp.tools.errors import AuthenticationFailed, PermissionDenied
 from posthog_warehouse_mcp.tools.output import dumps
@@ -211,7 +211,9 @@ async def in_memory(respond: Callable[[Request, Seen], Response]) -> AsyncIterat
         transport=httpx.ASGITransport(app=recorder.app()),
     )
     async with http:
-        server = create_server(config, client=PostHogClient(http, retry=FAST))
+        server = create_server(
+            config, client=LazyClient(config, client=PostHogClient(http, retry=FAST))
+        )
         async with Client(server, mode="legacy") as client:  # type: ignore[arg-type]
             yield client
 

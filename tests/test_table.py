@@ -3,37 +3,61 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
+import mcp_types as types
 import pytest
 
-from posthog_warehouse_mcp.server.app import tool_definition
-from posthog_warehouse_mcp.tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
+from posthog_warehouse_mcp.tools import definitions, snapshot
+from posthog_warehouse_mcp.tools.definitions import definition
+from posthog_warehouse_mcp.tools.table import DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS, Endpoint
 
-SNAPS = Path(__file__).parent / "__toolsnaps__"
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+ROWS = pytest.mark.parametrize("row", ENDPOINTS, ids=lambda r: r.name)
+
+# Written out, not derived from the table: these guard the table's own rows.
+DESTRUCTIVE = {
+    "external-data-sources-destroy",
+    "external-data-sources-delete-webhook-create",
+    "external-data-schemas-destroy",
+    "external-data-schemas-delete-data",
+    "external-data-schemas-resync",
+}
+READ_ONLY = {
+    "external-data-sources-list",
+    "external-data-sources-retrieve",
+    "external-data-sources-jobs",
+    "external-data-schemas-list",
+    "external-data-schemas-retrieve",
+    "external-data-schemas-incremental-fields-create",
+}
+NEVER_RETRIED = {
+    "external-data-sources-create",
+    "external-data-sources-create-webhook-create",
+    "external-data-sources-reload",
+    "external-data-schemas-reload",
+    "external-data-schemas-resync",
+}
 
 
 def test_names_are_unique_and_valid_mcp_tool_names() -> None:
     names = [row.name for row in ENDPOINTS]
-    assert len(names) == len(set(names)) == 21
+    assert len(names) == len(set(names))
     aliases = [a for row in ENDPOINTS for a in row.aliases]
     assert not set(aliases) & set(names)
     assert all(NAME.match(n) for n in names + aliases)
 
 
-@pytest.mark.parametrize("row", ENDPOINTS, ids=lambda r: r.name)
-def test_every_path_placeholder_is_a_params_field(row) -> None:  # type: ignore[no-untyped-def]
+@ROWS
+def test_every_path_placeholder_is_a_params_field(row: Endpoint) -> None:
     for placeholder in row.path_fields:
         assert placeholder in row.params.model_fields
     assert row.toolset in TOOLSETS
 
 
-@pytest.mark.parametrize("row", ENDPOINTS, ids=lambda r: r.name)
-def test_every_input_property_has_a_description(row) -> None:  # type: ignore[no-untyped-def]
-    schema = tool_definition(row).input_schema
+@ROWS
+def test_every_input_property_has_a_description(row: Endpoint) -> None:
+    schema = definition(row)["inputSchema"]
     assert schema["type"] == "object"
     assert schema.get("additionalProperties") is False
     for name, prop in schema["properties"].items():
@@ -41,58 +65,35 @@ def test_every_input_property_has_a_description(row) -> None:  # type: ignore[no
     assert "title" not in json.dumps(schema)
 
 
-def test_destructive_tools_warn_first_and_annotations_follow_the_table() -> None:
-    destructive = {r.name for r in ENDPOINTS if r.is_destructive}
-    assert destructive == {
-        "external-data-sources-destroy",
-        "external-data-sources-delete-webhook-create",
-        "external-data-schemas-destroy",
-        "external-data-schemas-delete-data",
-        "external-data-schemas-resync",
-    }
-    for row in ENDPOINTS:
-        tool = tool_definition(row)
-        assert tool.annotations is not None
-        assert tool.annotations.destructive_hint is row.is_destructive
-        assert tool.annotations.read_only_hint is row.is_read_only
-        assert (tool.description or "").startswith(DESTRUCTIVE_WARNING) is row.is_destructive
-    read_only = {r.name for r in ENDPOINTS if r.is_read_only}
-    assert "external-data-schemas-incremental-fields-create" in read_only
-    assert not {
-        "external-data-sources-create",
-        "external-data-sources-reload",
-        "external-data-schemas-resync",
-    } & {r.name for r in ENDPOINTS if r.is_idempotent}
+def test_destructive_read_only_and_retried_tools_are_the_intended_ones() -> None:
+    assert {r.name for r in ENDPOINTS if r.is_destructive} == DESTRUCTIVE
+    assert {r.name for r in ENDPOINTS if r.is_read_only} == READ_ONLY
+    assert {r.name for r in ENDPOINTS if not r.is_retry_safe} == NEVER_RETRIED
 
 
-def test_output_schemas_are_objects() -> None:
-    for row in ENDPOINTS:
-        assert tool_definition(row).output_schema["type"] == "object"  # type: ignore[index]
+@ROWS
+def test_annotations_and_warning_follow_the_row(row: Endpoint) -> None:
+    tool = types.Tool.model_validate(definition(row))
+    assert tool.annotations is not None
+    assert tool.annotations.destructive_hint is (row.name in DESTRUCTIVE)
+    assert tool.annotations.read_only_hint is (row.name in READ_ONLY)
+    assert tool.annotations.idempotent_hint is row.is_idempotent
+    assert (tool.description or "").startswith(DESTRUCTIVE_WARNING) is (row.name in DESTRUCTIVE)
+    assert tool.output_schema is not None and tool.output_schema["type"] == "object"
 
 
-@pytest.mark.parametrize("row", ENDPOINTS, ids=lambda r: r.name)
-def test_tool_definition_matches_snapshot(row) -> None:  # type: ignore[no-untyped-def]
-    current = tool_definition(row).model_dump(mode="json", by_alias=True, exclude_none=True)
-    path = SNAPS / f"{row.name}.json"
-    if os.environ.get("UPDATE_TOOLSNAPS") == "1":
-        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    assert path.exists(), f"no snapshot for {row.name}: run with UPDATE_TOOLSNAPS=1 and commit it"
-    assert json.loads(path.read_text()) == current, (
-        f"{row.name} changed; if intended, rerun with UPDATE_TOOLSNAPS=1 and commit the snapshot"
+def test_committed_tools_json_is_the_table_as_it_is_now() -> None:
+    # tools/tools.json is the reviewed snapshot of every definition and the start-up cache.
+    committed = definitions.TOOLS_JSON.read_text()
+    assert committed == snapshot.render(), (
+        "tools/tools.json differs from the table: if the change is intended, run "
+        "python -m posthog_warehouse_mcp.tools.snapshot and commit the file"
     )
 
 
-def test_no_snapshot_for_a_tool_that_is_gone() -> None:
-    assert {p.stem for p in SNAPS.glob("*.json")} <= set(BY_NAME)
-
-
-def test_schema_cache_is_current() -> None:
-    from posthog_warehouse_mcp.tools.schema import _cached, json_schema
-
-    cached = _cached()
-    assert cached, "tools/schemas.json is stale or missing: run python -m tools.schema"
-    for row in ENDPOINTS:
-        assert cached[f"{row.params.__name__}:validation"] == json_schema(row.params)
-        assert cached[f"{row.response.__name__}:serialization"] == json_schema(
-            row.response, mode="serialization"
-        )
+def test_the_server_serves_the_snapshot_only_while_it_is_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert definitions.read_snapshot() is not None
+    monkeypatch.setattr(definitions, "fingerprint", lambda: "code changed since")
+    assert definitions.read_snapshot() is None

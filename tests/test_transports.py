@@ -15,8 +15,7 @@ from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from posthog_warehouse_mcp.server.app import create_server, open_client
-from posthog_warehouse_mcp.server.transports import HttpOptions, http_app
+from posthog_warehouse_mcp.server.transports import http_app
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
 from tests.support import CANARY_KEY, SOURCE_ID, Recorder, serve, settings
 
@@ -24,17 +23,12 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def mcp_over_http(
-    recorder: Recorder, *, kind: str, options: HttpOptions | None = None, **overrides: Any
-) -> AsyncIterator[str]:
+async def mcp_over_http(recorder: Recorder, *, kind: str, **overrides: Any) -> AsyncIterator[str]:
     """Serve the MCP server (kind ``http`` or ``sse``) whose upstream is ``recorder``."""
-    options = options or HttpOptions()
     async with serve(recorder.app()) as upstream:
-        config = settings(host=upstream, **overrides)
-        async with open_client(config) as client:
-            app = http_app(create_server(config, client=client), options, kind=kind)
-            async with serve(app) as url:
-                yield url
+        config = settings(host=upstream, mcp_transport=kind, **overrides)
+        async with serve(http_app(config)) as url:
+            yield url
 
 
 async def test_stdio_subprocess_lists_and_calls() -> None:
@@ -116,9 +110,8 @@ async def test_http_rejects_bad_host_and_origin() -> None:
 
 
 async def test_http_bearer_token_is_required() -> None:
-    options = HttpOptions(auth_token="s3cret-token")
     async with (
-        mcp_over_http(Recorder(), kind="http", options=options) as url,
+        mcp_over_http(Recorder(), kind="http", mcp_auth_token="s3cret-token") as url,
         httpx.AsyncClient() as http,
     ):
         missing = await http.post(f"{url}/mcp", json=INIT, headers=ACCEPT)
@@ -137,9 +130,8 @@ async def test_http_bearer_token_is_required() -> None:
 async def test_forwarded_keys_reach_upstream_per_caller() -> None:
     recorder = Recorder()
     recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
-    options = HttpOptions(forward_key=True, stateless=True)
     async with mcp_over_http(
-        recorder, kind="http", options=options, forward_key=True, personal_api_key=None
+        recorder, kind="http", mcp_stateless=True, forward_key=True, personal_api_key=None
     ) as url:
         for key in ("phx_aliceKEY123456", "phx_bobKEY654321"):
             http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"})

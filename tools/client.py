@@ -68,14 +68,15 @@ class PostHogClient:
         *,
         query: Mapping[str, Any] | None = None,
         json_body: Mapping[str, Any] | None = None,
-        retry: bool = True,
+        retry: bool,
         api_key: str | None = None,
     ) -> Reply:
         """Send one request and return its parsed answer.
 
-        ``retry`` is only honoured for requests that are safe to send twice; the caller decides
-        from the endpoint's idempotency. ``api_key`` overrides the client's key for this call
-        (a hosted server forwarding each caller's own key).
+        ``retry`` says whether the request is safe to send twice (the caller knows, from the
+        endpoint); it has no default, so no caller retries a request by forgetting to say.
+        ``api_key`` overrides the client's key for this call (a hosted server forwarding each
+        caller's own key).
 
         Raises:
             PostHogError: an error status, no answer, or an answer that is not JSON.
@@ -138,10 +139,11 @@ class PostHogClient:
                 f"{what}: PostHog did not finish answering within the timeout ({deadline:g} s)."
                 f"{_maybe_applied(method, None)} Try again, or raise POSTHOG_TIMEOUT."
             ) from None
+        except TransportError as exc:
+            # A transport that explains itself (the in-process sandbox: still starting, not
+            # installed...) raises the error a model should read; only say which request.
+            raise TransportError(f"{what}: {exc.message}") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            if self.http.base_url.host == "sandbox":
-                # The in-process sandbox explains itself (still starting, not installed...).
-                raise TransportError(f"{what}: {exc}.") from None
             raise TransportError(
                 f"{what}: could not reach {self.http.base_url.host or 'PostHog'} "
                 f"({type(exc).__name__}). Check POSTHOG_HOST and the network."

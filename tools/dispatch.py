@@ -1,4 +1,8 @@
-"""From a table row and a tool call's arguments to one adapter request and a shaped result."""
+"""From a table row and a tool call's arguments to one adapter request and a shaped result.
+
+call_tool(row, call)   the row's hook, if it has one, around send()
+send(row, call)        validated arguments -> prepare() -> PostHogClient.request -> shape()
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ import pydantic
 from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools.errors import BadRequest, MalformedResponse
+from posthog_warehouse_mcp.tools.hooks import Progress
 from posthog_warehouse_mcp.tools.models import Ack
 from posthog_warehouse_mcp.tools.redact import redact
-from posthog_warehouse_mcp.tools.table import Endpoint
-from posthog_warehouse_mcp.tools.waiting import Call, wait_for_sync
+from posthog_warehouse_mcp.tools.table import BY_NAME, Endpoint
 
 if TYPE_CHECKING:
     # The adapter imports httpx; nothing here needs it until a call is made.
@@ -111,43 +115,52 @@ def shape(row: Endpoint, reply: Reply) -> dict[str, Any]:
     return shaped
 
 
-async def run(row: Endpoint, call: Call) -> dict[str, Any]:
-    """Carry out a validated tool call, including the row's wait-for-sync hook.
+@dataclass(frozen=True)
+class Call:
+    """A validated tool call and what it needs to reach PostHog (a :class:`~.hooks.Caller`)."""
+
+    params: BaseModel
+    client: PostHogClient
+    base_path: str
+    api_key: str | None = None
+    progress: Progress | None = None
+
+    async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        """Call another row by tool name, with arguments validated by its params model."""
+        row = BY_NAME[tool]
+        return await send(
+            row, Call(validate(row, arguments), self.client, self.base_path, self.api_key)
+        )
+
+
+async def call_tool(row: Endpoint, call: Call) -> dict[str, Any]:
+    """Carry out a validated tool call: the row's hook, if it has one, around :func:`send`.
 
     Raises:
         PostHogError: from the adapter or :func:`shape`.
     """
 
-    async def start() -> dict[str, Any]:
-        return await execute(
-            row, call.params, call.client, base_path=call.base_path, api_key=call.api_key
-        )
+    async def send_this() -> dict[str, Any]:
+        return await send(row, call)
 
-    if row.starts_sync is not None:
-        return await wait_for_sync(call, start, scope=row.starts_sync)
-    return await start()
+    if row.hook is not None:
+        return await row.hook(call, send_this)
+    return await send_this()
 
 
-async def execute(
-    row: Endpoint,
-    params: BaseModel,
-    client: PostHogClient,
-    *,
-    base_path: str,
-    api_key: str | None = None,
-) -> dict[str, Any]:
+async def send(row: Endpoint, call: Call) -> dict[str, Any]:
     """Send the request for a validated call and return the shaped result.
 
     Raises:
         PostHogError: from the adapter or :func:`shape`.
     """
-    req = prepare(row, params, base_path=base_path)
-    reply = await client.request(
+    req = prepare(row, call.params, base_path=call.base_path)
+    reply = await call.client.request(
         req.method,
         req.path,
         query=req.query,
         json_body=req.body,
-        retry=row.is_idempotent,
-        api_key=api_key,
+        retry=row.is_retry_safe,
+        api_key=call.api_key,
     )
     return shape(row, reply)

@@ -59,8 +59,10 @@ class APIError(PostHogError):
     def describe(self) -> str:
         """Return status, PostHog's message, the field it names, and the next step."""
         field = f" (field: {self.attr})" if self.attr else ""
+        # PostHog's messages usually end with a full stop; add one only where they don't.
+        end = "" if not field and self.message.endswith((".", "!", "?")) else "."
         hint = f" {self.hint}" if self.hint else ""
-        return f"PostHog answered {self.status}: {self.message}{field}.{hint}".replace("..", ".")
+        return f"PostHog answered {self.status}: {self.message}{field}{end}{hint}"
 
 
 class BadRequest(APIError):
@@ -91,8 +93,6 @@ class PermissionDenied(APIError):
 
 class NotFound(APIError):
     """404: no such source, schema or environment."""
-
-    hint = ""
 
 
 class MethodNotAllowed(APIError):

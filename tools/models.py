@@ -13,9 +13,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from posthog_warehouse_mcp.tools.schema import NULL_MEANS_CLEAR, NULLABLE
+from posthog_warehouse_mcp.tools.json_schema import NULL_MEANS_CLEAR, NULLABLE
 
-# ---------------------------------------------------------------- enums (stable upstream values
+# ---------------------------------------------------------------- enums (stable upstream values)
 
 
 class SyncType(StrEnum):

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools import models as m
+from posthog_warehouse_mcp.tools.hooks import Hook
+from posthog_warehouse_mcp.tools.waiting import wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue"]
@@ -23,13 +25,13 @@ TOOLSETS: tuple[Toolset, ...] = ("sources", "schemas", "sync", "webhooks", "reve
 DESTRUCTIVE_WARNING = "DESTRUCTIVE: confirm with the user before calling. "
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Endpoint:
-    """One PostHog endpoint exposed as one MCP tool."""
+    """One PostHog endpoint exposed as one MCP tool: name, method and path, then keywords."""
 
-    name: str
-    method: Method
-    path: str
+    name: str = field(kw_only=False)
+    method: Method = field(kw_only=False)
+    path: str = field(kw_only=False)
     params: type[BaseModel]
     response: type[BaseModel]
     title: str
@@ -39,9 +41,11 @@ class Endpoint:
     destructive: bool | None = None
     idempotent: bool | None = None
     aliases: tuple[str, ...] = ()
+    # Whether a failed request may be sent again; by default, what the idempotent hint says.
+    retry_safe: bool | None = None
     inject_body: Mapping[str, Any] = field(default_factory=dict)
-    # Starts a sync of a "source" or a "schema": the wait_seconds hook follows its jobs.
-    starts_sync: Literal["source", "schema"] | None = None
+    # Per-tool behaviour around the request (tools/hooks.py), e.g. following a sync it starts.
+    hook: Hook | None = None
 
     @property
     def path_fields(self) -> tuple[str, ...]:
@@ -60,8 +64,13 @@ class Endpoint:
 
     @property
     def is_idempotent(self) -> bool:
-        """Idempotent hint, which also decides whether a failed request may be retried."""
+        """Idempotent hint: not POST unless the row says otherwise."""
         return self.method != "POST" if self.idempotent is None else self.idempotent
+
+    @property
+    def is_retry_safe(self) -> bool:
+        """Whether a failed request may be retried: sending it twice does no harm."""
+        return self.is_idempotent if self.retry_safe is None else self.retry_safe
 
     @property
     def full_description(self) -> str:
@@ -85,23 +94,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-sources-list",
         "GET",
         SOURCES,
-        m.ExternalDataSourceListParams,
-        m.PaginatedExternalDataSourceList,
-        "List data warehouse sources",
-        "Start here: connected sources (Postgres, Stripe...) with status, last run and their "
-        "schemas (tables). Paginated.",
-        "sources",
+        params=m.ExternalDataSourceListParams,
+        response=m.PaginatedExternalDataSourceList,
+        title="List data warehouse sources",
+        description=(
+            "Start here: connected sources (Postgres, Stripe...) with status, last run and their "
+            "schemas (tables). Paginated."
+        ),
+        toolset="sources",
     ),
     Endpoint(
         "external-data-sources-create",
         "POST",
         SOURCES,
-        m.ExternalDataSourceCreateParams,
-        m.ExternalDataSourceCreated,
-        "Create data warehouse source",
-        "Connect a new source: PostHog checks the credentials, discovers its tables and starts "
-        "syncing the tables marked should_sync. Returns {id}. Each call creates another source.",
-        "sources",
+        params=m.ExternalDataSourceCreateParams,
+        response=m.ExternalDataSourceCreated,
+        title="Create data warehouse source",
+        description=(
+            "Connect a new source: PostHog checks the credentials, discovers its tables and starts "
+            "syncing the tables marked should_sync. Returns {id}. Each call creates another "
+            "source."
+        ),
+        toolset="sources",
         idempotent=False,
         inject_body={"created_via": "mcp"},
     ),
@@ -109,67 +123,77 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-sources-retrieve",
         "GET",
         SOURCE,
-        m.IdParams,
-        m.ExternalDataSource,
-        "Get data warehouse source",
-        "One source with every schema's sync settings, status and latest_error.",
-        "sources",
+        params=m.IdParams,
+        response=m.ExternalDataSource,
+        title="Get data warehouse source",
+        description="One source with every schema's sync settings, status and latest_error.",
+        toolset="sources",
     ),
     Endpoint(
         "external-data-sources-partial-update",
         "PATCH",
         SOURCE,
-        m.ExternalDataSourcePartialUpdateParams,
-        m.ExternalDataSource,
-        "Update data warehouse source",
-        "Change a source's description or connection settings (job_inputs, merged; a new host "
-        "needs the password again). Table settings: schemas-partial-update.",
-        "sources",
+        params=m.ExternalDataSourcePartialUpdateParams,
+        response=m.ExternalDataSource,
+        title="Update data warehouse source",
+        description=(
+            "Change a source's description or connection settings (job_inputs, merged; a new host "
+            "needs the password again). Table settings: schemas-partial-update."
+        ),
+        toolset="sources",
     ),
     Endpoint(
         "external-data-sources-destroy",
         "DELETE",
         SOURCE,
-        m.IdParams,
-        m.Ack,
-        "Delete data warehouse source",
-        "Delete a source, cancel its syncs and drop all its synced tables. Irreversible: the "
-        "source must be recreated and resynced.",
-        "sources",
+        params=m.IdParams,
+        response=m.Ack,
+        title="Delete data warehouse source",
+        description=(
+            "Delete a source, cancel its syncs and drop all its synced tables. Irreversible: the "
+            "source must be recreated and resynced."
+        ),
+        toolset="sources",
     ),
     Endpoint(
         "external-data-sources-bulk-update-schemas-partial-update",
         "PATCH",
         SOURCE + "bulk_update_schemas/",
-        m.ExternalDataSourceBulkUpdateSchemasParams,
-        m.ExternalDataSchemaList,
-        "Update many table schemas",
-        "Change sync settings of several tables of one source in one call (e.g. enable five "
-        "tables). Returns the updated schemas.",
-        "schemas",
+        params=m.ExternalDataSourceBulkUpdateSchemasParams,
+        response=m.ExternalDataSchemaList,
+        title="Update many table schemas",
+        description=(
+            "Change sync settings of several tables of one source in one call (e.g. enable five "
+            "tables). Returns the updated schemas."
+        ),
+        toolset="schemas",
     ),
     Endpoint(
         "external-data-sources-create-webhook-create",
         "POST",
         SOURCE + "create_webhook/",
-        m.ExternalDataSourceCreateWebhookParams,
-        m.WebhookResult,
-        "Create source webhook",
-        "Register a webhook with the vendor for tables synced by webhook (Stripe). Each call "
-        "registers another endpoint: only call when none exists.",
-        "webhooks",
+        params=m.ExternalDataSourceCreateWebhookParams,
+        response=m.WebhookResult,
+        title="Create source webhook",
+        description=(
+            "Register a webhook with the vendor for tables synced by webhook (Stripe). Each call "
+            "registers another endpoint: only call when none exists."
+        ),
+        toolset="webhooks",
         idempotent=False,
     ),
     Endpoint(
         "external-data-sources-delete-webhook-create",
         "POST",
         SOURCE + "delete_webhook/",
-        m.IdParams,
-        m.WebhookResult,
-        "Delete source webhook",
-        "Remove a source's webhook; refused while tables still sync by webhook (switch them "
-        "first).",
-        "webhooks",
+        params=m.IdParams,
+        response=m.WebhookResult,
+        title="Delete source webhook",
+        description=(
+            "Remove a source's webhook; refused while tables still sync by webhook (switch them "
+            "first)."
+        ),
+        toolset="webhooks",
         destructive=True,
         idempotent=True,
     ),
@@ -177,24 +201,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-sources-jobs",
         "GET",
         SOURCE + "jobs/",
-        m.ExternalDataSourceJobsParams,
-        m.ExternalDataJobList,
-        "List sync jobs",
-        "Sync history of a source, newest first (max 50): status, rows_synced, latest_error. "
-        "Use it to watch a sync or see why one failed.",
-        "sync",
+        params=m.ExternalDataSourceJobsParams,
+        response=m.ExternalDataJobList,
+        title="List sync jobs",
+        description=(
+            "Sync history of a source, newest first (max 50): status, rows_synced, latest_error. "
+            "Use it to watch a sync or see why one failed."
+        ),
+        toolset="sync",
         aliases=("external-data-sources-jobs-retrieve",),
     ),
     Endpoint(
         "external-data-sources-refresh-schemas",
         "POST",
         SOURCE + "refresh_schemas/",
-        m.IdParams,
-        m.RefreshSchemasResult,
-        "Refresh available schemas",
-        "Rediscover the source's tables (new ones appear as schemas, not syncing); moves no "
-        "data. Returns {added, deleted, total_tables_seen}.",
-        "sync",
+        params=m.IdParams,
+        response=m.RefreshSchemasResult,
+        title="Refresh available schemas",
+        description=(
+            "Rediscover the source's tables (new ones appear as schemas, not syncing); moves no "
+            "data. Returns {added, deleted, total_tables_seen}."
+        ),
+        toolset="sync",
         idempotent=True,
         aliases=("external-data-sources-refresh-schemas-create",),
     ),
@@ -202,78 +230,88 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-sources-reload",
         "POST",
         SOURCE + "reload/",
-        m.SyncParams,
-        m.Ack,
-        "Sync a source now",
-        "Start a sync of every enabled table of a source now, without waiting for the "
-        "schedule. Returns at once; watch sources-jobs.",
-        "sync",
+        params=m.SyncParams,
+        response=m.Ack,
+        title="Sync a source now",
+        description=(
+            "Start a sync of every enabled table of a source now, without waiting for the "
+            "schedule. Returns at once; watch sources-jobs."
+        ),
+        toolset="sync",
         idempotent=False,
-        starts_sync="source",
+        hook=wait_for_sync("source"),
         aliases=("external-data-sources-reload-create",),
     ),
     Endpoint(
         "external-data-sources-revenue-analytics-config-partial-update",
         "PATCH",
         SOURCE + "revenue_analytics_config/",
-        m.ExternalDataSourceRevenueAnalyticsConfigParams,
-        m.ExternalDataSource,
-        "Configure revenue analytics",
-        "Turn a source's use in revenue analytics on or off. Returns the source.",
-        "revenue",
+        params=m.ExternalDataSourceRevenueAnalyticsConfigParams,
+        response=m.ExternalDataSource,
+        title="Configure revenue analytics",
+        description="Turn a source's use in revenue analytics on or off. Returns the source.",
+        toolset="revenue",
     ),
     Endpoint(
         "external-data-schemas-list",
         "GET",
         SCHEMAS,
-        m.ExternalDataSchemaListParams,
-        m.PaginatedExternalDataSchemaList,
-        "List table schemas",
-        "All tables of all sources with sync settings and status; search by name. Paginated.",
-        "schemas",
+        params=m.ExternalDataSchemaListParams,
+        response=m.PaginatedExternalDataSchemaList,
+        title="List table schemas",
+        description=(
+            "All tables of all sources with sync settings and status; search by name. Paginated."
+        ),
+        toolset="schemas",
     ),
     Endpoint(
         "external-data-schemas-retrieve",
         "GET",
         SCHEMA,
-        m.IdParams,
-        m.ExternalDataSchema,
-        "Get table schema",
-        "One table's sync settings, status, latest_error and available columns.",
-        "schemas",
+        params=m.IdParams,
+        response=m.ExternalDataSchema,
+        title="Get table schema",
+        description="One table's sync settings, status, latest_error and available columns.",
+        toolset="schemas",
     ),
     Endpoint(
         "external-data-schemas-partial-update",
         "PATCH",
         SCHEMA,
-        m.ExternalDataSchemaPartialUpdateParams,
-        m.ExternalDataSchema,
-        "Update table schema",
-        "Enable or pause a table and set its sync type, cursor, key and frequency. For "
-        "incremental, pick the cursor with incremental-fields first.",
-        "schemas",
+        params=m.ExternalDataSchemaPartialUpdateParams,
+        response=m.ExternalDataSchema,
+        title="Update table schema",
+        description=(
+            "Enable or pause a table and set its sync type, cursor, key and frequency. For "
+            "incremental, pick the cursor with incremental-fields first."
+        ),
+        toolset="schemas",
     ),
     Endpoint(
         "external-data-schemas-destroy",
         "DELETE",
         SCHEMA,
-        m.IdParams,
-        m.Ack,
-        "Delete table schema",
-        "Remove a table from its source and drop its synced data. To keep the table listed, "
-        "use delete-data or set should_sync false.",
-        "schemas",
+        params=m.IdParams,
+        response=m.Ack,
+        title="Delete table schema",
+        description=(
+            "Remove a table from its source and drop its synced data. To keep the table listed, "
+            "use delete-data or set should_sync false."
+        ),
+        toolset="schemas",
     ),
     Endpoint(
         "external-data-schemas-cancel",
         "POST",
         SCHEMA + "cancel/",
-        m.IdParams,
-        m.Ack,
-        "Cancel running sync",
-        "Stop a table's running sync (job becomes Failed); the previous data stays. Errors if "
-        "no sync is running.",
-        "sync",
+        params=m.IdParams,
+        response=m.Ack,
+        title="Cancel running sync",
+        description=(
+            "Stop a table's running sync (job becomes Failed); the previous data stays. Errors if "
+            "no sync is running."
+        ),
+        toolset="sync",
         idempotent=True,
         aliases=("external-data-schemas-cancel-create",),
     ),
@@ -281,23 +319,27 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-schemas-delete-data",
         "DELETE",
         SCHEMA + "delete_data/",
-        m.IdParams,
-        m.Ack,
-        "Delete synced table data",
-        "Drop a table's synced data but keep the schema and settings; sync again with reload.",
-        "schemas",
+        params=m.IdParams,
+        response=m.Ack,
+        title="Delete synced table data",
+        description=(
+            "Drop a table's synced data but keep the schema and settings; sync again with reload."
+        ),
+        toolset="schemas",
         aliases=("external-data-schemas-delete-data-destroy",),
     ),
     Endpoint(
         "external-data-schemas-incremental-fields-create",
         "POST",
         SCHEMA + "incremental_fields/",
-        m.IdParams,
-        m.IncrementalFieldsResult,
-        "List incremental field candidates",
-        "Inspect the source table's columns: which can be an incremental cursor and whether "
-        "incremental or append is possible. Changes nothing.",
-        "schemas",
+        params=m.IdParams,
+        response=m.IncrementalFieldsResult,
+        title="List incremental field candidates",
+        description=(
+            "Inspect the source table's columns: which can be an incremental cursor and whether "
+            "incremental or append is possible. Changes nothing."
+        ),
+        toolset="schemas",
         read_only=True,
         idempotent=True,
     ),
@@ -305,29 +347,33 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-schemas-reload",
         "POST",
         SCHEMA + "reload/",
-        m.SyncParams,
-        m.Ack,
-        "Sync a table now",
-        "Sync one table now with its sync type (incremental adds/merges new rows). Returns at "
-        "once. To rebuild from scratch use resync.",
-        "sync",
+        params=m.SyncParams,
+        response=m.Ack,
+        title="Sync a table now",
+        description=(
+            "Sync one table now with its sync type (incremental adds/merges new rows). Returns at "
+            "once. To rebuild from scratch use resync."
+        ),
+        toolset="sync",
         idempotent=False,
-        starts_sync="schema",
+        hook=wait_for_sync("schema"),
         aliases=("external-data-schemas-reload-create",),
     ),
     Endpoint(
         "external-data-schemas-resync",
         "POST",
         SCHEMA + "resync/",
-        m.SyncParams,
-        m.Ack,
-        "Resync table from scratch",
-        "Drop the table's synced data and re-import every row (cancels a running sync). Use "
-        "when data is wrong; costly on big tables.",
-        "sync",
+        params=m.SyncParams,
+        response=m.Ack,
+        title="Resync table from scratch",
+        description=(
+            "Drop the table's synced data and re-import every row (cancels a running sync). Use "
+            "when data is wrong; costly on big tables."
+        ),
+        toolset="sync",
         destructive=True,
         idempotent=False,
-        starts_sync="schema",
+        hook=wait_for_sync("schema"),
         aliases=("external-data-schemas-resync-create",),
     ),
 )

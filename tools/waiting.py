@@ -8,48 +8,17 @@ out, reporting MCP progress on the way. It calls other rows of the table by tool
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from posthog_warehouse_mcp.tools.client import PostHogClient
-
-Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+from posthog_warehouse_mcp.tools.hooks import Caller, Hook, Send
 
 POLL_FIRST = 0.5
 POLL_MAX = 3.0
 FINISHED = frozenset(
     {"Completed", "Failed", "Cancelled", "Billing limits", "Billing limit too low"}
 )
-
-
-@dataclass(frozen=True)
-class Call:
-    """A validated tool call, with what a hook needs to make further requests."""
-
-    params: BaseModel
-    client: PostHogClient
-    base_path: str
-    api_key: str | None = None
-    progress: Progress | None = None
-
-    async def run(self, tool: str, **arguments: Any) -> dict[str, Any]:
-        """Call another row of the table by tool name, with validated arguments."""
-        from posthog_warehouse_mcp.tools.dispatch import execute, validate
-        from posthog_warehouse_mcp.tools.table import BY_NAME
-
-        row = BY_NAME[tool]
-        return await execute(
-            row,
-            validate(row, arguments),
-            self.client,
-            base_path=self.base_path,
-            api_key=self.api_key,
-        )
 
 
 def _job_view(job: dict[str, Any]) -> dict[str, Any]:
@@ -73,13 +42,13 @@ def _newest_per_table(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-async def _source_of_schema(call: Call, schema: dict[str, Any]) -> str | None:
+async def _source_of_schema(call: Caller, schema: dict[str, Any]) -> str | None:
     source = schema.get("source")
     if isinstance(source, dict) and source.get("id"):
         return str(source["id"])
     offset = 0
     while True:
-        page = await call.run("external-data-sources-list", limit=100, offset=offset)
+        page = await call.call_tool("external-data-sources-list", limit=100, offset=offset)
         for item in page.get("results", []):
             if any(s.get("id") == schema.get("id") for s in item.get("schemas") or []):
                 return str(item["id"])
@@ -88,23 +57,29 @@ async def _source_of_schema(call: Call, schema: dict[str, Any]) -> str | None:
         offset += 100
 
 
-async def wait_for_sync(
-    call: Call, start: Callable[[], Awaitable[dict[str, Any]]], *, scope: str
-) -> dict[str, Any]:
-    """Start the sync with ``start`` and, if ``wait_seconds`` is set, follow its jobs.
+def wait_for_sync(scope: Literal["source", "schema"]) -> Hook:
+    """The hook of a row whose call starts a sync of a ``source`` (every enabled table) or a
+    ``schema`` (one table): with ``wait_seconds``, it follows the jobs the sync started."""
 
-    ``scope`` is ``source`` (the id is a source; every enabled schema syncs) or ``schema``.
-    """
+    async def hook(call: Caller, send: Send) -> dict[str, Any]:
+        return await _start_and_follow(call, send, scope)
+
+    return hook
+
+
+async def _start_and_follow(
+    call: Caller, start: Send, scope: Literal["source", "schema"]
+) -> dict[str, Any]:
     wait = float(getattr(call.params, "wait_seconds", 0) or 0)
     if wait <= 0:
         return await start()
     ident = str(call.params.id)  # type: ignore[attr-defined]
     if scope == "source":
         source_id: str | None = ident
-        source = await call.run("external-data-sources-retrieve", id=ident)
+        source = await call.call_tool("external-data-sources-retrieve", id=ident)
         names = [s["name"] for s in source.get("schemas") or [] if s.get("should_sync")]
     else:
-        schema = await call.run("external-data-schemas-retrieve", id=ident)
+        schema = await call.call_tool("external-data-schemas-retrieve", id=ident)
         source_id = await _source_of_schema(call, schema)
         names = [schema["name"]] if schema.get("name") else []
     if source_id is None or not names:
@@ -113,7 +88,7 @@ async def wait_for_sync(
         return result
 
     async def jobs() -> list[dict[str, Any]]:
-        listed = await call.run("external-data-sources-jobs", id=source_id, schemas=names)
+        listed = await call.call_tool("external-data-sources-jobs", id=source_id, schemas=names)
         return list(listed.get("results", []))
 
     # Jobs already finished are history; one still running (say, started when the table was
