@@ -1,0 +1,160 @@
+"""Soak: many requests, with and without credentials, leave resident memory where it was.
+
+Each server runs as its own process on loopback; after a warm-up, 20,000 unauthenticated and
+20,000 authenticated requests must grow its resident memory by less than 10 MB (a reused
+exception instance once grew the sandbox by 230 MB over 40,000 wrong-key requests).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tests.support import eventually, free_port
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+EACH = 20_000
+WARM_UP = 3_000
+WORKERS = 8
+GROWTH_LIMIT_MB = 10.0
+KEY = "phx_soakKEY0123456789"
+TOKEN = "soak-token-0123456789"
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@asynccontextmanager
+async def process(argv: list[str], env: dict[str, str], url: str) -> AsyncIterator[int]:
+    """Run ``argv`` until the block ends; yield its pid once ``url`` answers."""
+    proc = await anyio.open_process(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        async with httpx.AsyncClient() as probe:
+
+            async def up() -> bool | None:
+                assert proc.returncode is None, f"{argv} exited with {proc.returncode}"
+                try:
+                    await probe.get(url)
+                except httpx.TransportError:
+                    return None
+                return True
+
+            await eventually(up, within=60, every=0.1)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        with anyio.move_on_after(30):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def hammer(count: int, send: Callable[[httpx.AsyncClient], Any]) -> None:
+    """Make ``count`` requests with ``send``, ``WORKERS`` at a time, each checked by ``send``."""
+    left = count
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await send(http)
+
+    async with httpx.AsyncClient(timeout=30) as http, anyio.create_task_group() as tg:
+        for _ in range(WORKERS):
+            tg.start_soon(worker, http)
+
+
+async def soak(
+    pid: int,
+    unauthenticated: Callable[[httpx.AsyncClient], Any],
+    authenticated: Callable[[httpx.AsyncClient], Any],
+) -> tuple[float, float]:
+    """Warm up, then send both kinds; return resident memory before and after, in MB."""
+    await hammer(WARM_UP, unauthenticated)
+    await hammer(WARM_UP, authenticated)
+    before = rss_mb(pid)
+    await hammer(EACH, unauthenticated)
+    await hammer(EACH, authenticated)
+    after = rss_mb(pid)
+    print(f"resident memory {before:.1f} MB -> {after:.1f} MB")  # shown with pytest -s
+    return before, after
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without the developer's POSTHOG_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTHOG_", "SANDBOX_"))}
+    return {**env, **extra}
+
+
+async def test_standalone_sandbox_memory_stays_flat(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    sources = f"{base}/api/environments/1/external_data_sources/"
+    argv = [sys.executable, "-m", "posthog_warehouse_mcp.sandbox", "--port", str(port)]
+    argv += ["--dir", str(tmp_path / "sandbox"), "--no-demo", "--api-key", KEY]
+
+    async def wrong_key(http: httpx.AsyncClient) -> None:
+        answer = await http.get(sources, headers={"Authorization": "Bearer phx_wrong"})
+        assert answer.status_code == 401
+
+    async def right_key(http: httpx.AsyncClient) -> None:
+        answer = await http.get(sources, headers={"Authorization": f"Bearer {KEY}"})
+        assert answer.status_code == 200
+
+    async with process(argv, clean_env(), base) as pid:
+        before, after = await soak(pid, wrong_key, right_key)
+    assert after - before < GROWTH_LIMIT_MB, f"grew from {before:.1f} MB to {after:.1f} MB"
+
+
+CALL = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "tools/call",
+    "params": {"name": "external-data-sources-list", "arguments": {"limit": 5}},
+}
+HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "Content-Type": "application/json",
+    "MCP-Protocol-Version": "2025-11-25",
+}
+
+
+async def test_hosted_streamable_http_memory_stays_flat(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    argv = [sys.executable, "-m", "posthog_warehouse_mcp", "--transport", "http", "--stateless"]
+    argv += ["--port", str(port), "--sandbox", "--no-demo", "--sandbox-dir", str(tmp_path)]
+    env = clean_env(POSTHOG_MCP_AUTH_TOKEN=TOKEN, POSTHOG_LOG_LEVEL="WARNING")
+
+    async def no_token(http: httpx.AsyncClient) -> None:
+        answer = await http.post(url, json=CALL, headers=HEADERS)
+        assert answer.status_code == 401
+
+    async def with_token(http: httpx.AsyncClient) -> None:
+        answer = await http.post(
+            url, json=CALL, headers={**HEADERS, "Authorization": f"Bearer {TOKEN}"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"]["isError"] is False
+
+    async with process(argv, env, url) as pid:
+        before, after = await soak(pid, no_token, with_token)
+    assert after - before < GROWTH_LIMIT_MB, f"grew from {before:.1f} MB to {after:.1f} MB"
