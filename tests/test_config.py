@@ -1,0 +1,117 @@
+"""One Settings model: every setting's variable and flag, the README's table, and startup checks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from posthog_warehouse_mcp.server.cli import parser, settings_from
+from posthog_warehouse_mcp.server.config import ConfigError, Settings
+from posthog_warehouse_mcp.tools.table import BY_NAME
+from tests.support import SOURCE_ID, Recorder, connect, settings, text_of
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = {"personal_api_key", "mcp_auth_token"}
+
+
+def flags_of_fields() -> dict[str, str | None]:
+    """Each Settings field's variable and its flag (None for the env-only secrets)."""
+    found: dict[str, str | None] = {}
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra
+        flag = extra.get("flag") if isinstance(extra, dict) else None
+        found[f"POSTHOG_{name.upper()}"] = flag if isinstance(flag, str) else None
+    return found
+
+
+def test_only_the_secrets_have_no_flag() -> None:
+    without = {name for name, f in Settings.model_fields.items() if not f.json_schema_extra}
+    assert without == SECRETS
+
+
+def test_readme_configuration_table_is_the_settings_model() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration") : text.index("## Tools")]
+    rows = re.findall(
+        r"^\| `(POSTHOG_[A-Z_]+)` \| (?:`(--[a-z-]+)`|\(env only\)) \|", section, re.M
+    )
+    assert {var: flag or None for var, flag in rows} == flags_of_fields()
+
+
+def test_every_flag_is_in_the_help_with_its_variable() -> None:
+    help_text = " ".join(parser().format_help().split())
+    for variable, flag in flags_of_fields().items():
+        if flag is not None:
+            assert flag in help_text
+            assert f"[{variable}]" in help_text
+
+
+def test_http_settings_come_from_the_environment_and_flags_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POSTHOG_MCP_TRANSPORT", "http")
+    monkeypatch.setenv("POSTHOG_MCP_PORT", "9123")
+    monkeypatch.setenv("POSTHOG_MCP_ALLOWED_HOSTS", "a.example:*, b.example")
+    monkeypatch.setenv("POSTHOG_MCP_AUTH_TOKEN", "tok-123456")
+    monkeypatch.setenv("POSTHOG_LOG_LEVEL", "debug")
+    from_env = settings_from(parser().parse_args([]))
+    assert (from_env.mcp_transport, from_env.mcp_port) == ("http", 9123)
+    assert from_env.mcp_allowed_hosts == ["a.example:*", "b.example"]
+    assert from_env.auth_token == "tok-123456"
+    assert from_env.log_level == "DEBUG"
+    flagged = settings_from(parser().parse_args(["--port", "9200", "--transport", "sse"]))
+    assert (flagged.mcp_transport, flagged.mcp_port) == ("sse", 9200)
+
+
+def test_no_demo_and_boolean_flags_leave_the_environment_alone_when_absent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POSTHOG_READ_ONLY", "1")
+    assert settings_from(parser().parse_args([])).read_only is True
+    assert settings_from(parser().parse_args(["--no-demo"])).demo is False
+    assert settings_from(parser().parse_args([])).demo is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"mcp_transport": "http", "mcp_host": "0.0.0.0"}, "without authentication"),
+        ({"mcp_transport": "sse", "mcp_host": "10.1.2.3"}, "without authentication"),
+        ({"mcp_transport": "http", "forward_key": True}, "unset POSTHOG_PERSONAL_API_KEY"),
+        ({"toolsets": ["nope"]}, "Unknown toolset"),
+        ({"tools": ["nope"]}, "Unknown tool"),
+    ],
+)
+def test_startup_refuses_what_cannot_work(overrides: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        settings(**overrides).check()
+
+
+def test_a_public_http_bind_with_a_token_or_forwarded_keys_is_allowed() -> None:
+    settings(mcp_transport="http", mcp_host="0.0.0.0", mcp_auth_token="t0k3n-long").check()
+    settings(
+        mcp_transport="http", mcp_host="0.0.0.0", forward_key=True, personal_api_key=None
+    ).check()
+
+
+@pytest.mark.anyio
+async def test_a_missing_key_is_a_tool_error_even_with_an_injected_transport() -> None:
+    recorder = Recorder()
+    async with connect(recorder, personal_api_key=None) as client:
+        result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
+    assert result.is_error is True
+    assert "POSTHOG_PERSONAL_API_KEY" in text_of(result)
+    assert "nothing was sent" in text_of(result)
+    assert recorder.seen == []
+
+
+@pytest.mark.anyio
+async def test_the_sandbox_needs_no_key() -> None:
+    recorder = Recorder()
+    recorder.answer_as(BY_NAME["external-data-sources-list"])
+    async with connect(recorder, personal_api_key=None, sandbox=True) as client:
+        result = await client.call_tool("external-data-sources-list", {})
+    assert result.is_error is False, text_of(result)
+    assert recorder.seen[0].path == "/api/environments/1/external_data_sources/"
