@@ -28,8 +28,9 @@ class ConfigError(ValueError):
     """A setting is wrong; the message says which and how to fix it."""
 
 
-def _flag(name: str) -> dict[str, Any]:
-    return {"flag": name}
+def flagged(default: Any, flag: str, description: str, **constraints: Any) -> Any:
+    """A field with a command-line ``flag``: the CLI builds its parser from these."""
+    return Field(default, description=description, json_schema_extra={"flag": flag}, **constraints)
 
 
 def _split(value: object) -> object:
@@ -50,101 +51,52 @@ class Settings(BaseSettings):
     personal_api_key: SecretStr | None = Field(
         None, description="personal API key (phx_...) with external_data_source scopes"
     )
-    host: str = Field(
-        "https://us.posthog.com",
-        description="us, eu, or a base URL",
-        json_schema_extra=_flag("--posthog-host"),
+    host: str = flagged("https://us.posthog.com", "--posthog-host", "us, eu, or a base URL")
+    environment_id: str | None = flagged(
+        None, "--environment-id", "PostHog environment id (the number in your PostHog URL)"
     )
-    environment_id: str | None = Field(
-        None,
-        description="PostHog environment id (the number in your PostHog URL)",
-        json_schema_extra=_flag("--environment-id"),
+    path_prefix: Literal["environments", "projects"] = flagged(
+        "environments", "--path-prefix", "API path prefix"
     )
-    path_prefix: Literal["environments", "projects"] = Field(
-        "environments",
-        description="API path prefix",
-        json_schema_extra=_flag("--path-prefix"),
-    )
-    timeout: float = Field(
-        30.0, gt=0, le=600, description="seconds per request", json_schema_extra=_flag("--timeout")
-    )
+    timeout: float = flagged(30.0, "--timeout", "seconds per request", gt=0, le=600)
 
     # Which tools are offered, and how much a result may say.
-    read_only: bool = Field(
-        False,
-        description="list and allow only read-only tools",
-        json_schema_extra=_flag("--read-only"),
-    )
-    toolsets: CommaList = Field(
-        default_factory=list,
-        description=f"comma list of {', '.join(TOOLSETS)}",
-        json_schema_extra=_flag("--toolsets"),
-    )
-    tools: CommaList = Field(
-        default_factory=list,
-        description="comma list of tool names to allow",
-        json_schema_extra=_flag("--tools"),
-    )
-    max_output_bytes: int = Field(
-        DEFAULT_MAX_OUTPUT_BYTES,
-        ge=2_000,
-        description="result budget in bytes",
-        json_schema_extra=_flag("--max-output-bytes"),
+    read_only: bool = flagged(False, "--read-only", "list and allow only read-only tools")
+    toolsets: CommaList = flagged([], "--toolsets", f"comma list of {', '.join(TOOLSETS)}")
+    tools: CommaList = flagged([], "--tools", "comma list of tool names to allow")
+    max_output_bytes: int = flagged(
+        DEFAULT_MAX_OUTPUT_BYTES, "--max-output-bytes", "result budget in bytes", ge=2_000
     )
 
     # The local sandbox.
-    sandbox: bool = Field(
-        False,
-        description="run against an in-process local sandbox instead of PostHog",
-        json_schema_extra=_flag("--sandbox"),
+    sandbox: bool = flagged(
+        False, "--sandbox", "run against an in-process local sandbox instead of PostHog"
     )
-    sandbox_dir: Path | None = Field(
-        None, description="sandbox data directory", json_schema_extra=_flag("--sandbox-dir")
-    )
-    demo: bool = Field(
-        True,
-        description="start the sandbox's demo Postgres (--no-demo: don't)",
-        json_schema_extra=_flag("--no-demo"),
-    )
+    sandbox_dir: Path | None = flagged(None, "--sandbox-dir", "sandbox data directory")
+    demo: bool = flagged(True, "--no-demo", "start the sandbox's demo Postgres (--no-demo: don't)")
 
     # Serving.
-    mcp_transport: Transport = Field(
-        "stdio",
-        description="stdio, sse (/sse) or http (streamable HTTP at /mcp)",
-        json_schema_extra=_flag("--transport"),
+    mcp_transport: Transport = flagged(
+        "stdio", "--transport", "stdio, sse (/sse) or http (streamable HTTP at /mcp)"
     )
-    mcp_host: str = Field(
-        "127.0.0.1", description="HTTP bind address", json_schema_extra=_flag("--host")
-    )
-    mcp_port: int = Field(
-        8000, ge=0, le=65535, description="HTTP port", json_schema_extra=_flag("--port")
-    )
-    mcp_stateless: bool = Field(
-        False,
-        description="stateless streamable HTTP (JSON answers, no sessions)",
-        json_schema_extra=_flag("--stateless"),
+    mcp_host: str = flagged("127.0.0.1", "--host", "HTTP bind address")
+    mcp_port: int = flagged(8000, "--port", "HTTP port", ge=0, le=65535)
+    mcp_stateless: bool = flagged(
+        False, "--stateless", "stateless streamable HTTP (JSON answers, no sessions)"
     )
     mcp_auth_token: SecretStr | None = Field(
         None, description="HTTP: the bearer token clients must send"
     )
-    forward_key: bool = Field(
-        False,
-        description="HTTP: use each caller's own 'Authorization: Bearer phx_...' for PostHog",
-        json_schema_extra=_flag("--forward-key"),
+    forward_key: bool = flagged(
+        False, "--forward-key", "HTTP: use each caller's own 'Authorization: Bearer phx_...'"
     )
-    mcp_allowed_hosts: CommaList = Field(
-        default_factory=list,
-        description="HTTP: comma list of allowed Host values",
-        json_schema_extra=_flag("--allowed-hosts"),
+    mcp_allowed_hosts: CommaList = flagged(
+        [], "--allowed-hosts", "HTTP: comma list of allowed Host values"
     )
-    mcp_allowed_origins: CommaList = Field(
-        default_factory=list,
-        description="HTTP: comma list of allowed Origin values",
-        json_schema_extra=_flag("--allowed-origins"),
+    mcp_allowed_origins: CommaList = flagged(
+        [], "--allowed-origins", "HTTP: comma list of allowed Origin values"
     )
-    log_level: LogLevel = Field(
-        "INFO", description="log level (logs go to stderr)", json_schema_extra=_flag("--log-level")
-    )
+    log_level: LogLevel = flagged("INFO", "--log-level", "log level (logs go to stderr)")
 
     _split_lists = field_validator(
         "toolsets", "tools", "mcp_allowed_hosts", "mcp_allowed_origins", mode="before"
