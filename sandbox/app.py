@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from posthog_warehouse_mcp.sandbox.runtime import open_sandbox
+from posthog_warehouse_mcp.sandbox.runtime import DEFAULT_DIRECTORY, open_sandbox
 
 
 class _Deferred:
@@ -29,18 +30,14 @@ class _Deferred:
 
 
 def create_app(
-    directory: Path | None = None,
-    *,
-    api_key: str | None = None,
-    demo: bool | None = None,
-    sync_delay: float = 0.0,
+    directory: Path | None = None, *, api_key: str | None = None, demo: bool | None = None
 ) -> Starlette:
     """A Starlette app that starts the sandbox in its lifespan.
 
     Without arguments it reads SANDBOX_DIR (default `./sandbox-data`), SANDBOX_API_KEY and
     SANDBOX_DEMO (`0` turns the demo off).
     """
-    directory = Path(directory or os.environ.get("SANDBOX_DIR", "sandbox-data"))
+    directory = Path(directory or os.environ.get("SANDBOX_DIR") or DEFAULT_DIRECTORY)
     api_key = api_key if api_key is not None else os.environ.get("SANDBOX_API_KEY") or None
     if demo is None:
         demo = os.environ.get("SANDBOX_DEMO", "1") not in ("0", "false", "no")
@@ -48,15 +45,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_sandbox(
-            directory, api_key=api_key, demo=bool(demo), sync_delay=sync_delay
-        ) as sandbox_app:
+        async with open_sandbox(directory, api_key=api_key, demo=bool(demo)) as sandbox_app:
             inner.app = sandbox_app
             try:
                 yield
             finally:
                 inner.app = None
-
-    from starlette.routing import Mount
 
     return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan)

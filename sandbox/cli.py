@@ -9,6 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
+import uvicorn
+
+from posthog_warehouse_mcp.sandbox.app import create_app
+from posthog_warehouse_mcp.sandbox.runtime import DEFAULT_DIRECTORY
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -17,11 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
     parser.add_argument("--port", type=int, default=8010, help="port to listen on")
-    parser.add_argument("--dir", type=Path, default=Path("sandbox-data"), help="state folder")
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="state folder")
     parser.add_argument("--api-key", default=None, help="require this bearer key")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo database")
-    # For tests and benchmarks: slow syncs down so they can be cancelled or killed midway.
-    parser.add_argument("--sync-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", help="log level (stderr)")
     return parser
 
@@ -34,13 +37,7 @@ def main(argv: list[str]) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    import uvicorn
-
-    from posthog_warehouse_mcp.sandbox.app import create_app
-
-    app = create_app(
-        args.dir, api_key=args.api_key, demo=not args.no_demo, sync_delay=args.sync_delay
-    )
+    app = create_app(args.dir, api_key=args.api_key, demo=not args.no_demo)
     # uvicorn sends access logs to stdout by default; everything goes to stderr here.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     for handler in log_config["handlers"].values():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
-from posthog_warehouse_mcp.sandbox import postgres
+from posthog_warehouse_mcp.sandbox.connectors import connector, discover
 from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
+from posthog_warehouse_mcp.sandbox.services import with_columns
 from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store, iso, new_id, now
 
 logger = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ def register_demo_source(store: Store, creds: PostgresCredentials) -> Source:
     for source in store.live_sources():
         if source.source_type == "Postgres" and source.prefix == DEMO_PREFIX:
             if source.job_inputs != inputs:
-                source.job_inputs = inputs
+                source = replace(source, job_inputs=inputs)
                 store.save(source)
             return source
     created = iso(now()) or ""
@@ -119,18 +121,13 @@ def register_demo_source(store: Store, creds: PostgresCredentials) -> Source:
         created_via="api",
     )
     store.save(source)
-    for table in postgres.discover(inputs):
+    for table in discover(connector("Postgres"), inputs):
         schema = Schema(
             id=new_id(),
             source_id=source.id,
             name=table.name,
             created_at=created,
             sync_type="full_refresh",
-            available_columns=[
-                {"name": c.name, "data_type": c.data_type, "is_nullable": c.nullable}
-                for c in table.columns
-            ],
-            detected_primary_keys=list(table.primary_key),
         )
-        store.save(schema)
+        store.save(with_columns(schema, table))
     return source

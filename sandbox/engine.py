@@ -1,25 +1,45 @@
-"""The sync engine: one background thread per sync, cancellation, restart recovery, schedules."""
+"""The sync engine: one background thread per sync, cancellation, restart recovery, schedules.
+
+Sources and schemas are values: the engine, like the API, replaces them in the store under its
+lock and never changes one in place. A job is changed in place, by its own sync only.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import threading
-import time as time_module
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Literal
 
-from posthog_warehouse_mcp.sandbox import sources
-from posthog_warehouse_mcp.sandbox.sources import SourceError, SyncCancelled
+from posthog_warehouse_mcp.sandbox.connectors import (
+    Column,
+    Connector,
+    Export,
+    SourceError,
+    SyncCancelled,
+    check_cancelled,
+    connector,
+)
 from posthog_warehouse_mcp.sandbox.store import Job, Schema, Store, iso, new_id, now
 from posthog_warehouse_mcp.sandbox.warehouse import STAGING_PREFIX, Warehouse
+
+if TYPE_CHECKING:
+    import duckdb
 
 logger = logging.getLogger(__name__)
 
 CANCELLED_BY_USER = "Sync cancelled by user"
 INTERRUPTED = "Sync interrupted: the sandbox stopped before the sync finished"
+DATA_DELETED = (
+    "Sync discarded: the table's data was deleted while the sync ran; the next sync imports "
+    "every row"
+)
+SCHEMA_DELETED = "Sync discarded: the table was deleted while the sync ran"
 
 FREQUENCIES: dict[str, timedelta | None] = {
     "never": None,
@@ -41,6 +61,19 @@ def table_name(prefix: str | None, source_type: str, table: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", raw.lower()).strip("_")
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a sync thread is when it calls the engine's hook.
+
+    `progress`: the job shows the rows exported so far; `publish`: the export is done and the
+    rows are about to be loaded and published; `finished`: the job is marked finished.
+    """
+
+    point: Literal["progress", "publish", "finished"]
+    schema_id: str
+    cancelled: threading.Event
+
+
 @dataclass
 class _Run:
     job: Job
@@ -48,9 +81,9 @@ class _Run:
     replace: bool
     cancelled: threading.Event = field(default_factory=threading.Event)
     reason: str = CANCELLED_BY_USER
-    conn: Any = None
-    connector: Any = None
-    duck: Any = None
+    # Stops the running upstream query from another thread, while a connection is open.
+    stop_upstream: Callable[[], None] | None = None
+    duck: duckdb.DuckDBPyConnection | None = None
     thread: threading.Thread | None = None
     saved_at: float = 0.0
 
@@ -59,18 +92,14 @@ class SyncEngine:
     """Starts syncs in threads so the event loop never waits on a database."""
 
     def __init__(
-        self,
-        store: Store,
-        warehouse: Warehouse,
-        staging_dir: Path,
-        *,
-        max_concurrent: int = 2,
-        sync_delay: float = 0.0,
+        self, store: Store, warehouse: Warehouse, staging_dir: Path, *, max_concurrent: int = 2
     ) -> None:
         self.store = store
         self.warehouse = warehouse
         self.staging_dir = staging_dir
-        self.sync_delay = sync_delay
+        # A test seam: called in the sync thread at each Checkpoint, so a test can hold a sync
+        # there and force an interleaving. None in production.
+        self.hook: Callable[[Checkpoint], None] | None = None
         self._slots = threading.Semaphore(max_concurrent)
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
@@ -83,52 +112,50 @@ class SyncEngine:
         dropped = self.warehouse.drop_leftover_staging()
         if dropped:
             logger.info("dropped %d staging tables left by an interrupted sync", len(dropped))
-        for job in list(self.store.jobs.values()):
-            if job.status == "Running":
-                job.status = "Failed"
-                job.latest_error = INTERRUPTED
-                job.finished_at = iso(now())
-                self.store.save(job)
-        for schema in list(self.store.schemas.values()):
-            if schema.status == "Running":
-                schema.status = "Failed"
-                schema.latest_error = INTERRUPTED
-                self.store.save(schema)
+        with self.store.lock:
+            for job in list(self.store.jobs.values()):
+                if job.status == "Running":
+                    job.status = "Failed"
+                    job.latest_error = INTERRUPTED
+                    job.finished_at = iso(now())
+                    self.store.save(job)
+            for schema in list(self.store.schemas.values()):
+                if schema.status == "Running":
+                    self.store.save(replace(schema, status="Failed", latest_error=INTERRUPTED))
 
     def is_running(self, schema_id: str) -> bool:
         """Whether the schema has a sync in progress."""
         with self._lock:
             return schema_id in self._runs
 
-    def start(self, schema: Schema, *, replace: bool = False) -> Job | None:
+    def start(self, schema_id: str, *, replace_table: bool = False) -> Job | None:
         """Start a sync of one schema unless one is already running; return its job.
 
-        None, and nothing started, if the schema is already syncing or it or its source is deleted.
+        `replace_table` re-imports every row and swaps the table (resync). None, and nothing
+        started, if the schema is already syncing or it or its source is deleted.
         """
         with self._lock, self.store.lock:
-            if schema.id in self._runs:
+            schema = self.store.schemas.get(schema_id)
+            if schema_id in self._runs or schema is None or schema.deleted:
                 return None
-            stored = self.store.schemas.get(schema.id, schema)
             source = self.store.sources.get(schema.source_id)
-            if schema.deleted or stored.deleted or source is None or source.deleted:
+            if source is None or source.deleted:
                 return None
             job = Job(
                 id=new_id(),
                 source_id=schema.source_id,
-                schema_id=schema.id,
+                schema_id=schema_id,
                 created_at=iso(now()) or "",
                 workflow_run_id=new_id(),
             )
             self.store.save(job)
-            schema.status = "Running"
-            self.store.save(schema)
-            source.status = "Running"
-            self.store.save(source)
-            run = _Run(job=job, schema_id=schema.id, replace=replace)
+            self.store.save(replace(schema, status="Running"))
+            self.store.save(replace(source, status="Running"))
+            run = _Run(job=job, schema_id=schema_id, replace=replace_table)
             run.thread = threading.Thread(
                 target=self._run, args=(run,), name=f"sync-{schema.name}", daemon=True
             )
-            self._runs[schema.id] = run
+            self._runs[schema_id] = run
         run.thread.start()
         return job
 
@@ -140,11 +167,10 @@ class SyncEngine:
             return False
         run.reason = reason
         run.cancelled.set()
-        conn, connector, duck = run.conn, run.connector, run.duck
-        if conn is not None and connector is not None:
+        stop_upstream, duck = run.stop_upstream, run.duck
+        if stop_upstream is not None:
             try:
-                source = self.store.sources[self.store.schemas[schema_id].source_id]
-                connector.cancel(conn, source.job_inputs)
+                stop_upstream()
             except Exception:  # the query may have ended between the check and the cancel
                 logger.debug("cancel of the upstream query failed", exc_info=True)
         if duck is not None:
@@ -192,14 +218,19 @@ class SyncEngine:
                 result.append(schema)
         return result
 
-    def _progress(self, run: _Run, rows: int) -> float:
+    def _checkpoint(self, point: Literal["progress", "publish", "finished"], run: _Run) -> None:
+        if self.hook is not None:
+            self.hook(Checkpoint(point, run.schema_id, run.cancelled))
+
+    def _progress(self, run: _Run, rows: int) -> None:
         """Show rows exported so far on the running job (saved at most twice a second)."""
         run.job.rows_synced = rows
-        moment = time_module.monotonic()
+        moment = monotonic()
         if moment - run.saved_at >= 0.5:
             run.saved_at = moment
             self.store.save(run.job)
-        return self.sync_delay
+        self._checkpoint("progress", run)
+        check_cancelled(run.cancelled)
 
     def _run(self, run: _Run) -> None:
         job = run.job
@@ -210,8 +241,7 @@ class SyncEngine:
         acquired = False
         try:
             while not (acquired := self._slots.acquire(timeout=0.2)):
-                if run.cancelled.is_set():
-                    raise SyncCancelled
+                check_cancelled(run.cancelled)
             rows = self._sync(run, csv_path, staging)
         except SyncCancelled:
             error = run.reason
@@ -228,31 +258,42 @@ class SyncEngine:
                 self._slots.release()
             csv_path.unlink(missing_ok=True)
             try:
-                with self.warehouse.write_lock:
-                    self.warehouse.drop_staging(self.warehouse.cursor(), staging)
+                with self.warehouse.locked() as cur:
+                    self.warehouse.drop_staging(cur, staging)
             except Exception:
                 logger.warning("could not drop staging table %s", staging, exc_info=True)
             self._finish(run, rows, error)
 
     def _sync(self, run: _Run, csv_path: Path, staging: str) -> int:
-        schema = self.store.schemas[run.schema_id]
-        source = self.store.sources[schema.source_id]
-        connector = sources.connector(source.source_type)
-        namespace = connector.schema_name(source.job_inputs)
+        with self.store.lock:
+            schema = self.store.schemas[run.schema_id]
+            source = self.store.sources[schema.source_id]
+        upstream = connector(source.source_type)
+        inputs = source.job_inputs
+        namespace = upstream.schema_name(inputs)
         # One connection for discovery and export: authenticating costs as much as a small sync.
-        with connector.connect(source.job_inputs) as conn:
-            run.conn = conn
-            run.connector = connector
+        with upstream.connect(inputs) as conn:
+            run.stop_upstream = lambda: upstream.cancel(conn, inputs)
             try:
-                return self._sync_with(run, conn, namespace, csv_path, staging)
+                # A cancel that came before there was a query to stop.
+                check_cancelled(run.cancelled)
+                return self._sync_with(run, upstream, conn, namespace, csv_path, staging)
             finally:
-                run.conn = None
+                run.stop_upstream = None
 
-    def _sync_with(self, run: _Run, conn: Any, namespace: str, csv_path: Path, staging: str) -> int:
-        schema = self.store.schemas[run.schema_id]
-        source = self.store.sources[schema.source_id]
-        connector = run.connector
-        tables: list[sources.Table] = connector.discover_with(conn, namespace, only=schema.name)
+    def _sync_with(
+        self,
+        run: _Run,
+        upstream: Connector[Any],
+        conn: Any,
+        namespace: str,
+        csv_path: Path,
+        staging: str,
+    ) -> int:
+        with self.store.lock:
+            schema = self.store.schemas[run.schema_id]
+            source = self.store.sources[schema.source_id]
+        tables = upstream.discover_with(conn, namespace, only=schema.name)
         if not tables:
             raise SourceError(f"Table {schema.name} no longer exists in the source")
         table = tables[0]
@@ -271,17 +312,20 @@ class SyncEngine:
             wanted.add(cursor_column)
         columns = [c for c in table.columns if c.name in wanted]
         name = schema.table_name or table_name(source.prefix, source.source_type, schema.name)
-        existing = self.warehouse.table_exists(name)
-        cursor_value = None
-        if cursor_column and not run.replace and existing:
-            # None when the saved cursor belongs to another column (incremental_field changed).
-            cursor_value = self.warehouse.cursor_value(schema.id, cursor_column)
+        # What this sync builds on, read under the lock that drop_table takes: all of one
+        # generation of the schema's data.
+        with self.warehouse.locked():
+            generation = self.warehouse.generation(schema.id)
+            existing = self.warehouse.table_exists(name)
+            cursor_value = None
+            if cursor_column and not run.replace and existing:
+                # None when the saved cursor belongs to another column (incremental_field changed).
+                cursor_value = self.warehouse.cursor_value(schema.id, cursor_column)
         # A table with no saved cursor (e.g. last published by a full refresh) gets every row
         # exported again: appending those on top would duplicate them, so replace the table.
         # Incremental needs no such care: it merges on the primary key.
-        replace = run.replace or (mode == "append" and existing and cursor_value is None)
-        connector.export(
-            conn,
+        replace_table = run.replace or (mode == "append" and existing and cursor_value is None)
+        export = Export(
             namespace,
             schema.name,
             columns,
@@ -293,45 +337,71 @@ class SyncEngine:
             cancelled=run.cancelled,
             progress=lambda rows: self._progress(run, rows),
         )
-        with self.warehouse.write_lock:
-            cur = self.warehouse.cursor()
+        upstream.export(conn, export)
+        self._checkpoint("publish", run)
+        # Publication and its metadata in one critical section: a drop_table (delete_data) comes
+        # wholly before or wholly after them, so the schema and the warehouse always agree.
+        with self.warehouse.locked() as cur:
             run.duck = cur
             try:
                 rows = self.warehouse.load_staging(cur, csv_path, staging, columns, run.cancelled)
                 csv_path.unlink(missing_ok=True)
-                if run.cancelled.is_set():
-                    raise SyncCancelled
+                check_cancelled(run.cancelled)
+                self._check_still_wanted(run.schema_id, generation, cursor_value)
                 self.warehouse.publish(
                     cur,
                     schema_id=schema.id,
                     staging=staging,
                     final=name,
-                    mode="full_refresh" if replace else mode,
+                    mode="full_refresh" if replace_table else mode,
                     primary_key=primary_key if mode == "incremental" else [],
                     cursor_column=cursor_column,
                 )
-                run.duck = None
-                total = self.warehouse.count(name)
-                described = self.warehouse.columns(name)
             finally:
                 run.duck = None
-        by_name = {c.name: c for c in table.columns}
-        with self.store.lock:
-            schema = self.store.schemas[run.schema_id]
-            schema.table_name = name
-            schema.table_id = schema.table_id or new_id()
-            schema.row_count = total
-            schema.table_columns = [
-                {
-                    "key": col,
-                    "name": col,
-                    "type": by_name[col].hogql_type if col in by_name else "string",
-                    "schema_valid": True,
-                }
-                for col, _ in described
-            ]
-            self.store.save(schema)
+            self._save_table(run.schema_id, name, table.columns)
         return rows
+
+    def _check_still_wanted(
+        self, schema_id: str, generation: int, cursor_value: str | None
+    ) -> None:
+        """Refuse to publish for a deleted schema, or rows exported past a cursor whose data was
+        deleted since (they would make a partial table, and skip the deleted rows for good).
+
+        A full export is a whole table: it publishes even if the data was deleted meanwhile. Call
+        it inside `warehouse.locked()`.
+        """
+        with self.store.lock:
+            schema = self.store.schemas.get(schema_id)
+        if schema is None or schema.deleted:
+            raise SourceError(SCHEMA_DELETED)
+        if cursor_value is not None and self.warehouse.generation(schema_id) != generation:
+            raise SourceError(DATA_DELETED)
+
+    def _save_table(self, schema_id: str, name: str, upstream_columns: list[Column]) -> None:
+        """Record the published table on the schema."""
+        by_name = {c.name: c for c in upstream_columns}
+        total = self.warehouse.count(name)
+        described = self.warehouse.columns(name)
+        with self.store.lock:
+            schema = self.store.schemas[schema_id]
+            self.store.save(
+                replace(
+                    schema,
+                    table_name=name,
+                    table_id=schema.table_id or new_id(),
+                    row_count=total,
+                    table_columns=[
+                        {
+                            "key": col,
+                            "name": col,
+                            "type": by_name[col].hogql_type if col in by_name else "string",
+                            "schema_valid": True,
+                        }
+                        for col, _ in described
+                    ],
+                )
+            )
 
     def _finish(self, run: _Run, rows: int, error: str | None) -> None:
         finished = iso(now())
@@ -347,13 +417,17 @@ class SyncEngine:
             self.store.save(job)
             schema = self.store.schemas.get(run.schema_id)
             if schema is not None:
-                schema.status = "Failed" if error else "Completed"
-                schema.latest_error = error
-                if not error:
-                    schema.last_synced_at = finished
-                self.store.save(schema)
+                self.store.save(
+                    replace(
+                        schema,
+                        status=job.status,
+                        latest_error=error,
+                        last_synced_at=schema.last_synced_at if error else finished,
+                    )
+                )
             self._runs.pop(run.schema_id, None)
         logger.info("sync job %s ended %s (%d rows)", job.id, job.status, rows)
+        self._checkpoint("finished", run)
 
 
 def _describe(exc: BaseException) -> str:

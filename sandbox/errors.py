@@ -14,9 +14,14 @@ class ApiError(Exception):
         self.body = body
 
 
+def _drf(status: int, type_: str, code: str, detail: str, attr: str | None = None) -> ApiError:
+    """An error in the shape PostHog's exception handler gives DRF's exceptions."""
+    return ApiError(status, {"type": type_, "code": code, "detail": detail, "attr": attr})
+
+
 def validation_error(detail: str, attr: str | None = None, code: str = "invalid") -> ApiError:
-    """A DRF ValidationError as PostHog's exception handler renders it."""
-    return ApiError(400, {"type": "validation_error", "code": code, "detail": detail, "attr": attr})
+    """A DRF ValidationError."""
+    return _drf(400, "validation_error", code, detail, attr)
 
 
 def required(attr: str) -> ApiError:
@@ -27,6 +32,11 @@ def required(attr: str) -> ApiError:
 def invalid_choice(value: Any, attr: str) -> ApiError:
     """DRF's ChoiceField error."""
     return validation_error(f'"{value}" is not a valid choice.', attr, "invalid_choice")
+
+
+def parse_error(detail: str) -> ApiError:
+    """DRF's ParseError: a body that is not what its content type says."""
+    return validation_error(detail, None, "parse_error")
 
 
 def message(text: str) -> ApiError:
@@ -41,40 +51,36 @@ def detail(text: str) -> ApiError:
 
 def not_found() -> ApiError:
     """DRF's 404 for an unknown id or project."""
-    return ApiError(
-        404, {"type": "invalid_request", "code": "not_found", "detail": "Not found.", "attr": None}
-    )
+    return _drf(404, "invalid_request", "not_found", "Not found.")
 
 
 def method_not_allowed(method: str) -> ApiError:
     """DRF's 405."""
-    return ApiError(
-        405,
-        {
-            "type": "invalid_request",
-            "code": "method_not_allowed",
-            "detail": f'Method "{method}" not allowed.',
-            "attr": None,
-        },
+    return _drf(405, "invalid_request", "method_not_allowed", f'Method "{method}" not allowed.')
+
+
+def server_error() -> ApiError:
+    """PostHog's 500 (the error itself goes to the log, never to the client)."""
+    return _drf(500, "server_error", "error", "A server error occurred.")
+
+
+# Factories, never shared instances: raising one instance again lengthens its traceback, and
+# with it the frames (requests included) it keeps alive.
+def invalid_key() -> ApiError:
+    """PostHog's 401 for a wrong personal API key."""
+    return _drf(
+        401,
+        "authentication_error",
+        "authentication_failed",
+        "Personal API key found in request Authorization header is invalid.",
     )
 
 
-INVALID_KEY = ApiError(
-    401,
-    {
-        "type": "authentication_error",
-        "code": "authentication_failed",
-        "detail": "Personal API key found in request Authorization header is invalid.",
-        "attr": None,
-    },
-)
-
-MISSING_KEY = ApiError(
-    401,
-    {
-        "type": "authentication_error",
-        "code": "not_authenticated",
-        "detail": "Authentication credentials were not provided.",
-        "attr": None,
-    },
-)
+def missing_key() -> ApiError:
+    """PostHog's 401 for a request without credentials."""
+    return _drf(
+        401,
+        "authentication_error",
+        "not_authenticated",
+        "Authentication credentials were not provided.",
+    )

@@ -6,18 +6,21 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 from starlette.applications import Starlette
 
-from posthog_warehouse_mcp.sandbox.api import Sandbox, build_app
-
-if TYPE_CHECKING:
-    from posthog_warehouse_mcp.sandbox.engine import SyncEngine
+from posthog_warehouse_mcp.sandbox.api import build_app
+from posthog_warehouse_mcp.sandbox.demo import register_demo_source, start_demo_database
+from posthog_warehouse_mcp.sandbox.engine import SyncEngine
+from posthog_warehouse_mcp.sandbox.services import Services
+from posthog_warehouse_mcp.sandbox.store import Store, now
+from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 
+# Where the standalone sandbox (CLI, app factory) keeps its state unless told otherwise.
+DEFAULT_DIRECTORY = Path("sandbox-data")
 SCHEDULER_TICK_SECONDS = 15.0
 
 
@@ -27,18 +30,16 @@ async def open_sandbox(
     *,
     api_key: str | None = None,
     demo: bool = True,
-    sync_delay: float = 0.0,
     scheduler_tick: float = SCHEDULER_TICK_SECONDS,
 ) -> AsyncIterator[Starlette]:
     """Start a sandbox in `directory` and yield its ASGI app; stop everything on exit.
 
-    `api_key=None` accepts any bearer (or none). `sync_delay` slows syncs down (seconds per 2,000
-    rows) so tests can cancel or kill one midway.
-    """
-    from posthog_warehouse_mcp.sandbox.engine import SyncEngine
-    from posthog_warehouse_mcp.sandbox.store import Store
-    from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
+    `api_key=None` accepts any bearer (or none). The app's `state.services` holds the store,
+    warehouse and engine.
 
+    Raises:
+        DirectoryInUse: another process serves `directory`.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     store = Store(directory / "metadata.sqlite3")
@@ -49,22 +50,19 @@ async def open_sandbox(
     except BaseException:
         store.close()
         raise
-    engine = SyncEngine(store, warehouse, directory / "staging", sync_delay=sync_delay)
+    engine = SyncEngine(store, warehouse, directory / "staging")
     demo_server = None
     try:
         await anyio.to_thread.run_sync(engine.recover)
         if demo:
-            from posthog_warehouse_mcp.sandbox.demo import register_demo_source, start_demo_database
-
             demo_server, creds = await anyio.to_thread.run_sync(
                 lambda: start_demo_database(directory)
             )
             await anyio.to_thread.run_sync(lambda: register_demo_source(store, creds))
-        sandbox = Sandbox(directory, store, warehouse, engine, api_key)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_schedule, engine, scheduler_tick)
             try:
-                yield build_app(sandbox)
+                yield build_app(Services(store, warehouse, engine), api_key=api_key)
             finally:
                 tg.cancel_scope.cancel()
     finally:
@@ -78,10 +76,8 @@ async def open_sandbox(
 
 async def _schedule(engine: SyncEngine, tick: float) -> None:
     """Start the syncs that schedules say are due, every `tick` seconds."""
-    from posthog_warehouse_mcp.sandbox.store import now
-
     while True:
         await anyio.sleep(tick)
         for schema in engine.due(now()):
             logger.info("scheduled sync of %s", schema.name)
-            engine.start(schema)
+            engine.start(schema.id)

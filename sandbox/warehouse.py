@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from posthog_warehouse_mcp.sandbox.sources import Column, SourceError, SyncCancelled, quote_ident
+from posthog_warehouse_mcp.sandbox.connectors import (
+    Column,
+    SourceError,
+    check_cancelled,
+    quote_ident,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -15,10 +22,24 @@ STAGING_PREFIX = "_staging_"
 _STATE = "_sandbox_sync_state"
 
 
+class DirectoryInUse(RuntimeError):
+    """Another process has the sandbox directory's warehouse open."""
+
+
 class Warehouse:
-    """One read-write DuckDB connection for the process; sync threads use cursors of it."""
+    """One read-write DuckDB connection for the process; sync threads use cursors of it.
+
+    Each schema's data has a generation, which every `drop_table` increments: a sync that read
+    the table and its cursor in one generation can tell that they were deleted before it
+    publishes. Generations live in memory; after a restart no sync is running.
+    """
 
     def __init__(self, path: Path, *, memory_limit: str = "256MB") -> None:
+        """Open (or create) the warehouse file.
+
+        Raises:
+            DirectoryInUse: another process has the file open.
+        """
         import duckdb
 
         self.path = path
@@ -27,7 +48,7 @@ class Warehouse:
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise
-            raise RuntimeError(
+            raise DirectoryInUse(
                 f"{path} is in use by another process: a sandbox directory serves one process "
                 "at a time (stop the other sandbox or use another --dir)"
             ) from exc
@@ -36,23 +57,31 @@ class Warehouse:
         self._con.execute("SET preserve_insertion_order = false")
         # DuckDB resolves concurrent writers optimistically and aborts on conflict; one writer at a
         # time keeps every publication deterministic, and the slow part (COPY) runs outside it.
-        self.write_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._generations: dict[str, int] = {}
         self._con.execute(
             f"CREATE TABLE IF NOT EXISTS {_STATE} "
             "(schema_id VARCHAR PRIMARY KEY, table_name VARCHAR, cursor_value VARCHAR, "
             "cursor_column VARCHAR)"
         )
-        # Files written before the cursor recorded its column: their cursors match no column.
-        self._con.execute(f"ALTER TABLE {_STATE} ADD COLUMN IF NOT EXISTS cursor_column VARCHAR")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection handle for one thread."""
         return self._con.cursor()
 
+    @contextmanager
+    def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Hold the write lock and yield a cursor: no publish or drop happens meanwhile."""
+        with self._write_lock:
+            yield self.cursor()
+
+    def generation(self, schema_id: str) -> int:
+        """How many times the schema's data was dropped (hold `locked()` to rely on it)."""
+        return self._generations.get(schema_id, 0)
+
     def drop_leftover_staging(self) -> list[str]:
         """Drop staging tables left by a sync that was killed; its published table is untouched."""
-        with self.write_lock:
-            cur = self.cursor()
+        with self.locked() as cur:
             names = [
                 row[0]
                 for row in cur.execute(
@@ -109,8 +138,7 @@ class Warehouse:
         cancelled: threading.Event,
     ) -> int:
         """Load a COPY CSV file into a new staging table; return its row count."""
-        if cancelled.is_set():
-            raise SyncCancelled
+        check_cancelled(cancelled)
         types = ", ".join(f"{_sql_str(c.name)}: {_sql_str(c.duck_type)}" for c in columns)
         cur.execute(
             f"CREATE TABLE {quote_ident(staging)} AS SELECT * FROM read_csv(?, header = false, "
@@ -131,10 +159,14 @@ class Warehouse:
         mode: str,
         primary_key: list[str],
         cursor_column: str | None,
-    ) -> str | None:
-        """Move staged rows into the published table in one transaction; return the new cursor.
+    ) -> None:
+        """Move staged rows into the published table in one transaction, with the new cursor.
 
         `full_refresh` swaps the table, `incremental` merges on the primary key, `append` inserts.
+        Call it inside `locked()`.
+
+        Raises:
+            SourceError: another schema's publications wrote the table `final`.
         """
         stg, fin = quote_ident(staging), quote_ident(final)
         owner = self.table_owner(cur, final)
@@ -185,7 +217,6 @@ class Warehouse:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return new_cursor
 
     def _add_new_columns(self, cur: duckdb.DuckDBPyConnection, stg: str, fin: str) -> None:
         """Columns that appeared upstream since the last sync are added to the published table."""
@@ -202,15 +233,17 @@ class Warehouse:
         """Drop a staging table if it exists."""
         cur.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}")
 
-    def drop_table(self, schema_id: str, name: str | None) -> None:
-        """Drop a published table and forget its cursor (delete_data, resync, destroy)."""
-        with self.write_lock:
-            cur = self.cursor()
-            cur.execute("BEGIN TRANSACTION")
-            if name:
-                cur.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
-            cur.execute(f"DELETE FROM {_STATE} WHERE schema_id = ?", [schema_id])
-            cur.execute("COMMIT")
+    def drop_table(self, cur: duckdb.DuckDBPyConnection, schema_id: str, name: str | None) -> None:
+        """Drop a published table, forget its cursor and start the schema's next generation.
+
+        Call it inside `locked()`.
+        """
+        cur.execute("BEGIN TRANSACTION")
+        if name:
+            cur.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+        cur.execute(f"DELETE FROM {_STATE} WHERE schema_id = ?", [schema_id])
+        cur.execute("COMMIT")
+        self._generations[schema_id] = self.generation(schema_id) + 1
 
     def columns(self, name: str) -> list[tuple[str, str]]:
         """Name and DuckDB type of each column of a published table."""
@@ -218,13 +251,9 @@ class Warehouse:
             (r[0], r[1]) for r in self.cursor().execute(f"DESCRIBE {quote_ident(name)}").fetchall()
         ]
 
-    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run a read query (tests and benchmarks)."""
-        return self.cursor().execute(sql, params or []).fetchall()
-
     def close(self) -> None:
         """Checkpoint and close the database file."""
-        with self.write_lock:
+        with self._write_lock:
             self._con.execute("CHECKPOINT")
             self._con.close()
 

@@ -1,19 +1,16 @@
-"""Fixtures: a real embedded PostgreSQL upstream, and sandboxes driven over HTTP."""
+"""Fixtures only: a real embedded PostgreSQL and MariaDB upstream, and in-process sandboxes.
+The helpers the tests share are in support.py."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
@@ -23,8 +20,8 @@ from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
-
-API = "/api/environments/1"
+from tests.sandbox.support import MySQLUpstream, Upstream, client_for
+from tests.support import eventually, free_port
 
 
 @pytest.fixture(scope="session")
@@ -38,23 +35,6 @@ def upstream_server() -> Iterator[PostgresCredentials]:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-@dataclass
-class Upstream:
-    """A fresh upstream database and the payload that registers it as a source."""
-
-    creds: PostgresCredentials
-
-    def payload(self, schemas: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        """A `Postgres` create payload for this database."""
-        return {**self.creds.job_inputs(), "schemas": schemas, **extra}
-
-    def execute(self, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-        """Run SQL upstream and return any rows."""
-        with psycopg.connect(self.creds.conninfo(), autocommit=True) as conn:
-            cur = conn.execute(sql.encode(), params)  # bytes: the SQL is test-authored, not typed
-            return cur.fetchall() if cur.description else []
 
 
 @pytest.fixture
@@ -73,16 +53,6 @@ def upstream(upstream_server: PostgresCredentials) -> Upstream:
     return Upstream(creds)
 
 
-@asynccontextmanager
-async def client_for(app: Starlette, **headers: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to the app in-process, as the MCP server does."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://sandbox", headers=headers
-    ) as client:
-        yield client
-
-
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     """A sandbox without the demo, in a fresh folder, and a client for it."""
@@ -90,113 +60,11 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Starlette, httpx.AsyncC
         yield app, client
 
 
-async def create_source(
-    client: httpx.AsyncClient, upstream: Upstream, schemas: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
-    """Create a `Postgres` source and return it (retrieved in full)."""
-    response = await client.post(
-        f"{API}/external_data_sources/",
-        json={"source_type": "Postgres", "payload": upstream.payload(schemas), **extra},
-    )
-    assert response.status_code == 201, response.text
-    source = await client.get(f"{API}/external_data_sources/{response.json()['id']}/")
-    assert source.status_code == 200
-    return dict(source.json())
-
-
-def schema_by_name(source: dict[str, Any], name: str) -> dict[str, Any]:
-    """The schema of a source with this table name."""
-    return next(s for s in source["schemas"] if s["name"] == name)
-
-
-async def wait_for_jobs(
-    client: httpx.AsyncClient,
-    source_id: str,
-    count: int,
-    *,
-    schema: str | None = None,
-) -> list[dict[str, Any]]:
-    """Poll the jobs endpoint until `count` jobs exist and none is Running; return them."""
-    params = {"schemas": schema} if schema else None
-    with anyio.fail_after(60):
-        while True:
-            response = await client.get(
-                f"{API}/external_data_sources/{source_id}/jobs/", params=params
-            )
-            jobs: list[dict[str, Any]] = response.json()
-            if len(jobs) >= count and all(j["status"] != "Running" for j in jobs):
-                return jobs
-            await anyio.sleep(0.05)
-
-
-async def wait_for_running(client: httpx.AsyncClient, source_id: str) -> dict[str, Any]:
-    """Poll until the newest job is Running; return it."""
-    with anyio.fail_after(30):
-        while True:
-            jobs = (await client.get(f"{API}/external_data_sources/{source_id}/jobs/")).json()
-            if jobs and jobs[0]["status"] == "Running":
-                return dict(jobs[0])
-            await anyio.sleep(0.02)
-
-
-def warehouse_rows(app: Starlette, sql: str) -> list[tuple[Any, ...]]:
-    """Query the sandbox's DuckDB warehouse through the running app."""
-    rows: list[tuple[Any, ...]] = app.state.sandbox.warehouse.query(sql)
-    return rows
-
-
-def _mariadbd() -> str | None:
-    return shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
-
-
-@dataclass
-class MySQLUpstream:
-    """A MariaDB database reachable over loopback, for the `MySQL` source."""
-
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str
-
-    def payload(self, schemas: list[dict[str, Any]]) -> dict[str, Any]:
-        """A `MySQL` create payload for this database."""
-        return {
-            "host": self.host,
-            "port": self.port,
-            "database": self.database,
-            "user": self.user,
-            "password": self.password,
-            "schema": self.database,
-            "using_ssl": False,
-            "schemas": schemas,
-        }
-
-    def execute(self, *statements: str) -> list[tuple[Any, ...]]:
-        """Run statements and return the last one's rows."""
-        import pymysql
-
-        conn = pymysql.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=self.password,
-            database=self.database,
-            autocommit=True,
-        )
-        rows: list[tuple[Any, ...]] = []
-        with conn, conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-                rows = list(cur.fetchall())
-        return rows
-
-
 @pytest.fixture(scope="session")
 def mysql_server() -> Iterator[MySQLUpstream]:
     """A MariaDB server (Debian's mariadb-server) for the session; skipped if not installed."""
     pytest.importorskip("pymysql", reason="the MySQL driver is in the sandbox extra")
-    binary = _mariadbd()
+    binary = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
     installer = shutil.which("mariadb-install-db")
     if binary is None or installer is None:
         pytest.skip("MariaDB is not installed (apt-get install mariadb-server)")
@@ -215,14 +83,14 @@ def mysql_server() -> Iterator[MySQLUpstream]:
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    root = MySQLUpstream("127.0.0.1", free_port(), "", "root", "")
     log = (base / "server.log").open("wb")
     proc = subprocess.Popen(
         [
             binary,
             "--no-defaults",
             f"--datadir={data}",
-            f"--port={port}",
+            f"--port={root.port}",
             "--bind-address=127.0.0.1",
             f"--socket={base / 'mysql.sock'}",
             "--skip-log-bin",
@@ -233,22 +101,25 @@ def mysql_server() -> Iterator[MySQLUpstream]:
         stdout=log,
         stderr=log,
     )
-    try:
+
+    async def accepting() -> bool | None:
         import pymysql
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                root = pymysql.connect(host="127.0.0.1", port=port, user="root", password="")
-                break
-            except pymysql.err.OperationalError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        with root, root.cursor() as cur:
-            cur.execute("CREATE USER 'sandbox'@'%' IDENTIFIED BY 'mysql-secret-pw'")
-            cur.execute("GRANT ALL ON *.* TO 'sandbox'@'%'")
-        yield MySQLUpstream("127.0.0.1", port, "", "sandbox", "mysql-secret-pw")
+        if proc.poll() is not None:
+            raise RuntimeError(f"mariadbd exited with {proc.returncode}; see {base}/server.log")
+        try:
+            root.connect().close()
+        except pymysql.err.OperationalError:
+            return None
+        return True
+
+    try:
+        anyio.run(functools.partial(eventually, accepting, within=60, every=0.2))
+        root.execute(
+            "CREATE USER 'sandbox'@'%' IDENTIFIED BY 'mysql-secret-pw'",
+            "GRANT ALL ON *.* TO 'sandbox'@'%'",
+        )
+        yield MySQLUpstream("127.0.0.1", root.port, "", "sandbox", "mysql-secret-pw")
     finally:
         proc.terminate()
         proc.wait(30)
@@ -260,13 +131,5 @@ def mysql_server() -> Iterator[MySQLUpstream]:
 def mysql_upstream(mysql_server: MySQLUpstream) -> MySQLUpstream:
     """A new empty MariaDB database."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    MySQLUpstream(**{**mysql_server.__dict__, "database": "mysql"}).execute(
-        f"CREATE DATABASE {name}"
-    )
-    return MySQLUpstream(**{**mysql_server.__dict__, "database": name})
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    mysql_server.in_database("mysql").execute(f"CREATE DATABASE {name}")
+    return mysql_server.in_database(name)

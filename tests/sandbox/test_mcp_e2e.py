@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import anyio
 import httpx
 import pytest
 from mcp import Client
 
 from posthog_warehouse_mcp.server.app import create_server
-from tests.support import settings
-
-from .conftest import API, Upstream
-from .test_server import _free_port, serve, wait_until_up
+from tests.sandbox.support import API, Upstream, call, sandbox_process, wait_until_up
+from tests.support import free_port, settings, text_of
 
 pytestmark = pytest.mark.anyio
-
-
-async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    """Call a tool that must succeed; return its structured result."""
-    result = await client.call_tool(name, args, **kw)
-    assert result.is_error is False, result.content
-    assert isinstance(result.structured_content, dict)
-    return result.structured_content
 
 
 async def test_mcp_tools_sync_a_postgres_table_through_the_in_process_sandbox(
@@ -55,27 +43,27 @@ async def test_mcp_tools_sync_a_postgres_table_through_the_in_process_sandbox(
             "external-data-schemas-partial-update",
             {"id": schema_id, "should_sync": True, "sync_type": "full_refresh"},
         )
-        with anyio.fail_after(60):
-            while True:
-                jobs = await call(client, "external-data-sources-jobs", {"id": created["id"]})
-                if jobs["results"] and jobs["results"][0]["status"] != "Running":
-                    break
-                await anyio.sleep(0.05)
+        # Enabling started the first sync; a reload follows it (or starts the next one).
+        synced = await call(
+            client, "external-data-schemas-reload", {"id": schema_id, "wait_seconds": 60}
+        )
+        assert synced["wait"]["finished"] is True, synced
+        jobs = await call(client, "external-data-sources-jobs", {"id": created["id"]})
         assert jobs["results"][0]["status"] == "Completed"
         assert jobs["results"][0]["rows_synced"] == 500
         cancel = await client.call_tool("external-data-schemas-cancel", {"id": schema_id})
         assert cancel.is_error is True
-        assert "No running sync to cancel." in str(cancel.content)
+        assert "No running sync to cancel." in text_of(cancel)
         webhook = await client.call_tool(
             "external-data-sources-create-webhook-create", {"id": created["id"]}
         )
         assert webhook.is_error is True
-        assert "does not support webhooks" in str(webhook.content)
+        assert "does not support webhooks" in text_of(webhook)
 
 
 async def test_mcp_server_talks_to_a_sandbox_over_loopback_with_a_key(tmp_path: Path) -> None:
-    port = _free_port()
-    with serve(tmp_path / "sandbox", port, "--api-key", "phx_sandbox"):
+    port = free_port()
+    with sandbox_process(tmp_path / "sandbox", port, "--api-key", "phx_sandbox"):
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", headers={"authorization": "Bearer phx_sandbox"}
         ) as http:

@@ -8,36 +8,13 @@ resync; rediscover tables after adding and dropping one upstream.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
-import httpx
 import pytest
-from mcp import Client
-from starlette.applications import Starlette
 
-from posthog_warehouse_mcp.sandbox import open_sandbox
-from posthog_warehouse_mcp.server.app import create_server
-from tests.support import settings
-
-from .conftest import Upstream, schema_by_name, warehouse_rows
-from .test_mcp_e2e import call
+from tests.sandbox.support import Upstream, agent, call, schema_by_name, warehouse_rows
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def agent(
-    tmp_path: Path, *, sync_delay: float = 0.0
-) -> AsyncIterator[tuple[Client, Starlette]]:
-    """An MCP client whose server talks to an in-process sandbox we can also look inside."""
-    async with open_sandbox(tmp_path / "sandbox", demo=False, sync_delay=sync_delay) as app:
-        config = settings(environment_id="1", personal_api_key=None)
-        server = create_server(config, transport=httpx.ASGITransport(app=app))
-        async with Client(server, mode="legacy") as client:
-            yield client, app
 
 
 async def test_agent_connects_syncs_merges_and_rediscovers(
@@ -191,25 +168,20 @@ async def test_agent_cancels_a_running_sync_and_finds_everything_after_a_restart
         assert first["wait"]["finished"] is True
         assert warehouse_rows(app, "SELECT count(*) FROM postgres_big") == [(40000,)]
 
-    # Restart slowed down, so a sync is still running when the agent cancels it.
+    # After a restart, a sync that waits on a lock upstream is still running when the agent
+    # cancels it.
     upstream.execute("INSERT INTO big SELECT g, 'new' FROM generate_series(40001, 50000) g;")
-    async with agent(tmp_path, sync_delay=0.2) as (client, app):
+    async with agent(tmp_path) as (client, app):
         jobs = await call(client, "external-data-sources-jobs", {"id": source_id})
         assert [j["status"] for j in jobs["results"]] == ["Completed"]
-        await call(client, "external-data-schemas-reload", {"id": schema_id})
-        with anyio.fail_after(30):
-            while True:
-                schema = await call(client, "external-data-schemas-retrieve", {"id": schema_id})
-                if schema["status"] == "Running":
-                    break
-                await anyio.sleep(0.05)
-        await call(client, "external-data-schemas-cancel", {"id": schema_id})
-        with anyio.fail_after(30):
-            while True:
-                jobs = await call(client, "external-data-sources-jobs", {"id": source_id})
-                if jobs["results"][0]["status"] != "Running":
-                    break
-                await anyio.sleep(0.05)
+        with upstream.locked("big"):
+            await call(client, "external-data-schemas-reload", {"id": schema_id})
+            await upstream.export_waits()
+            schema = await call(client, "external-data-schemas-retrieve", {"id": schema_id})
+            assert schema["status"] == "Running"
+            # The cancel returns once the sync has stopped.
+            await call(client, "external-data-schemas-cancel", {"id": schema_id})
+        jobs = await call(client, "external-data-sources-jobs", {"id": source_id})
         assert jobs["results"][0]["status"] == "Failed"
         assert jobs["results"][0]["latest_error"] == "Sync cancelled by user"
         # The cancelled sync never touched the published table.

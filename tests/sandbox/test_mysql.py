@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 from starlette.applications import Starlette
 
-from posthog_warehouse_mcp.sandbox import open_sandbox
-
-from .conftest import (
-    API,
-    MySQLUpstream,
-    client_for,
-    schema_by_name,
-    wait_for_jobs,
-    wait_for_running,
-    warehouse_rows,
-)
+from tests.sandbox.support import API, MySQLUpstream, schema_by_name, wait_for_jobs, warehouse_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -108,22 +96,27 @@ async def test_mysql_full_refresh_then_incremental_merge(
 
 
 async def test_mysql_cancel_kills_the_running_query(
-    tmp_path: Path, mysql_upstream: MySQLUpstream
+    sandbox: tuple[Starlette, httpx.AsyncClient], mysql_upstream: MySQLUpstream
 ) -> None:
+    app, client = sandbox
     mysql_upstream.execute(
         "CREATE TABLE big (id bigint PRIMARY KEY, v varchar(40))",
-        "INSERT INTO big SELECT seq, MD5(seq) FROM seq_1_to_100000",
+        "INSERT INTO big SELECT seq, MD5(seq) FROM seq_1_to_1000",
     )
-    async with open_sandbox(tmp_path, demo=False, sync_delay=0.05) as app, client_for(app) as c:
+    # The export waits on the lock: only the sandbox's KILL QUERY can end it.
+    with mysql_upstream.locked("big"):
         source = await create_mysql_source(
-            c, mysql_upstream, [{"name": "big", "should_sync": True, "sync_type": "full_refresh"}]
+            client,
+            mysql_upstream,
+            [{"name": "big", "should_sync": True, "sync_type": "full_refresh"}],
         )
-        await wait_for_running(c, str(source["id"]))
+        await mysql_upstream.export_waits()
         schema_id = schema_by_name(source, "big")["id"]
-        assert (await c.post(f"{API}/external_data_schemas/{schema_id}/cancel/")).status_code == 200
-        jobs = await wait_for_jobs(c, str(source["id"]), 1)
-        assert (jobs[0]["status"], jobs[0]["latest_error"]) == ("Failed", "Sync cancelled by user")
-        tables = warehouse_rows(
-            app, "SELECT count(*) FROM duckdb_tables() WHERE table_name <> '_sandbox_sync_state'"
-        )
-        assert tables == [(0,)]
+        cancelled = await client.post(f"{API}/external_data_schemas/{schema_id}/cancel/")
+        assert cancelled.status_code == 200
+        jobs = await wait_for_jobs(client, str(source["id"]), 1)
+    assert (jobs[0]["status"], jobs[0]["latest_error"]) == ("Failed", "Sync cancelled by user")
+    tables = warehouse_rows(
+        app, "SELECT count(*) FROM duckdb_tables() WHERE table_name <> '_sandbox_sync_state'"
+    )
+    assert tables == [(0,)]

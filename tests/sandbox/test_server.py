@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import anyio
 import httpx
 import psycopg
 import pytest
@@ -19,65 +12,35 @@ import pytest
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres
 from posthog_warehouse_mcp.sandbox.engine import INTERRUPTED
-
-from .conftest import API, Upstream, client_for, create_source, wait_for_jobs, wait_for_running
+from posthog_warehouse_mcp.sandbox.warehouse import DirectoryInUse
+from tests.sandbox.support import (
+    API,
+    Upstream,
+    client_for,
+    create_source,
+    jobs_of,
+    sandbox_process,
+    wait_for_jobs,
+    wait_until_up,
+    warehouse_rows,
+)
+from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serve(directory: Path, port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run the standalone sandbox on loopback; kill it on exit if it is still running."""
-    log = (directory.parent / f"server-{port}.log").open("ab")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = ["--host", "127.0.0.1", "--port", str(port), "--dir", str(directory), "--no-demo"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "posthog_warehouse_mcp.sandbox", *args, *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        log.close()
-
-
-async def wait_until_up(client: httpx.AsyncClient) -> None:
-    """Poll until the server answers."""
-    with anyio.fail_after(30):
-        while True:
-            try:
-                if (await client.get(f"{API}/external_data_sources/")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await anyio.sleep(0.1)
-
-
+@pytest.mark.slow
 async def test_sigkill_midway_keeps_the_previous_table_and_fails_the_job(
     tmp_path: Path, upstream: Upstream
 ) -> None:
     upstream.execute(
         "CREATE TABLE big (id bigint PRIMARY KEY, v text);"
-        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g;"
+        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g;"
     )
     directory = tmp_path / "sandbox"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with serve(directory, port) as proc:
+    with sandbox_process(directory, port) as proc:
         async with httpx.AsyncClient(base_url=base, headers={"authorization": "Bearer any"}) as c:
             await wait_until_up(c)
             source = await create_source(
@@ -88,31 +51,34 @@ async def test_sigkill_midway_keeps_the_previous_table_and_fails_the_job(
         assert proc.wait(30) == 0
     # If the interrupted sync had published, the table would lose these rows.
     upstream.execute("DELETE FROM big WHERE id <= 1000")
-    port = _free_port()
-    with serve(directory, port, "--sync-delay", "0.05") as proc:
+    schema_id = source["schemas"][0]["id"]
+    port = free_port()
+    # The reload's export waits on the lock: the kill lands midway, whatever the machine's speed.
+    with upstream.locked("big"), sandbox_process(directory, port) as proc:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             await wait_until_up(c)
-            schema_id = source["schemas"][0]["id"]
             assert (await c.post(f"{API}/external_data_schemas/{schema_id}/reload/")).is_success
-            running = await wait_for_running(c, source["id"])
+            await upstream.export_waits()
+            running = (await jobs_of(c, source["id"]))[0]
+            assert running["status"] == "Running"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     async with open_sandbox(directory, demo=False) as app, client_for(app) as client:
-        jobs = (await client.get(f"{API}/external_data_sources/{source['id']}/jobs/")).json()
+        jobs = await jobs_of(client, source["id"])
         assert (jobs[0]["id"], jobs[0]["status"]) == (running["id"], "Failed")
         assert jobs[0]["latest_error"] == INTERRUPTED
         assert [j["status"] for j in jobs[1:]] == ["Completed"]
-        rows = app.state.sandbox.warehouse.query("SELECT count(*), min(id) FROM postgres_big")
-        assert rows == [(200000, 1)]
+        assert warehouse_rows(app, "SELECT count(*), min(id) FROM postgres_big") == [(20000, 1)]
         schema = (await client.get(f"{API}/external_data_schemas/{schema_id}/")).json()
         assert schema["status"] == "Failed"
-        assert schema["table"]["row_count"] == 200000
+        assert schema["table"]["row_count"] == 20000
         # The next sync works normally and sees the upstream change.
         await client.post(f"{API}/external_data_schemas/{schema_id}/reload/")
         await wait_for_jobs(client, source["id"], 3)
-        assert app.state.sandbox.warehouse.query("SELECT count(*) FROM postgres_big") == [(199000,)]
+        assert warehouse_rows(app, "SELECT count(*) FROM postgres_big") == [(19000,)]
 
 
+@pytest.mark.slow
 async def test_demo_registers_a_postgres_source_once_and_keeps_its_password_secret(
     tmp_path: Path,
 ) -> None:
@@ -138,9 +104,7 @@ async def test_demo_registers_a_postgres_source_once_and_keeps_its_password_secr
         assert enabled.status_code == 200
         jobs = await wait_for_jobs(client, source["id"], 1)
         assert jobs[0]["rows_synced"] == 20000
-        assert app.state.sandbox.warehouse.query("SELECT count(*) FROM demo_postgres_orders") == [
-            (20000,)
-        ]
+        assert warehouse_rows(app, "SELECT count(*) FROM demo_postgres_orders") == [(20000,)]
     async with open_sandbox(tmp_path) as app, client_for(app) as client:
         again = (await client.get(f"{API}/external_data_sources/")).json()
         assert [s["id"] for s in again["results"]] == [source["id"]]
@@ -150,12 +114,12 @@ async def test_demo_registers_a_postgres_source_once_and_keeps_its_password_secr
 
 
 async def test_a_directory_in_use_by_another_process_is_refused_clearly(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     directory = tmp_path / "sandbox"
-    with serve(directory, port):
+    with sandbox_process(directory, port):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             await wait_until_up(c)
-        with pytest.raises(RuntimeError, match="in use by another process"):
+        with pytest.raises(DirectoryInUse):
             async with open_sandbox(directory, demo=False):
                 pass
 

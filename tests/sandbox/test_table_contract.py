@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from posthog_warehouse_mcp.tools.table import ENDPOINTS
-
-from .conftest import Upstream
-from .test_mcp_workflow import agent
+from tests.sandbox.support import Upstream, agent
+from tests.support import text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +38,7 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
 
         async def use(name: str, args: dict[str, Any]) -> dict[str, Any]:
             result = await client.call_tool(name, args)
-            text = result.content[0].text  # type: ignore[union-attr]
+            text = text_of(result)
             if name in EXPECTED_ERRORS:
                 assert result.is_error is True, text
                 assert EXPECTED_ERRORS[name] in text
@@ -89,6 +88,6 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         await use("external-data-sources-destroy", {"id": source_id})
         gone = await client.call_tool("external-data-sources-retrieve", {"id": source_id})
         assert gone.is_error is True
-        assert "404" in gone.content[0].text  # type: ignore[union-attr]
+        assert "404" in text_of(gone)
     assert set(called) == {row.name for row in ENDPOINTS}
     assert upstream.creds.password not in json.dumps(called, default=str)

@@ -4,29 +4,40 @@ from __future__ import annotations
 
 import re
 import ssl
-import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from posthog_warehouse_mcp.sandbox.sources import (
+from posthog_warehouse_mcp.sandbox.connectors.base import (
     Column,
-    Progress,
+    ConnectionFailed,
+    Export,
     SourceError,
-    SyncCancelled,
     Table,
+    Unreachable,
+    build_tables,
+    check_cancelled,
 )
 
-NONSENSITIVE_INPUTS = ("host", "port", "database", "user", "schema", "using_ssl")
+if TYPE_CHECKING:
+    from pymysql.connections import Connection
+    from pymysql.cursors import SSCursor
+
+NONSENSITIVE_INPUTS: tuple[str, ...] = (
+    "host",
+    "port",
+    "database",
+    "user",
+    "schema",
+    "using_ssl",
+)
 
 # PostHog's MySQL source shows these messages for driver error codes.
 _CONNECT_ERRORS = {
-    1045: "Invalid user or password",
-    1044: "Invalid user or password",
-    1049: "Database does not exist",
-    2003: "Could not connect to the host on the port given",
-    2005: "Could not connect to the host",
+    1045: Unreachable.CREDENTIALS,
+    1044: Unreachable.CREDENTIALS,
+    1049: Unreachable.DATABASE,
+    2003: Unreachable.PORT,
+    2005: Unreachable.HOST,
 }
 _FALLBACK_ERROR = "Could not connect to MySQL. Please check all connection details are valid."
 
@@ -84,8 +95,9 @@ def schema_name(job_inputs: dict[str, Any]) -> str:
     return str(job_inputs.get("schema") or job_inputs.get("database") or "")
 
 
-def connect(job_inputs: dict[str, Any]) -> Any:
-    """Open a connection that returns every value as MySQL's text; raise SourceError on failure."""
+def connect(job_inputs: dict[str, Any]) -> Connection[Any]:
+    """Open a connection that returns every value as MySQL's text; raise ConnectionFailed with
+    PostHog's message on failure."""
     import pymysql
     from pymysql.converters import conversions
 
@@ -115,7 +127,7 @@ def connect(job_inputs: dict[str, Any]) -> Any:
         )
     except pymysql.err.OperationalError as exc:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-        raise SourceError(_CONNECT_ERRORS.get(code, _FALLBACK_ERROR)) from exc
+        raise ConnectionFailed(_CONNECT_ERRORS.get(code), _FALLBACK_ERROR) from exc
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -126,20 +138,14 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
-def cancel(conn: Any, job_inputs: dict[str, Any]) -> None:
+def cancel(conn: Connection[Any], job_inputs: dict[str, Any]) -> None:
     """Kill the connection's running query from a second connection (MySQL has no cancel key)."""
-    thread_id = conn.thread_id()
+    thread_id = conn.thread_id()  # type: ignore[no-untyped-call]  # unannotated in types-PyMySQL
     with connect(job_inputs) as killer, killer.cursor() as cur:
         cur.execute(f"KILL QUERY {int(thread_id)}")
 
 
-def discover(job_inputs: dict[str, Any], only: str | None = None) -> list[Table]:
-    """Connect and list the tables (and views) of the source's database with their columns."""
-    with connect(job_inputs) as conn:
-        return discover_with(conn, schema_name(job_inputs), only)
-
-
-def discover_with(conn: Any, namespace: str, only: str | None = None) -> list[Table]:
+def discover_with(conn: Connection[Any], namespace: str, only: str | None = None) -> list[Table]:
     """List the tables of `namespace` with their columns and primary keys."""
     with conn.cursor() as cur:
         cur.execute(
@@ -161,72 +167,53 @@ def discover_with(conn: Any, namespace: str, only: str | None = None) -> list[Ta
             (namespace, only, only),
         )
         keys = cur.fetchall()
-    tables: dict[str, Table] = {}
-    for table, name, data_type, nullable in rows:
-        tables.setdefault(table, Table(table, [])).columns.append(
-            column(name, data_type, nullable == "YES")
-        )
-    for table, name in keys:
-        if table in tables:
-            tables[table].primary_key.append(name)
-    return list(tables.values())
+    columns = [
+        (table, name, data_type, nullable == "YES") for table, name, data_type, nullable in rows
+    ]
+    return build_tables(columns, keys, column)
 
 
 def _csv_field(value: str | bytes | None) -> str:
+    # By hand: csv.QUOTE_NOTNULL does exactly this, but only from Python 3.12 on.
     if value is None:
         return ""  # unquoted empty: NULL (quoted empty strings stay strings)
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     return '"' + text.replace('"', '""') + '"'
 
 
-def export(
-    conn: Any,
-    namespace: str,
-    table: str,
-    columns: list[Column],
-    *,
-    cursor_column: str | None,
-    cursor_value: str | None,
-    inclusive: bool,
-    path: Path,
-    cancelled: threading.Event,
-    progress: Progress,
-) -> int:
-    """Stream the table (past the cursor) into a CSV file; return the bytes written."""
+def export(conn: Connection[Any], export: Export) -> int:
+    """Stream the rows into the CSV file; return the bytes written."""
     import pymysql.cursors
 
-    select = ", ".join(c.select_expr for c in columns)
-    query = f"SELECT {select} FROM {quote(namespace)}.{quote(table)}"
+    select = ", ".join(c.select_expr for c in export.columns)
+    query = f"SELECT {select} FROM {quote(export.namespace)}.{quote(export.table)}"
     params: tuple[str, ...] = ()
-    if cursor_column is not None and cursor_value is not None:
-        query += f" WHERE {quote(cursor_column)} {'>=' if inclusive else '>'} %s"
-        params = (cursor_value,)
+    if export.past_cursor is not None:
+        column, value = export.past_cursor
+        query += f" WHERE {quote(column)} {'>=' if export.inclusive else '>'} %s"
+        params = (value,)
     written = rows = 0
     # Unbuffered: rows stream from the server instead of being held in memory.
     cur = conn.cursor(pymysql.cursors.SSCursor)
     try:
         cur.execute(query, params)
-        with path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as out:
+        with export.path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as out:
             while batch := cur.fetchmany(2000):
                 chunk = "".join(",".join(map(_csv_field, row)) + "\n" for row in batch)
                 out.write(chunk)
                 written += len(chunk)
                 rows += len(batch)
-                if cancelled.is_set():
-                    raise SyncCancelled
-                delay = progress(rows)
-                if delay:
-                    time.sleep(delay)
+                check_cancelled(export.cancelled)
+                export.progress(rows)
     except BaseException:
         _abandon(cur)
         raise
     cur.close()
-    if cancelled.is_set():
-        raise SyncCancelled
+    check_cancelled(export.cancelled)
     return written
 
 
-def _abandon(cur: Any) -> None:
+def _abandon(cur: SSCursor) -> None:
     """Drop an unfinished streaming result without reading the rest of it.
 
     PyMySQL drains an open unbuffered result on close (and again when it is collected); after a
@@ -236,4 +223,5 @@ def _abandon(cur: Any) -> None:
     result = getattr(cur, "_result", None)
     if result is not None:
         result.unbuffered_active = False
-    cur.connection._result = None
+    # Private PyMySQL state (so not in types-PyMySQL); see the docstring for why.
+    cur.connection._result = None  # type: ignore[attr-defined]

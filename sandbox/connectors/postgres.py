@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import re
-import threading
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from posthog_warehouse_mcp.sandbox.sources import (
+from posthog_warehouse_mcp.sandbox.connectors.base import (
     Column,
-    Progress,
+    ConnectionFailed,
+    Export,
     SourceError,
-    SyncCancelled,
     Table,
+    Unreachable,
+    build_tables,
+    check_cancelled,
     quote_ident,
 )
 
 if TYPE_CHECKING:
     import psycopg
 
-NONSENSITIVE_INPUTS = ("host", "port", "database", "user", "schema")
+NONSENSITIVE_INPUTS: tuple[str, ...] = ("host", "port", "database", "user", "schema")
 
 # PostHog's Postgres source turns driver errors into these messages (first match wins).
 _CONNECT_ERRORS = {
-    "password authentication failed": "Invalid user or password",
-    'role "': "Invalid user or password",
-    "could not translate host name": "Could not connect to the host",
-    "Connection refused": "Could not connect to the host on the port given",
-    'database "': "Database does not exist",
-    "timeout expired": "Connection timed out. Does your database have our IP addresses allowed?",
+    "password authentication failed": Unreachable.CREDENTIALS,
+    'role "': Unreachable.CREDENTIALS,
+    "could not translate host name": Unreachable.HOST,
+    "Connection refused": Unreachable.PORT,
+    'database "': Unreachable.DATABASE,
+    "timeout expired": Unreachable.TIMEOUT,
 }
 _FALLBACK_ERROR = "Could not connect to Postgres. Please check all connection details are valid."
 
@@ -93,17 +93,15 @@ def _conninfo(job_inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def connect(job_inputs: dict[str, Any]) -> psycopg.Connection[Any]:
-    """Open a connection; raise SourceError with PostHog's message on failure."""
+    """Open a connection; raise ConnectionFailed with PostHog's message on failure."""
     import psycopg
 
     try:
         conn = psycopg.connect(**_conninfo(job_inputs), autocommit=True)
     except psycopg.OperationalError as exc:
         text = str(exc)
-        for needle, message in _CONNECT_ERRORS.items():
-            if needle in text:
-                raise SourceError(message) from exc
-        raise SourceError(_FALLBACK_ERROR) from exc
+        reason = next((r for needle, r in _CONNECT_ERRORS.items() if needle in text), None)
+        raise ConnectionFailed(reason, _FALLBACK_ERROR) from exc
     # Text forms DuckDB parses back exactly: UTC offsets, ISO dates, round-trip floats.
     conn.execute("SET TIME ZONE 'UTC'")
     conn.execute("SET DateStyle = 'ISO, YMD'")
@@ -120,12 +118,6 @@ def cancel(conn: psycopg.Connection[Any], job_inputs: dict[str, Any]) -> None:
 def schema_name(job_inputs: dict[str, Any]) -> str:
     """The upstream schema the source reads (PostHog's `schema` key; `public` if blank)."""
     return str(job_inputs.get("schema") or "public")
-
-
-def discover(job_inputs: dict[str, Any], only: str | None = None) -> list[Table]:
-    """Connect and list the tables (and views) of the source's schema with their columns."""
-    with connect(job_inputs) as conn:
-        return discover_with(conn, schema_name(job_inputs), only)
 
 
 def discover_with(
@@ -161,73 +153,36 @@ def discover_with(
         """,
         (namespace, only, only),
     ).fetchall()
-    tables: dict[str, Table] = {}
-    for relname, attname, pg_type, nullable in rows:
-        tables.setdefault(relname, Table(relname, [])).columns.append(
-            column(attname, pg_type, bool(nullable))
-        )
-    for relname, attname in keys:
-        if relname in tables:
-            tables[relname].primary_key.append(attname)
-    return list(tables.values())
+    return build_tables(rows, keys, column)
 
 
-def copy_statement(
-    namespace: str,
-    table: str,
-    columns: list[Column],
-    *,
-    cursor_column: str | None = None,
-    cursor_value: str | None = None,
-    inclusive: bool = True,
-) -> str:
+def copy_statement(export: Export) -> str:
     """The COPY statement streaming the selected columns as CSV, past the cursor if given."""
     from psycopg import sql
 
-    select = ", ".join(c.select_expr for c in columns)
-    query = f"SELECT {select} FROM {quote_ident(namespace)}.{quote_ident(table)}"
-    if cursor_column is not None and cursor_value is not None:
-        op = ">=" if inclusive else ">"
-        literal = sql.Literal(cursor_value).as_string()
-        query += f" WHERE {quote_ident(cursor_column)} {op} {literal}"
+    select = ", ".join(c.select_expr for c in export.columns)
+    query = f"SELECT {select} FROM {quote_ident(export.namespace)}.{quote_ident(export.table)}"
+    if export.past_cursor is not None:
+        column, value = export.past_cursor
+        op = ">=" if export.inclusive else ">"
+        query += f" WHERE {quote_ident(column)} {op} {sql.Literal(value).as_string()}"
     return f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
 
 
-def export(
-    conn: psycopg.Connection[Any],
-    namespace: str,
-    table: str,
-    columns: list[Column],
-    *,
-    cursor_column: str | None,
-    cursor_value: str | None,
-    inclusive: bool,
-    path: Path,
-    cancelled: threading.Event,
-    progress: Progress,
-) -> int:
-    """Stream the table (past the cursor) into a CSV file with COPY; return the bytes written."""
-    statement = copy_statement(
-        namespace,
-        table,
-        columns,
-        cursor_column=cursor_column,
-        cursor_value=cursor_value,
-        inclusive=inclusive,
-    )
+def export(conn: psycopg.Connection[Any], export: Export) -> int:
+    """Stream the rows into the CSV file with COPY; return the bytes written."""
     written = 0
     rows = 0
-    with path.open("wb", buffering=1 << 20) as out, conn.cursor().copy(statement) as copy:
+    with (
+        export.path.open("wb", buffering=1 << 20) as out,
+        conn.cursor().copy(copy_statement(export)) as copy,
+    ):
         for data in copy:  # one row per item: libpq hands COPY data over row by row
             out.write(data)
             written += len(data)
             rows += 1
             if rows % 2000 == 0:
-                if cancelled.is_set():
-                    raise SyncCancelled
-                delay = progress(rows)
-                if delay:
-                    time.sleep(delay)
-    if cancelled.is_set():
-        raise SyncCancelled
+                check_cancelled(export.cancelled)
+                export.progress(rows)
+    check_cancelled(export.cancelled)
     return written

@@ -1,0 +1,61 @@
+"""The source connectors, by PostHog source type.
+
+A source type is one module here that is a `Connector` (see `base.py`) plus one entry in
+`_MODULES`. Modules are imported on first use: their drivers are heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, cast
+
+from posthog_warehouse_mcp.sandbox.connectors.base import (
+    Column,
+    ConnectionFailed,
+    Connector,
+    Export,
+    Progress,
+    SourceError,
+    SyncCancelled,
+    Table,
+    Unreachable,
+    check_cancelled,
+    discover,
+    quote_ident,
+)
+
+__all__ = [
+    "SUPPORTED_SOURCE_TYPES",
+    "Column",
+    "ConnectionFailed",
+    "Connector",
+    "Export",
+    "Progress",
+    "SourceError",
+    "SyncCancelled",
+    "Table",
+    "Unreachable",
+    "check_cancelled",
+    "connector",
+    "discover",
+    "quote_ident",
+]
+
+_MODULES = {"Postgres": "postgres", "MySQL": "mysql"}
+SUPPORTED_SOURCE_TYPES = tuple(_MODULES)
+
+if TYPE_CHECKING:
+    # mypy checks here that every connector module is a Connector.
+    from posthog_warehouse_mcp.sandbox.connectors import mysql, postgres
+
+    _CHECKED: tuple[Connector[Any], ...] = (postgres, mysql)
+
+
+def connector(source_type: str) -> Connector[Any]:
+    """The connector of a supported source type.
+
+    Raises:
+        KeyError: the sandbox does not support `source_type`.
+    """
+    module = importlib.import_module(f"{__name__}.{_MODULES[source_type]}")
+    return cast("Connector[Any]", module)

@@ -1,0 +1,189 @@
+"""What every connector shares: the `Connector` contract, columns, tables and errors."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+_HOGQL_TYPES = {
+    "SMALLINT": "integer",
+    "INTEGER": "integer",
+    "BIGINT": "integer",
+    "UBIGINT": "integer",
+    "HUGEINT": "integer",
+    "FLOAT": "float",
+    "DOUBLE": "float",
+    "BOOLEAN": "boolean",
+    "DATE": "date",
+    "TIMESTAMP": "datetime",
+    "TIMESTAMPTZ": "datetime",
+    "UUID": "string",
+    "VARCHAR": "string",
+}
+
+
+class SourceError(Exception):
+    """A source problem with a message fit for an API answer."""
+
+
+class Unreachable(enum.Enum):
+    """Why a connection failed; each value is PostHog's message for it."""
+
+    CREDENTIALS = "Invalid user or password"
+    HOST = "Could not connect to the host"
+    PORT = "Could not connect to the host on the port given"
+    DATABASE = "Database does not exist"
+    TIMEOUT = "Connection timed out. Does your database have our IP addresses allowed?"
+
+
+class ConnectionFailed(SourceError):
+    """A connection to the source failed; `reason` is None when no known cause matched."""
+
+    def __init__(self, reason: Unreachable | None, fallback: str) -> None:
+        super().__init__(reason.value if reason is not None else fallback)
+        self.reason = reason
+
+
+class SyncCancelled(Exception):
+    """The sync was cancelled by the user or by shutdown."""
+
+
+@dataclass
+class Column:
+    """One upstream column and how the warehouse stores it."""
+
+    name: str
+    data_type: str
+    nullable: bool
+    duck_type: str
+    incremental_type: str | None
+    select_expr: str
+
+    @property
+    def hogql_type(self) -> str:
+        """The type name PostHog shows for the warehouse column."""
+        if self.duck_type.startswith("DECIMAL"):
+            return "decimal"
+        return _HOGQL_TYPES.get(self.duck_type, "string")
+
+
+@dataclass
+class Table:
+    """One upstream table with its columns and primary key."""
+
+    name: str
+    columns: list[Column]
+    primary_key: list[str] = field(default_factory=list)
+
+    @property
+    def available_columns(self) -> list[dict[str, Any]]:
+        """The columns as a schema's `available_columns` lists them."""
+        return [
+            {"name": c.name, "data_type": c.data_type, "is_nullable": c.nullable}
+            for c in self.columns
+        ]
+
+
+# Called every few thousand rows with the rows exported so far (it may raise SyncCancelled).
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Export:
+    """What a sync asks a connector to export: a table's columns, as CSV to `path`.
+
+    With a cursor, only rows past `cursor_value` of `cursor_column` (`>=` if `inclusive`).
+    """
+
+    namespace: str
+    table: str
+    columns: list[Column]
+    cursor_column: str | None
+    cursor_value: str | None
+    inclusive: bool
+    path: Path
+    cancelled: threading.Event
+    progress: Progress
+
+    @property
+    def past_cursor(self) -> tuple[str, str] | None:
+        """The cursor column and value to export past, if any."""
+        if self.cursor_column is None or self.cursor_value is None:
+            return None
+        return self.cursor_column, self.cursor_value
+
+
+ConnT = TypeVar("ConnT")
+
+
+class Connector(Protocol[ConnT]):
+    """A source type: a module of these functions, `ConnT` being its driver's connection."""
+
+    @property
+    def NONSENSITIVE_INPUTS(self) -> tuple[str, ...]:
+        """The job inputs that are not secret (PostHog removes every other one from answers)."""
+        ...
+
+    def connect(self, job_inputs: dict[str, Any]) -> AbstractContextManager[ConnT]:
+        """Open a connection (closed on exit); raise ConnectionFailed with PostHog's message."""
+        ...
+
+    def cancel(self, conn: ConnT, job_inputs: dict[str, Any]) -> None:
+        """Stop the connection's running query (called from another thread)."""
+        ...
+
+    def schema_name(self, job_inputs: dict[str, Any]) -> str:
+        """The upstream namespace (schema or database) the source reads."""
+        ...
+
+    def discover_with(self, conn: ConnT, namespace: str, only: str | None = None) -> list[Table]:
+        """The tables (or only the one named `only`) of `namespace`, with columns and keys."""
+        ...
+
+    def column(self, name: str, data_type: str, nullable: bool) -> Column:
+        """A column from the source's type name, with its DuckDB type and export expression."""
+        ...
+
+    def export(self, conn: ConnT, export: Export) -> int:
+        """Write the rows `export` asks for to its CSV file; return the bytes written."""
+        ...
+
+
+def discover(
+    connector: Connector[Any], job_inputs: dict[str, Any], only: str | None = None
+) -> list[Table]:
+    """Connect, and list the tables of the source's namespace with their columns."""
+    with connector.connect(job_inputs) as conn:
+        return connector.discover_with(conn, connector.schema_name(job_inputs), only)
+
+
+def build_tables(
+    columns: Iterable[tuple[str, str, str, bool]],
+    keys: Iterable[tuple[str, str]],
+    column: Callable[[str, str, bool], Column],
+) -> list[Table]:
+    """Tables from catalog rows: (table, column, type, nullable) in column order, and
+    (table, column) of primary keys in key order; `column` is the connector's."""
+    tables: dict[str, Table] = {}
+    for table, name, data_type, nullable in columns:
+        tables.setdefault(table, Table(table, [])).columns.append(column(name, data_type, nullable))
+    for table, name in keys:
+        if table in tables:
+            tables[table].primary_key.append(name)
+    return list(tables.values())
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for PostgreSQL and DuckDB (same rules)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def check_cancelled(cancelled: threading.Event) -> None:
+    """Raise SyncCancelled if the sync was asked to stop."""
+    if cancelled.is_set():
+        raise SyncCancelled

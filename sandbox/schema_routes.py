@@ -1,0 +1,139 @@
+"""The `external_data_schemas` endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from posthog_warehouse_mcp.sandbox import drf, errors
+from posthog_warehouse_mcp.sandbox.connectors import SourceError
+from posthog_warehouse_mcp.sandbox.serializers import schema_json
+from posthog_warehouse_mcp.sandbox.services import Services, with_columns
+from posthog_warehouse_mcp.sandbox.validation import validate_settings
+
+
+async def schemas_list(request: Request, services: Services) -> Response:
+    """GET external_data_schemas/ (search on name)."""
+    items = drf.search(
+        services.store.live_schemas(), request.query_params.get("search"), lambda s: [s.name]
+    )
+    return drf.page(request, items, lambda s: schema_json(services.store, s))
+
+
+async def schemas_retrieve(request: Request, services: Services) -> Response:
+    """GET external_data_schemas/{id}/."""
+    schema = services.get_schema(request.path_params["id"])
+    return drf.answer(schema_json(services.store, schema, with_source=True))
+
+
+async def schemas_partial_update(request: Request, services: Services) -> Response:
+    """PATCH external_data_schemas/{id}/: settings; enabling starts the first sync."""
+    store = services.store
+    schema_id = services.get_schema(request.path_params["id"]).id
+    data = await drf.body(request)
+    # Read, validate and save under the store lock, from the schema as it is now: a sync that
+    # finished while the body was read is kept. Nothing in here awaits or takes the engine lock
+    # (start() takes it before the store lock).
+    with store.lock:
+        before = services.get_schema(schema_id)
+        source_type = store.sources[before.source_id].source_type
+        updated = validate_settings(before, data, source_type=source_type)
+        store.save(updated)
+    if updated.should_sync and not before.should_sync:
+        services.engine.start(schema_id)
+    return drf.answer(schema_json(store, store.schemas[schema_id], with_source=True))
+
+
+async def schemas_destroy(request: Request, services: Services) -> Response:
+    """DELETE external_data_schemas/{id}/: drop its table and the schema."""
+    store = services.store
+    # Deleted before its data is dropped, so no sync can start and publish the table again.
+    with store.lock:
+        schema = services.get_schema(request.path_params["id"])
+        store.save(replace(schema, deleted=True))
+    await services.drop_data(schema.id)
+    return drf.empty(204)
+
+
+async def schemas_cancel(request: Request, services: Services) -> Response:
+    """POST external_data_schemas/{id}/cancel/: stop the running sync (job ends Failed)."""
+    schema = services.get_schema(request.path_params["id"])
+    if not services.engine.is_running(schema.id):
+        raise errors.detail("No running sync to cancel.")
+    await services.stop_sync(schema.id, "Sync cancelled by user")
+    return drf.empty()
+
+
+async def schemas_delete_data(request: Request, services: Services) -> Response:
+    """DELETE external_data_schemas/{id}/delete_data/: drop the table, keep the schema (200)."""
+    schema = services.get_schema(request.path_params["id"])
+    await services.drop_data(schema.id)
+    return drf.empty()
+
+
+async def schemas_incremental_fields(request: Request, services: Services) -> Response:
+    """POST incremental_fields/: introspect the real table's cursor candidates."""
+    store = services.store
+    schema = services.get_schema(request.path_params["id"])
+    source = store.sources[schema.source_id]
+    if not source.job_inputs:
+        raise errors.message("Missing job inputs")
+    try:
+        tables = await services.discover(source.source_type, source.job_inputs, schema.name)
+    except SourceError as exc:
+        raise errors.message(str(exc)) from exc
+    if not tables:
+        raise errors.message(f"Schema with name {schema.name} not found")
+    table = tables[0]
+    with store.lock:
+        store.save(with_columns(services.get_schema(schema.id), table))
+    fields = [
+        {
+            "label": c.name,
+            "type": c.incremental_type,
+            "field": c.name,
+            "field_type": c.incremental_type,
+            "nullable": c.nullable,
+        }
+        for c in table.columns
+        if c.incremental_type
+    ]
+    return drf.answer(
+        {
+            "incremental_fields": fields,
+            "incremental_available": bool(fields),
+            "append_available": bool(fields),
+            "cdc_available": False,
+            "xmin_available": False,
+            "full_refresh_available": True,
+            "supports_webhooks": False,
+            "webhook_only": False,
+            "available_columns": [
+                {"field": c.name, "label": c.name, "type": c.data_type, "nullable": c.nullable}
+                for c in table.columns
+            ],
+            "detected_primary_keys": table.primary_key,
+        }
+    )
+
+
+async def schemas_reload(request: Request, services: Services) -> Response:
+    """POST external_data_schemas/{id}/reload/: sync this schema with its method; 200, no body."""
+    schema = services.get_schema(request.path_params["id"])
+    services.engine.start(schema.id)
+    return drf.empty()
+
+
+async def schemas_resync(request: Request, services: Services) -> Response:
+    """POST resync/: re-import every row, replacing the table atomically when the load is done."""
+    schema = services.get_schema(request.path_params["id"])
+    await services.stop_sync(schema.id, "Sync cancelled by a resync")
+    services.engine.start(schema.id, replace_table=True)
+    return drf.empty()
+
+
+async def schemas_create(request: Request, services: Services) -> Response:
+    """POST external_data_schemas/: schemas come from discovery only (405, like PostHog)."""
+    raise errors.method_not_allowed("POST")

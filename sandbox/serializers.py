@@ -1,0 +1,144 @@
+"""PostHog's serializers: sources, schemas and jobs as the API renders them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from posthog_warehouse_mcp.sandbox.connectors import SUPPORTED_SOURCE_TYPES, connector
+from posthog_warehouse_mcp.sandbox.store import Job, Schema, Source, Store
+
+# PostHog strips every job input that is not known to be harmless (removed, not masked).
+_SSH_NONSENSITIVE = ("enabled", "host", "port")
+
+
+def strip_inputs(source: Source) -> dict[str, Any]:
+    """PostHog's `strip_sensitive_from_dict`: keep only known non-secret keys."""
+    if source.source_type not in SUPPORTED_SOURCE_TYPES:
+        return {}
+    keep = connector(source.source_type).NONSENSITIVE_INPUTS
+    inputs = {k: source.job_inputs[k] for k in keep if k in source.job_inputs}
+    ssh = source.job_inputs.get("ssh_tunnel")
+    if isinstance(ssh, dict):
+        kept: dict[str, Any] = {k: ssh[k] for k in _SSH_NONSENSITIVE if k in ssh}
+        auth = ssh.get("auth")
+        if isinstance(auth, dict):
+            kept["auth"] = {k: auth[k] for k in ("selection", "username") if k in auth}
+        inputs["ssh_tunnel"] = kept
+    return inputs
+
+
+def schema_json(store: Store, schema: Schema, *, with_source: bool = False) -> dict[str, Any]:
+    """`ExternalDataSchemaSerializer`; the retrieve view adds a short `source`."""
+    table = None
+    if schema.table_name and schema.table_id:
+        table = {
+            "id": schema.table_id,
+            "name": schema.table_name,
+            "columns": schema.table_columns,
+            "row_count": schema.row_count,
+        }
+    source = None
+    if with_source:
+        src = store.sources[schema.source_id]
+        source = {
+            "id": src.id,
+            "source_type": src.source_type,
+            "supports_column_selection": True,
+            "user_access_level": "editor",
+        }
+    return {
+        "id": schema.id,
+        "name": schema.name,
+        "label": None,
+        "table": table,
+        "should_sync": schema.should_sync,
+        "last_synced_at": schema.last_synced_at,
+        "latest_error": schema.latest_error,
+        "incremental": schema.sync_type == "incremental",
+        "status": schema.status,
+        "sync_type": schema.sync_type,
+        "incremental_field": schema.incremental_field,
+        "incremental_field_type": schema.incremental_field_type,
+        "sync_frequency": schema.sync_frequency,
+        "sync_time_of_day": schema.sync_time_of_day,
+        "description": schema.description,
+        "primary_key_columns": schema.primary_key_columns,
+        "cdc_table_mode": "consolidated",
+        "enabled_columns": schema.enabled_columns,
+        "available_columns": schema.available_columns,
+        "source": source,
+    }
+
+
+def source_status(source: Source, schemas: list[Schema]) -> str | None:
+    """PostHog's computed source status (doc §2): Failed, Paused, Running, Completed, stored."""
+    if any(s.should_sync and s.status == "Failed" for s in schemas):
+        return "Failed"
+    for status in ("Paused", "Running", "Completed"):
+        if any(s.status == status for s in schemas):
+            return status
+    return source.status
+
+
+def source_json(store: Store, source: Source) -> dict[str, Any]:
+    """`ExternalDataSourceSerializers`, with the schemas and stripped job inputs."""
+    schemas = store.source_schemas(source.id)
+    completed = [j for j in store.source_jobs(source.id) if j.status == "Completed"]
+    return {
+        "id": source.id,
+        "created_at": source.created_at,
+        "created_by": None,
+        "created_via": source.created_via,
+        "status": source_status(source, schemas),
+        "source_type": source.source_type,
+        # PostHog shows the first schema's error; the first one that has an error is more useful.
+        "latest_error": next((s.latest_error for s in schemas if s.latest_error), None),
+        "prefix": source.prefix,
+        "description": source.description,
+        "access_method": source.access_method,
+        "engine": None,
+        "last_run_at": completed[0].created_at if completed else None,
+        "schemas": [schema_json(store, s) for s in schemas],
+        "job_inputs": strip_inputs(source),
+        "revenue_analytics_config": revenue_config(source),
+        "user_access_level": "editor",
+        "supports_webhooks": False,
+        "supports_column_selection": True,
+    }
+
+
+def revenue_config(source: Source) -> dict[str, bool]:
+    """The source's revenue analytics flags, with PostHog's defaults."""
+    return {
+        "enabled": source.revenue_analytics_config.get("enabled", source.source_type == "Stripe"),
+        "include_invoiceless_charges": source.revenue_analytics_config.get(
+            "include_invoiceless_charges", True
+        ),
+    }
+
+
+def job_json(store: Store, job: Job) -> dict[str, Any]:
+    """`ExternalDataJobSerializers`, with a short `schema`."""
+    schema = store.schemas.get(job.schema_id)
+    return {
+        "id": job.id,
+        "created_at": job.created_at,
+        "created_by": None,
+        "finished_at": job.finished_at,
+        "status": job.status,
+        "schema": None
+        if schema is None
+        else {
+            "id": schema.id,
+            "name": schema.name,
+            "label": None,
+            "should_sync": schema.should_sync,
+            "last_synced_at": schema.last_synced_at,
+            "sync_type": schema.sync_type,
+        },
+        "rows_synced": job.rows_synced,
+        "latest_error": job.latest_error,
+        "workflow_run_id": job.workflow_run_id,
+        "cdc_write_mode": None,
+        "billable": True,
+    }
