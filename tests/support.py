@@ -1,10 +1,14 @@
-"""What the tests share: a recording PostHog stand-in, MCP clients wired to it, loopback serving
-and polling. Fixtures live in conftest.py; helpers live here, so no test imports a conftest."""
+"""What the tests share: a recording PostHog stand-in and the answers it gives, MCP clients wired
+to it (in memory, or a stdio subprocess), loopback serving and polling. Fixtures live in
+conftest.py, the hand-written expectations of the tool table in cases.py; helpers live here, so
+no test imports a conftest or another test module."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,17 +16,19 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
+import mcp_types as types
 import pytest
 import uvicorn
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.server.app import LazyClient, create_server
 from posthog_warehouse_mcp.server.config import Settings
 from posthog_warehouse_mcp.tools import models as m
+from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
 from posthog_warehouse_mcp.tools.table import Endpoint
 
 SOURCE_ID = "0b5e6f1c-3f0a-4c55-9a57-5d4f4a0c2b11"
@@ -82,13 +88,37 @@ class Seen:
     headers: dict[str, str]
 
 
+Responder = Callable[[Request, Seen], Response]
+"""How a stand-in answers: the request, and what it recorded of it."""
+
+
+def answer(
+    status: int,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Responder:
+    """Answer every request with ``status`` and ``raw`` bytes, or ``body`` as JSON (no body
+    when both are None)."""
+
+    def respond(request: Request, seen: Seen) -> Response:
+        if raw is not None:
+            return Response(raw, status_code=status, headers=headers)
+        if body is None:
+            return Response(status_code=status, headers=headers)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    return respond
+
+
 @dataclass
 class Recorder:
     """A PostHog stand-in that records every request and answers from a script."""
 
     seen: list[Seen] = field(default_factory=list)
-    # Optional override: (request) -> Response; default answers with the sample body.
-    respond: Callable[[Request, Seen], Response] | None = None
+    # Optional override; without it every request gets ``default`` as (status, JSON body).
+    respond: Responder | None = None
     default: tuple[int, Any] = (200, {})
 
     def app(self) -> Starlette:
@@ -102,12 +132,8 @@ class Recorder:
                 dict(request.headers),
             )
             self.seen.append(seen)
-            if self.respond is not None:
-                return self.respond(request, seen)
-            status, body = self.default
-            if body is None:
-                return Response(status_code=status)
-            return JSONResponse(body, status_code=status)
+            respond = self.respond or answer(*self.default)
+            return respond(request, seen)
 
         return Starlette(
             routes=[
@@ -139,8 +165,57 @@ async def connect(
 ) -> AsyncIterator[Client]:
     """An MCP client talking in memory to a server whose upstream is ``recorder``."""
     server = create_server(settings(**overrides), transport=httpx.ASGITransport(app=recorder.app()))
-    async with Client(server, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(server, mode=mode) as client:
         yield client
+
+
+@asynccontextmanager
+async def connect_with(
+    config: Settings,
+    *,
+    retry: RetryPolicy,
+    transport: httpx.AsyncBaseTransport | None = None,
+    max_response_bytes: int = 20 * 1024 * 1024,
+    mode: str = "legacy",
+) -> AsyncIterator[Client]:
+    """An MCP client in memory whose server calls ``config.host`` (or ``transport``) through an
+    adapter with this retry policy and response limit."""
+    http = build_http_client(
+        base_url=config.base_url,
+        api_key=config.api_key,
+        timeout=config.timeout,
+        user_agent="posthog-warehouse-mcp-tests",
+        transport=transport,
+    )
+    async with http:
+        adapter = PostHogClient(http, retry=retry, max_response_bytes=max_response_bytes)
+        server = create_server(config, client=LazyClient(config, client=adapter))
+        async with Client(server, mode=mode) as client:
+            yield client
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the developer's POSTHOG_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
+    return {**env, **extra}
+
+
+def use_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """For one test, replace the developer's POSTHOG_* environment variables with ``env``."""
+    for key in [k for k in os.environ if k.startswith("POSTHOG_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def stdio_server(upstream: str, *args: str, **env: str) -> StdioServerParameters:
+    """Start the server as a stdio subprocess with the canary key, calling ``upstream``."""
+    server = ["-m", "posthog_warehouse_mcp", "--posthog-host", upstream, "--environment-id", "42"]
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[*server, *args],
+        env=clean_env(POSTHOG_PERSONAL_API_KEY=CANARY_KEY, **env),
+    )
 
 
 MODES = pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -190,7 +265,7 @@ async def serve(app: Any) -> AsyncIterator[str]:
             server.should_exit = True
 
 
-def text_of(result: Any) -> str:
+def text_of(result: types.CallToolResult) -> str:
     """The text of a tool result's first content block."""
     content = result.content[0]
     assert content.type == "text", content

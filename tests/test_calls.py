@@ -4,163 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import mcp_types as types
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.support import MODES, SCHEMA_ID, SOURCE_ID, Recorder, connect
+from tests.cases import CASES, SCH, SRC
+from tests.support import MODES, SCHEMA_ID, SOURCE_ID, Recorder, connect, text_of
 
 pytestmark = pytest.mark.anyio
-
-BASE = "/api/environments/42/"
-SRC = f"{BASE}external_data_sources/{SOURCE_ID}/"
-SCH = f"{BASE}external_data_schemas/{SCHEMA_ID}/"
-
-# tool -> (arguments, method, path, query, body)
-CASES: dict[str, tuple[dict[str, Any], str, str, list[tuple[str, str]], Any]] = {
-    "external-data-sources-list": (
-        {"limit": 10, "offset": 20, "search": "Stripe"},
-        "GET",
-        f"{BASE}external_data_sources/",
-        [("limit", "10"), ("offset", "20"), ("search", "Stripe")],
-        None,
-    ),
-    "external-data-sources-create": (
-        {
-            "source_type": "Postgres",
-            "prefix": "app_",
-            "payload": {
-                "host": "db",
-                "port": 5432,
-                "password": "pw",
-                "schemas": [{"name": "orders", "should_sync": True, "sync_type": "full_refresh"}],
-            },
-        },
-        "POST",
-        f"{BASE}external_data_sources/",
-        [],
-        {
-            "source_type": "Postgres",
-            "prefix": "app_",
-            "created_via": "mcp",
-            "payload": {
-                "host": "db",
-                "port": 5432,
-                "password": "pw",
-                "schemas": [{"name": "orders", "should_sync": True, "sync_type": "full_refresh"}],
-            },
-        },
-    ),
-    "external-data-sources-retrieve": ({"id": SOURCE_ID}, "GET", SRC, [], None),
-    "external-data-sources-partial-update": (
-        {"id": SOURCE_ID, "description": "prod replica"},
-        "PATCH",
-        SRC,
-        [],
-        {"description": "prod replica"},
-    ),
-    "external-data-sources-destroy": ({"id": SOURCE_ID}, "DELETE", SRC, [], None),
-    "external-data-sources-bulk-update-schemas-partial-update": (
-        {
-            "id": SOURCE_ID,
-            "schemas": [
-                {
-                    "id": SCHEMA_ID,
-                    "should_sync": True,
-                    "sync_type": "incremental",
-                    "incremental_field": "updated_at",
-                    "incremental_field_type": "timestamp",
-                    "sync_frequency": "1hour",
-                    "enabled_columns": None,
-                }
-            ],
-        },
-        "PATCH",
-        f"{SRC}bulk_update_schemas/",
-        [],
-        {
-            "schemas": [
-                {
-                    "id": SCHEMA_ID,
-                    "should_sync": True,
-                    "sync_type": "incremental",
-                    "incremental_field": "updated_at",
-                    "incremental_field_type": "timestamp",
-                    "sync_frequency": "1hour",
-                    "enabled_columns": None,
-                }
-            ]
-        },
-    ),
-    "external-data-sources-create-webhook-create": (
-        {"id": SOURCE_ID, "inputs": {"signing_secret": "whsec"}},
-        "POST",
-        f"{SRC}create_webhook/",
-        [],
-        {"inputs": {"signing_secret": "whsec"}},
-    ),
-    "external-data-sources-delete-webhook-create": (
-        {"id": SOURCE_ID},
-        "POST",
-        f"{SRC}delete_webhook/",
-        [],
-        {},
-    ),
-    "external-data-sources-jobs": (
-        {"id": SOURCE_ID, "after": "2026-01-01T00:00:00Z", "schemas": ["orders", "users"]},
-        "GET",
-        f"{SRC}jobs/",
-        [("after", "2026-01-01T00:00:00Z"), ("schemas", "orders"), ("schemas", "users")],
-        None,
-    ),
-    "external-data-sources-refresh-schemas": (
-        {"id": SOURCE_ID},
-        "POST",
-        f"{SRC}refresh_schemas/",
-        [],
-        {},
-    ),
-    "external-data-sources-reload": ({"id": SOURCE_ID}, "POST", f"{SRC}reload/", [], {}),
-    "external-data-sources-revenue-analytics-config-partial-update": (
-        {"id": SOURCE_ID, "enabled": True},
-        "PATCH",
-        f"{SRC}revenue_analytics_config/",
-        [],
-        {"enabled": True},
-    ),
-    "external-data-schemas-list": (
-        {"search": "orders", "limit": 5},
-        "GET",
-        f"{BASE}external_data_schemas/",
-        [("search", "orders"), ("limit", "5")],
-        None,
-    ),
-    "external-data-schemas-retrieve": ({"id": SCHEMA_ID}, "GET", SCH, [], None),
-    "external-data-schemas-partial-update": (
-        {"id": SCHEMA_ID, "should_sync": False, "sync_time_of_day": "03:00:00"},
-        "PATCH",
-        SCH,
-        [],
-        {"should_sync": False, "sync_time_of_day": "03:00:00"},
-    ),
-    "external-data-schemas-destroy": ({"id": SCHEMA_ID}, "DELETE", SCH, [], None),
-    "external-data-schemas-cancel": ({"id": SCHEMA_ID}, "POST", f"{SCH}cancel/", [], {}),
-    "external-data-schemas-delete-data": (
-        {"id": SCHEMA_ID},
-        "DELETE",
-        f"{SCH}delete_data/",
-        [],
-        None,
-    ),
-    "external-data-schemas-incremental-fields-create": (
-        {"id": SCHEMA_ID},
-        "POST",
-        f"{SCH}incremental_fields/",
-        [],
-        {},
-    ),
-    "external-data-schemas-reload": ({"id": SCHEMA_ID}, "POST", f"{SCH}reload/", [], {}),
-    "external-data-schemas-resync": ({"id": SCHEMA_ID}, "POST", f"{SCH}resync/", [], {}),
-}
 
 # tool -> arguments that must be refused before any request
 INVALID: list[tuple[str, dict[str, Any]]] = [
@@ -218,7 +70,7 @@ async def test_invalid_arguments_send_nothing(name: str, args: dict[str, Any], m
     async with connect(recorder, mode=mode) as client:
         result = await client.call_tool(name, args)
     assert result.is_error is True
-    text = result.content[0].text  # type: ignore[union-attr]
+    text = text_of(result)
     assert "nothing was sent" in text
     assert "Traceback" not in text
     assert "pydantic" not in text
@@ -249,12 +101,14 @@ async def test_operation_id_aliases_are_callable_but_not_listed(alias: str, path
     assert recorder.seen[0].path == path
 
 
-async def test_unknown_tool_is_a_protocol_error() -> None:
-    from mcp.shared.exceptions import MCPError
-
-    async with connect(Recorder()) as client:
-        with pytest.raises(MCPError):
+@MODES
+async def test_unknown_tool_is_an_invalid_params_protocol_error(mode: str) -> None:
+    recorder = Recorder()
+    async with connect(recorder, mode=mode) as client:
+        with pytest.raises(MCPError) as unknown:
             await client.call_tool("external-data-sources-nope", {})
+    assert unknown.value.code == types.INVALID_PARAMS
+    assert recorder.seen == []
 
 
 @MODES
@@ -278,9 +132,9 @@ async def test_unknown_fields_and_enum_values_pass_through() -> None:
         source = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
         recorder.answer_as(BY_NAME["external-data-schemas-retrieve"])
         schema = await client.call_tool("external-data-schemas-retrieve", {"id": SCHEMA_ID})
-    assert source.structured_content["new_upstream_field"] == {"nested": True}  # type: ignore[index]
-    assert schema.structured_content["status"] == "Brand new status"  # type: ignore[index]
-    assert source.content[0].text.startswith('{"id":')  # type: ignore[union-attr]
+    assert source.structured_content["new_upstream_field"] == {"nested": True}
+    assert schema.structured_content["status"] == "Brand new status"
+    assert text_of(source).startswith('{"id":')
 
 
 async def test_missing_environment_id_says_how_to_set_it() -> None:
@@ -288,7 +142,7 @@ async def test_missing_environment_id_says_how_to_set_it() -> None:
     async with connect(recorder, environment_id=None) as client:
         result = await client.call_tool("external-data-sources-list", {})
     assert result.is_error is True
-    assert "POSTHOG_ENVIRONMENT_ID" in result.content[0].text  # type: ignore[union-attr]
+    assert "POSTHOG_ENVIRONMENT_ID" in text_of(result)
     assert recorder.seen == []
 
 

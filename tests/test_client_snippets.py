@@ -18,7 +18,10 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
+from posthog_warehouse_mcp.server.app import listing_for
+from posthog_warehouse_mcp.server.cli import parser, settings_from
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, TOOLSETS
+from tests.support import use_env
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +47,7 @@ def _blocks(language: str) -> list[tuple[str, str]]:
     """(section heading, body) of every fenced block in ``language``."""
     text = DOC.read_text(encoding="utf-8")
     headings = [(m.start(), m.group(1)) for m in HEADING.finditer(text)]
-    found = []
+    found: list[tuple[str, str]] = []
     for match in FENCE.finditer(text):
         if match.group(1) == language:
             section = [title for start, title in headings if start < match.start()]
@@ -53,7 +56,7 @@ def _blocks(language: str) -> list[tuple[str, str]]:
 
 
 def _json_snippets() -> list[Snippet]:
-    snippets = []
+    snippets: list[Snippet] = []
     for index, (section, body) in enumerate(_blocks("json")):
         config = json.loads(body)
         servers = config.get("mcpServers", config.get("servers"))
@@ -72,7 +75,7 @@ def _json_snippets() -> list[Snippet]:
 
 
 def _claude_mcp_add_snippets() -> list[Snippet]:
-    snippets = []
+    snippets: list[Snippet] = []
     for section, body in _blocks("bash"):
         for line in body.replace("\\\n", " ").splitlines():
             tokens = shlex.split(line, comments=True)
@@ -158,6 +161,19 @@ def test_every_client_has_snippets() -> None:
         assert key in json.loads(body), f"{section}: VS Code uses 'servers', others 'mcpServers'"
 
 
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda s: s.where)
+def test_snippet_flags_and_env_configure_the_expected_tools(
+    snippet: Snippet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In process: the CLI's own parser and Settings; the subprocess test below starts it.
+    flags = server_flags(snippet)
+    env = dict(snippet.env)
+    use_env(monkeypatch, **env)
+    config = settings_from(parser().parse_args(flags))
+    assert {t.name for t in listing_for(config).tools} == expected_tools(flags, env)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda s: s.where)
 async def test_snippet_starts_and_lists_tools(snippet: Snippet, tmp_path: Path) -> None:
     flags = server_flags(snippet)

@@ -10,7 +10,7 @@ import pytest
 from posthog_warehouse_mcp.server.cli import parser, settings_from
 from posthog_warehouse_mcp.server.config import ConfigError, Settings
 from posthog_warehouse_mcp.tools.table import BY_NAME
-from tests.support import SOURCE_ID, Recorder, connect, settings, text_of
+from tests.support import SOURCE_ID, Recorder, connect, settings, text_of, use_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {"personal_api_key", "mcp_auth_token"}
@@ -51,11 +51,14 @@ def test_every_flag_is_in_the_help_with_its_variable() -> None:
 def test_http_settings_come_from_the_environment_and_flags_win(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("POSTHOG_MCP_TRANSPORT", "http")
-    monkeypatch.setenv("POSTHOG_MCP_PORT", "9123")
-    monkeypatch.setenv("POSTHOG_MCP_ALLOWED_HOSTS", "a.example:*, b.example")
-    monkeypatch.setenv("POSTHOG_MCP_AUTH_TOKEN", "tok-123456")
-    monkeypatch.setenv("POSTHOG_LOG_LEVEL", "debug")
+    use_env(
+        monkeypatch,
+        POSTHOG_MCP_TRANSPORT="http",
+        POSTHOG_MCP_PORT="9123",
+        POSTHOG_MCP_ALLOWED_HOSTS="a.example:*, b.example",
+        POSTHOG_MCP_AUTH_TOKEN="tok-123456",
+        POSTHOG_LOG_LEVEL="debug",
+    )
     from_env = settings_from(parser().parse_args([]))
     assert (from_env.mcp_transport, from_env.mcp_port) == ("http", 9123)
     assert from_env.mcp_allowed_hosts == ["a.example:*", "b.example"]
@@ -68,7 +71,7 @@ def test_http_settings_come_from_the_environment_and_flags_win(
 def test_no_demo_and_boolean_flags_leave_the_environment_alone_when_absent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("POSTHOG_READ_ONLY", "1")
+    use_env(monkeypatch, POSTHOG_READ_ONLY="1")
     assert settings_from(parser().parse_args([])).read_only is True
     assert settings_from(parser().parse_args(["--no-demo"])).demo is False
     assert settings_from(parser().parse_args([])).demo is True

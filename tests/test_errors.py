@@ -5,21 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
-from tests.support import CANARY_KEY, MODES, SOURCE_ID, Recorder, Seen, connect
+from posthog_warehouse_mcp.tools.errors import BadRequest, NotFound
+from tests.support import CANARY_KEY, MODES, SOURCE_ID, Recorder, answer, connect, text_of
 
 pytestmark = pytest.mark.anyio
-
-
-def answer(status: int, body: Any = None, *, raw: bytes | None = None, headers: Any = None):
-    def respond(request: Request, seen: Seen) -> Response:
-        if raw is not None:
-            return Response(raw, status_code=status, headers=headers)
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    return respond
 
 
 @MODES
@@ -74,7 +64,7 @@ async def test_error_statuses_become_actionable_tool_errors(
         # POST: never retried, so each status is seen once.
         result = await client.call_tool("external-data-sources-reload", {"id": SOURCE_ID})
     assert result.is_error is True
-    text = result.content[0].text  # type: ignore[union-attr]
+    text = text_of(result)
     for part in expected:
         assert part in text, text
     assert CANARY_KEY not in text
@@ -92,7 +82,7 @@ async def test_success_false_is_a_tool_error() -> None:
             "external-data-sources-create-webhook-create", {"id": SOURCE_ID}
         )
     assert result.is_error is True
-    assert "Stripe refused the key" in result.content[0].text  # type: ignore[union-attr]
+    assert "Stripe refused the key" in text_of(result)
 
 
 async def test_html_error_page_is_summarised_not_dumped() -> None:
@@ -100,7 +90,7 @@ async def test_html_error_page_is_summarised_not_dumped() -> None:
     recorder = Recorder(respond=answer(502, raw=page))
     async with connect(recorder) as client:
         result = await client.call_tool("external-data-sources-reload", {"id": SOURCE_ID})
-    text = result.content[0].text  # type: ignore[union-attr]
+    text = text_of(result)
     assert result.is_error is True
     assert "502" in text
     assert "Bad Gateway" in text
@@ -113,7 +103,7 @@ async def test_malformed_json_is_a_tool_error() -> None:
     async with connect(recorder) as client:
         result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
     assert result.is_error is True
-    assert "not JSON" in result.content[0].text  # type: ignore[union-attr]
+    assert "not JSON" in text_of(result)
 
 
 async def test_wrong_shape_is_a_tool_error_not_a_client_crash() -> None:
@@ -121,7 +111,7 @@ async def test_wrong_shape_is_a_tool_error_not_a_client_crash() -> None:
     async with connect(recorder) as client:
         result = await client.call_tool("external-data-sources-list", {})
     assert result.is_error is True
-    assert "documented shape" in result.content[0].text  # type: ignore[union-attr]
+    assert "documented shape" in text_of(result)
 
 
 async def test_echoed_credentials_are_redacted_in_errors() -> None:
@@ -130,7 +120,7 @@ async def test_echoed_credentials_are_redacted_in_errors() -> None:
     )
     async with connect(recorder) as client:
         result = await client.call_tool("external-data-sources-reload", {"id": SOURCE_ID})
-    text = result.content[0].text  # type: ignore[union-attr]
+    text = text_of(result)
     assert CANARY_KEY not in text
     assert "hunter2" not in text
     assert "[redacted]" in text
@@ -148,8 +138,26 @@ async def test_credentials_in_upstream_results_are_redacted_by_key_name() -> Non
     recorder = Recorder(respond=answer(200, source))
     async with connect(recorder) as client:
         result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
-    inputs = result.structured_content["job_inputs"]  # type: ignore[index]
+    inputs = result.structured_content["job_inputs"]
     assert inputs["password"] == "[redacted]"
     assert inputs["ssh_tunnel"]["auth"] == {"private_key": "[redacted]", "username": "me"}
     assert inputs["host"] == "db"
-    assert "hunter2" not in result.content[0].text  # type: ignore[union-attr]
+    assert "hunter2" not in text_of(result)
+
+
+@pytest.mark.parametrize(
+    ("message", "attr", "expected"),
+    [
+        ("Not found.", None, "PostHog answered 404: Not found."),
+        ("Invalid prefix", "prefix", "PostHog answered 404: Invalid prefix (field: prefix)."),
+        ("Syncing... try later", None, "PostHog answered 404: Syncing... try later."),
+        ("No such path ../x", None, "PostHog answered 404: No such path ../x."),
+        ("Wait...", None, "PostHog answered 404: Wait..."),
+    ],
+)
+def test_posthog_messages_keep_their_own_punctuation(
+    message: str, attr: str | None, expected: str
+) -> None:
+    assert NotFound(message, status=404, attr=attr).describe() == expected
+    hinted = BadRequest(message, status=400, attr=attr).describe()
+    assert hinted == expected.replace("404", "400") + " " + BadRequest.hint

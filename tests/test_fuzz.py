@@ -26,12 +26,12 @@ from mcp import Client
 
 from posthog_warehouse_mcp.tools.definitions import definition
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint
-from tests.support import Recorder, connect
+from tests.support import Recorder, connect, text_of
 
 EXAMPLES = 25  # per tool, per kind (valid, invalid), per protocol mode
+SAMPLE = 4  # the same, in the default run; `-m slow` runs all EXAMPLES
 BASE = "/api/environments/42/"
 FUZZ = settings(
-    max_examples=EXAMPLES,
     deadline=None,
     database=None,
     derandomize=True,  # the same examples on every run: CI never flakes on a new draw
@@ -259,8 +259,7 @@ def check(session: Session, row: Endpoint, arguments: dict[str, Any]) -> bool:
     assert [s.method for s in seen] == [row.method]
     path = seen[0].path
     assert path_pattern(row).match(path), path
-    if "id" in row.path_fields:
-        assert path == BASE + row.path.format(id=params.id)  # type: ignore[attr-defined]
+    assert path == BASE + row.path.format(**params.model_dump(include=set(row.path_fields)))
     allowed = set(row.params.model_fields) | set(row.inject_body)
     assert {k for k, _ in seen[0].query} <= allowed
     assert set(seen[0].body or {}) <= allowed
@@ -269,16 +268,21 @@ def check(session: Session, row: Endpoint, arguments: dict[str, Any]) -> bool:
 
 
 TOOL_IDS = [row.name for row in ENDPOINTS]
+DEPTHS = pytest.mark.parametrize(
+    "examples",
+    [pytest.param(SAMPLE, id="sample"), pytest.param(EXAMPLES, id="full", marks=pytest.mark.slow)],
+)
 
 
+@DEPTHS
 @pytest.mark.parametrize("row", ENDPOINTS, ids=TOOL_IDS)
 def test_valid_arguments_from_the_schema_are_accepted_and_routed(
-    session: Session, row: Endpoint
+    session: Session, row: Endpoint, examples: int
 ) -> None:
     schema = dict(definition(row)["inputSchema"])
     outcomes: list[bool] = []
 
-    @FUZZ
+    @settings(FUZZ, max_examples=examples)
     @given(valid_object(schema, schema.get("$defs", {})))
     def run(arguments: dict[str, Any]) -> None:
         # The advertised schema and the params model must agree on what is valid.
@@ -286,21 +290,24 @@ def test_valid_arguments_from_the_schema_are_accepted_and_routed(
         assert outcomes[-1] is True, arguments
 
     run()
-    assert len(outcomes) == EXAMPLES
+    assert len(outcomes) == examples
 
 
+@DEPTHS
 @pytest.mark.parametrize("row", ENDPOINTS, ids=TOOL_IDS)
-def test_invalid_arguments_send_nothing_and_never_crash(session: Session, row: Endpoint) -> None:
+def test_invalid_arguments_send_nothing_and_never_crash(
+    session: Session, row: Endpoint, examples: int
+) -> None:
     schema = dict(definition(row)["inputSchema"])
     outcomes: list[bool] = []
 
-    @FUZZ
+    @settings(FUZZ, max_examples=examples)
     @given(invalid_arguments(schema))
     def run(arguments: dict[str, Any]) -> None:
         outcomes.append(check(session, row, arguments))
 
     run()
-    assert len(outcomes) == EXAMPLES
+    assert len(outcomes) == examples
     # Most mutations are invalid; the few the model accepts (a string where any JSON goes)
     # were still checked as valid calls above.
     assert outcomes.count(False) >= len(outcomes) // 2, outcomes
@@ -320,7 +327,7 @@ def test_an_argument_error_stays_short_however_many_problems(session: Session) -
     result = session.call(row, bad)
     assert result.is_error is True
     assert session.recorder.seen == []
-    assert len(result.content[0].text) < 4_000
+    assert len(text_of(result)) < 4_000
 
 
 def test_strategies_cover_every_schema_keyword() -> None:

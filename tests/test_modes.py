@@ -2,65 +2,53 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
 import httpx
+import mcp_types as types
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.server.config import Settings
 from posthog_warehouse_mcp.tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
-from tests.support import CANARY_KEY, MODES, Recorder, connect, serve
-from tests.test_calls import CASES
+from tests.cases import DESTRUCTIVE, READ_ONLY, arguments
+from tests.support import (
+    CANARY_KEY,
+    MODES,
+    Recorder,
+    clean_env,
+    connect,
+    serve,
+    stdio_server,
+    text_of,
+    use_env,
+)
 
 pytestmark = pytest.mark.anyio
 
-READ_ONLY = {
-    "external-data-sources-list",
-    "external-data-sources-retrieve",
+WRITES = [row for row in ENDPOINTS if row.name not in READ_ONLY]
+# What --read-only --toolsets schemas,sync lists.
+READ_ONLY_SCHEMAS_AND_SYNC = {
     "external-data-sources-jobs",
     "external-data-schemas-list",
     "external-data-schemas-retrieve",
     "external-data-schemas-incremental-fields-create",
 }
-DESTRUCTIVE = {
-    "external-data-sources-destroy",
-    "external-data-sources-delete-webhook-create",
-    "external-data-schemas-destroy",
-    "external-data-schemas-delete-data",
-    "external-data-schemas-resync",
-}
-WRITES = [row for row in ENDPOINTS if row.name not in READ_ONLY]
 
 
-def names(tools: Any) -> set[str]:
+def names(tools: Iterable[types.Tool]) -> set[str]:
     return {t.name for t in tools}
-
-
-def text(result: Any) -> str:
-    return str(result.content[0].text)
 
 
 def answering(tool: str) -> Recorder:
     recorder = Recorder()
     recorder.answer_as(BY_NAME[tool])
     return recorder
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without the developer's POSTHOG_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
-    return {**env, **extra}
-
-
-def test_the_table_marks_exactly_the_expected_tools() -> None:
-    assert {row.name for row in ENDPOINTS if row.is_read_only} == READ_ONLY
-    assert {row.name for row in ENDPOINTS if row.is_destructive} == DESTRUCTIVE
 
 
 @MODES
@@ -79,9 +67,9 @@ async def test_read_only_refuses_every_other_tool_and_its_aliases_without_sendin
     async with connect(recorder, mode=mode, read_only=True) as client:
         for row in WRITES:
             for name in (row.name, *row.aliases):
-                result = await client.call_tool(name, CASES[row.name][0])
+                result = await client.call_tool(name, arguments(row.name))
                 assert result.is_error is True, name
-                message = text(result)
+                message = text_of(result)
                 assert message.startswith(f"{row.name} changes data and the server runs read-only")
                 assert "nothing was sent" in message
                 assert "--read-only" in message
@@ -93,8 +81,8 @@ async def test_read_only_still_allows_every_read_only_tool(mode: str) -> None:
     for name in sorted(READ_ONLY):
         recorder = answering(name)
         async with connect(recorder, mode=mode, read_only=True) as client:
-            result = await client.call_tool(name, CASES[name][0])
-        assert result.is_error is False, text(result)
+            result = await client.call_tool(name, arguments(name))
+        assert result.is_error is False, text_of(result)
         assert [s.method for s in recorder.seen] == [BY_NAME[name].method]
 
 
@@ -106,10 +94,10 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
         listed = names((await client.list_tools()).tools)
         outside = [row for row in ENDPOINTS if row.toolset != toolset]
         for row in outside:
-            result = await client.call_tool(row.name, CASES[row.name][0])
+            result = await client.call_tool(row.name, arguments(row.name))
             assert result.is_error is True
-            assert "not enabled on this server" in text(result)
-            assert f"toolset '{row.toolset}'" in text(result)
+            assert "not enabled on this server" in text_of(result)
+            assert f"toolset '{row.toolset}'" in text_of(result)
     assert listed == expected
     assert recorder.seen == []
 
@@ -130,15 +118,7 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
             },
         ),
         ({"read_only": True, "toolsets": ["sync"]}, {"external-data-sources-jobs"}),
-        (
-            {"read_only": True, "toolsets": ["schemas", "sync"]},
-            {
-                "external-data-sources-jobs",
-                "external-data-schemas-list",
-                "external-data-schemas-retrieve",
-                "external-data-schemas-incremental-fields-create",
-            },
-        ),
+        ({"read_only": True, "toolsets": ["schemas", "sync"]}, READ_ONLY_SCHEMAS_AND_SYNC),
         (
             {"tools": ["external-data-sources-list", "external-data-schemas-resync"]},
             {"external-data-sources-list", "external-data-schemas-resync"},
@@ -170,8 +150,8 @@ async def test_filters_combine_as_an_intersection(
         # Everything not listed is refused before any request.
         for row in ENDPOINTS:
             if row.name not in listed:
-                result = await client.call_tool(row.name, CASES[row.name][0])
-                assert result.is_error is True and "nothing was sent" in text(result)
+                result = await client.call_tool(row.name, arguments(row.name))
+                assert result.is_error is True and "nothing was sent" in text_of(result)
     assert listed == expected
     assert recorder.seen == []
 
@@ -183,27 +163,28 @@ async def test_an_alias_in_the_tool_allow_list_enables_its_tool() -> None:
 
 
 async def test_environment_variables_set_the_same_filters(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("POSTHOG_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", CANARY_KEY)
-    monkeypatch.setenv("POSTHOG_ENVIRONMENT_ID", "42")
-    monkeypatch.setenv("POSTHOG_READ_ONLY", "1")
-    monkeypatch.setenv("POSTHOG_TOOLSETS", "sources, schemas")
-    monkeypatch.setenv("POSTHOG_TOOLS", "external-data-sources-list,external-data-sources-destroy")
+    use_env(
+        monkeypatch,
+        POSTHOG_PERSONAL_API_KEY=CANARY_KEY,
+        POSTHOG_ENVIRONMENT_ID="42",
+        POSTHOG_READ_ONLY="1",
+        POSTHOG_TOOLSETS="sources, schemas",
+        POSTHOG_TOOLS="external-data-sources-list,external-data-sources-destroy",
+    )
     config = Settings()
     recorder = Recorder()
     server = create_server(config, transport=httpx.ASGITransport(app=recorder.app()))
-    async with Client(server, mode="legacy") as client:  # type: ignore[arg-type]
+    async with Client(server, mode="legacy") as client:
         listed = names((await client.list_tools()).tools)
         refused = await client.call_tool(
-            "external-data-sources-destroy", CASES["external-data-sources-destroy"][0]
+            "external-data-sources-destroy", arguments("external-data-sources-destroy")
         )
     assert listed == {"external-data-sources-list"}
-    assert refused.is_error is True and "read-only" in text(refused)
+    assert refused.is_error is True and "read-only" in text_of(refused)
     assert recorder.seen == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "env"),
     [
@@ -216,32 +197,16 @@ async def test_stdio_server_applies_read_only_and_toolsets(
     args: list[str], env: dict[str, str]
 ) -> None:
     recorder = Recorder()
-    async with serve(recorder.app()) as upstream:
-        params = StdioServerParameters(
-            command=sys.executable,
-            args=[
-                "-m",
-                "posthog_warehouse_mcp",
-                "--posthog-host",
-                upstream,
-                "--environment-id",
-                "42",
-                *args,
-            ],
-            env=clean_env(POSTHOG_PERSONAL_API_KEY=CANARY_KEY, **env),
+    async with (
+        serve(recorder.app()) as upstream,
+        Client(stdio_server(upstream, *args, **env), mode="legacy") as client,
+    ):
+        listed = names((await client.list_tools()).tools)
+        refused = await client.call_tool(
+            "external-data-schemas-resync", arguments("external-data-schemas-resync")
         )
-        async with Client(params, mode="legacy") as client:
-            listed = names((await client.list_tools()).tools)
-            refused = await client.call_tool(
-                "external-data-schemas-resync", CASES["external-data-schemas-resync"][0]
-            )
-    assert listed == {
-        "external-data-sources-jobs",
-        "external-data-schemas-list",
-        "external-data-schemas-retrieve",
-        "external-data-schemas-incremental-fields-create",
-    }
-    assert refused.is_error is True and "read-only" in text(refused)
+    assert listed == READ_ONLY_SCHEMAS_AND_SYNC
+    assert refused.is_error is True and "read-only" in text_of(refused)
     assert recorder.seen == []
 
 
@@ -257,6 +222,7 @@ UNKNOWN_NAMES: dict[str, tuple[list[str], dict[str, str], list[str]]] = {
 }
 
 
+@pytest.mark.slow
 async def test_unknown_names_are_a_startup_error_naming_the_valid_values() -> None:
     done: dict[str, subprocess.CompletedProcess[bytes]] = {}
 
@@ -286,12 +252,11 @@ async def test_unknown_names_are_a_startup_error_naming_the_valid_values() -> No
 
 
 @MODES
-async def test_destructive_tools_carry_a_one_line_warning_first(mode: str) -> None:
+async def test_only_destructive_tools_are_listed_with_the_warning_first_and_the_hint(
+    mode: str,
+) -> None:
     async with connect(Recorder(), mode=mode) as client:
         tools = (await client.list_tools()).tools
-    assert "\n" not in DESTRUCTIVE_WARNING
-    assert DESTRUCTIVE_WARNING.startswith("DESTRUCTIVE:")
-    assert "confirm with the user" in DESTRUCTIVE_WARNING
     for tool in tools:
         description = tool.description or ""
         warned = description.startswith(DESTRUCTIVE_WARNING)

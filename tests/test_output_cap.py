@@ -9,11 +9,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from posthog_warehouse_mcp.tools.output import cap, dumps
-from tests.support import JOB, MODES, SCHEMA, SOURCE, SOURCE_ID, Recorder, Seen, connect
+from tests.support import JOB, MODES, SCHEMA, SOURCE, SOURCE_ID, Recorder, answer, connect, text_of
 
 BUDGET = 2_000  # the smallest budget Settings accepts
 
@@ -158,13 +156,6 @@ def test_any_result_ends_within_budget_and_says_so_when_cut(
         assert_capped(out, budget)
 
 
-def answer_with(body: Any):
-    def respond(request: Request, seen: Seen) -> Response:
-        return JSONResponse(body)
-
-    return respond
-
-
 @pytest.mark.anyio
 @MODES
 @pytest.mark.parametrize(
@@ -188,11 +179,11 @@ async def test_oversized_results_reach_the_client_within_budget_and_marked(
     tool: str, arguments: dict[str, Any], body: Any, mode: str
 ) -> None:
     budget = 5_000
-    recorder = Recorder(respond=answer_with(body))
+    recorder = Recorder(respond=answer(200, body))
     async with connect(recorder, mode=mode, max_output_bytes=budget) as client:
         result = await client.call_tool(tool, arguments)
     assert result.is_error is False
-    text = result.content[0].text  # type: ignore[union-attr]
+    text = text_of(result)
     assert len(text.encode()) <= budget
     structured = result.structured_content
     assert structured is not None

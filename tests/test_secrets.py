@@ -10,29 +10,37 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import mcp_types as types
 import pytest
-from mcp import Client, ClientSession, StdioServerParameters
+from mcp import Client, ClientSession
 from mcp.client.stdio import stdio_client
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from posthog_warehouse_mcp.server.app import LazyClient, create_server
-from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
+from posthog_warehouse_mcp.tools.client import RetryPolicy
 from posthog_warehouse_mcp.tools.errors import AuthenticationFailed, PermissionDenied
 from posthog_warehouse_mcp.tools.output import dumps
 from posthog_warehouse_mcp.tools.redact import REDACTED, SECRET_KEY_PARTS, redact_text
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.support import CANARY_KEY, SAMPLE_BODIES, Recorder, Seen, serve, settings
-from tests.test_calls import CASES
+from tests.cases import arguments
+from tests.support import (
+    CANARY_KEY,
+    SAMPLE_BODIES,
+    Recorder,
+    Responder,
+    Seen,
+    connect_with,
+    serve,
+    settings,
+    stdio_server,
+    text_of,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +67,7 @@ SECRET_JOB_INPUTS = {
 
 def with_secrets(tool: str) -> dict[str, Any]:
     """Valid arguments for ``tool``, carrying credentials wherever the tool takes any."""
-    args = dict(CASES[tool][0])
+    args = arguments(tool)
     if tool == "external-data-sources-create":
         args["payload"] = {**args["payload"], **SECRET_JOB_INPUTS}
     if tool == "external-data-sources-partial-update":
@@ -83,7 +91,7 @@ def invalid_variants(tool: str) -> list[dict[str, Any]]:
     ]
 
 
-def echo(status: int, shape: str) -> Callable[[Request, Seen], Response]:
+def echo(status: int, shape: str) -> Responder:
     """An upstream error that quotes the request: its body and its Authorization header."""
 
     def respond(request: Request, seen: Seen) -> Response:
@@ -139,7 +147,7 @@ ERRORS: list[tuple[int, str]] = [
 ]
 
 
-def echoing_result(tool: str) -> Callable[[Request, Seen], Response]:
+def echoing_result(tool: str) -> Responder:
     """A successful answer that echoes credentials under secret-named keys."""
 
     def respond(request: Request, seen: Seen) -> Response:
@@ -171,7 +179,7 @@ class Scan:
     log_lines: set[str] = field(default_factory=set)
     calls: int = 0
 
-    def result(self, result: Any) -> None:
+    def result(self, result: types.CallToolResult) -> None:
         self.calls += 1
         for item in result.content:
             self.outputs.add(getattr(item, "text", "") or dumps(item.model_dump()))
@@ -198,24 +206,10 @@ class Scan:
         return found
 
 
-@asynccontextmanager
-async def in_memory(respond: Callable[[Request, Seen], Response]) -> AsyncIterator[Client]:
+def in_memory(respond: Responder) -> AbstractAsyncContextManager[Client]:
     """A client whose server has the canary key and a fast-retrying adapter."""
-    recorder = Recorder(respond=respond)
-    config = settings()
-    http = build_http_client(
-        base_url=config.base_url,
-        api_key=config.api_key,
-        timeout=5,
-        user_agent="secrets",
-        transport=httpx.ASGITransport(app=recorder.app()),
-    )
-    async with http:
-        server = create_server(
-            config, client=LazyClient(config, client=PostHogClient(http, retry=FAST))
-        )
-        async with Client(server, mode="legacy") as client:  # type: ignore[arg-type]
-            yield client
+    transport = httpx.ASGITransport(app=Recorder(respond=respond).app())
+    return connect_with(settings(timeout=5), retry=FAST, transport=transport)
 
 
 async def test_no_secret_in_any_output_or_log_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -252,7 +246,7 @@ async def test_upstream_error_echoing_the_request_is_redacted_by_key_name() -> N
         result = await client.call_tool(
             "external-data-sources-create", with_secrets("external-data-sources-create")
         )
-    message = result.content[0].text  # type: ignore[union-attr]
+    message = text_of(result)
     assert result.is_error is True
     assert "PostHog answered 400" in message
     assert "'password': '[redacted]'" in message
@@ -266,19 +260,19 @@ async def test_upstream_result_with_job_inputs_credentials_is_redacted() -> None
     async with in_memory(echoing_result(tool)) as client:
         result = await client.call_tool(tool, with_secrets(tool))
     assert result.is_error is False
-    inputs = result.structured_content["job_inputs"]  # type: ignore[index]
+    inputs = result.structured_content["job_inputs"]
     assert inputs["host"] == "db.internal"
     for key in ("password", "client_secret", "private_key", "passphrase", "token"):
         assert inputs[key] == "[redacted]", key
     assert inputs["ssh_tunnel"]["auth"]["private_key"] == "[redacted]"
-    assert result.structured_content["connection_string"] == "[redacted]"  # type: ignore[index]
+    assert result.structured_content["connection_string"] == "[redacted]"
 
 
 async def test_caller_password_echoed_in_free_text_is_redacted_by_value() -> None:
     tool = "external-data-sources-partial-update"
     async with in_memory(echoing_result(tool)) as client:
         result = await client.call_tool(tool, with_secrets(tool))
-    latest_error = result.structured_content["latest_error"]  # type: ignore[index]
+    latest_error = result.structured_content["latest_error"]
     assert latest_error == "could not log in as app with [redacted]"
 
 
@@ -314,11 +308,7 @@ def test_redaction_leaves_messages_without_credentials_alone(prose: str) -> None
     assert redact_text(prose) == prose
 
 
-def scrub_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
-    return {**env, "POSTHOG_PERSONAL_API_KEY": CANARY_KEY}
-
-
+@pytest.mark.slow
 async def test_stdio_debug_log_never_shows_a_secret(tmp_path: Path) -> None:
     # A cross-section of the error matrix (the whole of it runs in memory above), skipping
     # statuses the server retries with its default, real-time waits.
@@ -337,21 +327,7 @@ async def test_stdio_debug_log_never_shows_a_secret(tmp_path: Path) -> None:
     scan = Scan()
     stderr = tmp_path / "stderr.log"
     async with serve(recorder.app()) as upstream:
-        params = StdioServerParameters(
-            command=sys.executable,
-            args=[
-                *(
-                    "-m",
-                    "posthog_warehouse_mcp",
-                    "--posthog-host",
-                    upstream,
-                    "--environment-id",
-                    "42",
-                ),
-                *("--log-level", "DEBUG"),
-            ],
-            env=scrub_env(),
-        )
+        params = stdio_server(upstream, "--log-level", "DEBUG")
         with stderr.open("w") as errlog:
             async with (
                 stdio_client(params, errlog=errlog) as (read, write),

@@ -11,33 +11,10 @@ import pytest
 from posthog_warehouse_mcp.tools import definitions, snapshot
 from posthog_warehouse_mcp.tools.definitions import definition
 from posthog_warehouse_mcp.tools.table import DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS, Endpoint
+from tests.cases import DESTRUCTIVE, NEVER_RETRIED, READ_ONLY
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 ROWS = pytest.mark.parametrize("row", ENDPOINTS, ids=lambda r: r.name)
-
-# Written out, not derived from the table: these guard the table's own rows.
-DESTRUCTIVE = {
-    "external-data-sources-destroy",
-    "external-data-sources-delete-webhook-create",
-    "external-data-schemas-destroy",
-    "external-data-schemas-delete-data",
-    "external-data-schemas-resync",
-}
-READ_ONLY = {
-    "external-data-sources-list",
-    "external-data-sources-retrieve",
-    "external-data-sources-jobs",
-    "external-data-schemas-list",
-    "external-data-schemas-retrieve",
-    "external-data-schemas-incremental-fields-create",
-}
-NEVER_RETRIED = {
-    "external-data-sources-create",
-    "external-data-sources-create-webhook-create",
-    "external-data-sources-reload",
-    "external-data-schemas-reload",
-    "external-data-schemas-resync",
-}
 
 
 def test_names_are_unique_and_valid_mcp_tool_names() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,13 +9,13 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from mcp import Client, ClientSession, StdioServerParameters
+from mcp import Client, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from posthog_warehouse_mcp.server.transports import http_app
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.support import CANARY_KEY, SOURCE_ID, Recorder, serve, settings
+from tests.support import CANARY_KEY, SOURCE_ID, Recorder, serve, settings, stdio_server
 
 pytestmark = pytest.mark.anyio
 
@@ -31,25 +29,16 @@ async def mcp_over_http(recorder: Recorder, *, kind: str, **overrides: Any) -> A
             yield url
 
 
+@pytest.mark.slow
 async def test_stdio_subprocess_lists_and_calls() -> None:
     recorder = Recorder()
     recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
-    async with serve(recorder.app()) as upstream:
-        params = StdioServerParameters(
-            command=sys.executable,
-            args=[
-                "-m",
-                "posthog_warehouse_mcp",
-                "--posthog-host",
-                upstream,
-                "--environment-id",
-                "42",
-            ],
-            env={**os.environ, "POSTHOG_PERSONAL_API_KEY": CANARY_KEY},
-        )
-        async with Client(params, mode="legacy") as client:
-            tools = (await client.list_tools()).tools
-            result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
+    async with (
+        serve(recorder.app()) as upstream,
+        Client(stdio_server(upstream), mode="legacy") as client,
+    ):
+        tools = (await client.list_tools()).tools
+        result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
     assert len(tools) == len(ENDPOINTS)
     assert result.is_error is False
     assert recorder.seen[0].headers["authorization"] == f"Bearer {CANARY_KEY}"
@@ -60,7 +49,7 @@ async def test_streamable_http_lists_and_calls() -> None:
     recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
     async with mcp_over_http(recorder, kind="http") as url:
         for mode in ("legacy", "auto"):
-            async with Client(f"{url}/mcp", mode=mode) as client:  # type: ignore[arg-type]
+            async with Client(f"{url}/mcp", mode=mode) as client:
                 assert len((await client.list_tools()).tools) == len(ENDPOINTS)
                 result = await client.call_tool("external-data-sources-retrieve", {"id": SOURCE_ID})
                 assert result.is_error is False
@@ -95,15 +84,16 @@ INIT = {
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
+async def initialize(http: httpx.AsyncClient, url: str, **headers: str) -> httpx.Response:
+    """POST a raw initialize request to the streamable HTTP endpoint."""
+    return await http.post(f"{url}/mcp", json=INIT, headers={**ACCEPT, **headers})
+
+
 async def test_http_rejects_bad_host_and_origin() -> None:
     async with mcp_over_http(Recorder(), kind="http") as url, httpx.AsyncClient() as http:
-        good = await http.post(f"{url}/mcp", json=INIT, headers=ACCEPT)
-        bad_host = await http.post(
-            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Host": "evil.example"}
-        )
-        bad_origin = await http.post(
-            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Origin": "http://evil.example"}
-        )
+        good = await initialize(http, url)
+        bad_host = await initialize(http, url, Host="evil.example")
+        bad_origin = await initialize(http, url, Origin="http://evil.example")
     assert good.status_code == 200
     assert bad_host.status_code == 421
     assert bad_origin.status_code == 403
@@ -114,13 +104,9 @@ async def test_http_bearer_token_is_required() -> None:
         mcp_over_http(Recorder(), kind="http", mcp_auth_token="s3cret-token") as url,
         httpx.AsyncClient() as http,
     ):
-        missing = await http.post(f"{url}/mcp", json=INIT, headers=ACCEPT)
-        wrong = await http.post(
-            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Authorization": "Bearer nope"}
-        )
-        right = await http.post(
-            f"{url}/mcp", json=INIT, headers={**ACCEPT, "Authorization": "Bearer s3cret-token"}
-        )
+        missing = await initialize(http, url)
+        wrong = await initialize(http, url, Authorization="Bearer nope")
+        right = await initialize(http, url, Authorization="Bearer s3cret-token")
     assert missing.status_code == 401
     assert wrong.status_code == 401
     assert "s3cret-token" not in wrong.text

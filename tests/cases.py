@@ -1,0 +1,171 @@
+"""What the tool table should be, written out by hand rather than derived from it, so that a
+wrong row fails a test: the request each tool sends, and which tools are destructive, read-only
+and never retried."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from tests.support import SCHEMA_ID, SOURCE_ID
+
+BASE = "/api/environments/42/"
+SRC = f"{BASE}external_data_sources/{SOURCE_ID}/"
+SCH = f"{BASE}external_data_schemas/{SCHEMA_ID}/"
+
+
+class Case(NamedTuple):
+    """Valid arguments for a tool, and the request PostHog documents for them."""
+
+    arguments: dict[str, Any]
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    body: Any
+
+
+PAYLOAD = {
+    "host": "db",
+    "port": 5432,
+    "password": "pw",
+    "schemas": [{"name": "orders", "should_sync": True, "sync_type": "full_refresh"}],
+}
+INCREMENTAL = {
+    "id": SCHEMA_ID,
+    "should_sync": True,
+    "sync_type": "incremental",
+    "incremental_field": "updated_at",
+    "incremental_field_type": "timestamp",
+    "sync_frequency": "1hour",
+    "enabled_columns": None,
+}
+
+CASES: dict[str, Case] = {
+    "external-data-sources-list": Case(
+        {"limit": 10, "offset": 20, "search": "Stripe"},
+        "GET",
+        f"{BASE}external_data_sources/",
+        [("limit", "10"), ("offset", "20"), ("search", "Stripe")],
+        None,
+    ),
+    "external-data-sources-create": Case(
+        {"source_type": "Postgres", "prefix": "app_", "payload": PAYLOAD},
+        "POST",
+        f"{BASE}external_data_sources/",
+        [],
+        {"source_type": "Postgres", "prefix": "app_", "created_via": "mcp", "payload": PAYLOAD},
+    ),
+    "external-data-sources-retrieve": Case({"id": SOURCE_ID}, "GET", SRC, [], None),
+    "external-data-sources-partial-update": Case(
+        {"id": SOURCE_ID, "description": "prod replica"},
+        "PATCH",
+        SRC,
+        [],
+        {"description": "prod replica"},
+    ),
+    "external-data-sources-destroy": Case({"id": SOURCE_ID}, "DELETE", SRC, [], None),
+    "external-data-sources-bulk-update-schemas-partial-update": Case(
+        {"id": SOURCE_ID, "schemas": [INCREMENTAL]},
+        "PATCH",
+        f"{SRC}bulk_update_schemas/",
+        [],
+        {"schemas": [INCREMENTAL]},
+    ),
+    "external-data-sources-create-webhook-create": Case(
+        {"id": SOURCE_ID, "inputs": {"signing_secret": "whsec"}},
+        "POST",
+        f"{SRC}create_webhook/",
+        [],
+        {"inputs": {"signing_secret": "whsec"}},
+    ),
+    "external-data-sources-delete-webhook-create": Case(
+        {"id": SOURCE_ID},
+        "POST",
+        f"{SRC}delete_webhook/",
+        [],
+        {},
+    ),
+    "external-data-sources-jobs": Case(
+        {"id": SOURCE_ID, "after": "2026-01-01T00:00:00Z", "schemas": ["orders", "users"]},
+        "GET",
+        f"{SRC}jobs/",
+        [("after", "2026-01-01T00:00:00Z"), ("schemas", "orders"), ("schemas", "users")],
+        None,
+    ),
+    "external-data-sources-refresh-schemas": Case(
+        {"id": SOURCE_ID},
+        "POST",
+        f"{SRC}refresh_schemas/",
+        [],
+        {},
+    ),
+    "external-data-sources-reload": Case({"id": SOURCE_ID}, "POST", f"{SRC}reload/", [], {}),
+    "external-data-sources-revenue-analytics-config-partial-update": Case(
+        {"id": SOURCE_ID, "enabled": True},
+        "PATCH",
+        f"{SRC}revenue_analytics_config/",
+        [],
+        {"enabled": True},
+    ),
+    "external-data-schemas-list": Case(
+        {"search": "orders", "limit": 5},
+        "GET",
+        f"{BASE}external_data_schemas/",
+        [("search", "orders"), ("limit", "5")],
+        None,
+    ),
+    "external-data-schemas-retrieve": Case({"id": SCHEMA_ID}, "GET", SCH, [], None),
+    "external-data-schemas-partial-update": Case(
+        {"id": SCHEMA_ID, "should_sync": False, "sync_time_of_day": "03:00:00"},
+        "PATCH",
+        SCH,
+        [],
+        {"should_sync": False, "sync_time_of_day": "03:00:00"},
+    ),
+    "external-data-schemas-destroy": Case({"id": SCHEMA_ID}, "DELETE", SCH, [], None),
+    "external-data-schemas-cancel": Case({"id": SCHEMA_ID}, "POST", f"{SCH}cancel/", [], {}),
+    "external-data-schemas-delete-data": Case(
+        {"id": SCHEMA_ID},
+        "DELETE",
+        f"{SCH}delete_data/",
+        [],
+        None,
+    ),
+    "external-data-schemas-incremental-fields-create": Case(
+        {"id": SCHEMA_ID},
+        "POST",
+        f"{SCH}incremental_fields/",
+        [],
+        {},
+    ),
+    "external-data-schemas-reload": Case({"id": SCHEMA_ID}, "POST", f"{SCH}reload/", [], {}),
+    "external-data-schemas-resync": Case({"id": SCHEMA_ID}, "POST", f"{SCH}resync/", [], {}),
+}
+
+DESTRUCTIVE = {
+    "external-data-sources-destroy",
+    "external-data-sources-delete-webhook-create",
+    "external-data-schemas-destroy",
+    "external-data-schemas-delete-data",
+    "external-data-schemas-resync",
+}
+READ_ONLY = {
+    "external-data-sources-list",
+    "external-data-sources-retrieve",
+    "external-data-sources-jobs",
+    "external-data-schemas-list",
+    "external-data-schemas-retrieve",
+    "external-data-schemas-incremental-fields-create",
+}
+# Posts that are not idempotent: one that may have reached PostHog is never sent again.
+NEVER_RETRIED = {
+    "external-data-sources-create",
+    "external-data-sources-create-webhook-create",
+    "external-data-sources-reload",
+    "external-data-schemas-reload",
+    "external-data-schemas-resync",
+}
+
+
+def arguments(tool: str) -> dict[str, Any]:
+    """Valid arguments for ``tool``: a copy of its case's, free to change."""
+    return dict(CASES[tool].arguments)
