@@ -175,7 +175,7 @@ mkdir -p "$WORK/src"
 git ls-files -z --cached --others --exclude-standard |
   while IFS= read -r -d '' f; do
     case $f in .hypothesis/* | build/* | dist/*) continue ;; esac # test and build leftovers
-    [ -f "$f" ] && printf '%s\0' "$f"
+    { [ -f "$f" ] || [ -L "$f" ]; } && printf '%s\0' "$f"
   done |
   tar --null -T - -cf - | tar -xf - -C "$WORK/src"
 "$MCPB_BIN" pack "$WORK/src" "$WORK/x.mcpb" >"$WORK/pack.log" 2>&1 || {
