@@ -13,7 +13,7 @@ import anyio
 from pydantic import ValidationError
 
 from posthog_warehouse_mcp import __version__
-from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.server.app import create_server, open_client
 from posthog_warehouse_mcp.server.config import ConfigError, Settings
 from posthog_warehouse_mcp.tools.redact import redact_text
 
@@ -87,9 +87,11 @@ async def _run(settings: Settings) -> None:
     if settings.mcp_transport == "stdio":
         from mcp.server.stdio import stdio_server
 
-        server = create_server(settings)
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+        # The adapter (and the sandbox) outlive the session: they close after it has ended.
+        async with open_client(settings) as client:
+            server = create_server(settings, client=client)
+            async with stdio_server() as (read, write):
+                await server.run(read, write, server.create_initialization_options())
         return
     from posthog_warehouse_mcp.server.transports import serve_http
 
