@@ -58,8 +58,11 @@ async def _source_of_schema(call: Caller, schema: dict[str, Any]) -> str | None:
 
 
 def wait_for_sync(scope: Literal["source", "schema"]) -> Hook:
-    """The hook of a row whose call starts a sync of a ``source`` (every enabled table) or a
-    ``schema`` (one table): with ``wait_seconds``, it follows the jobs the sync started."""
+    """The hook of a row whose call starts a sync: with ``wait_seconds``, follow its jobs.
+
+    ``scope`` says what the row's id is: a ``source`` (every enabled table syncs) or a
+    ``schema`` (one table).
+    """
 
     async def hook(call: Caller, send: Send) -> dict[str, Any]:
         return await _start_and_follow(call, send, scope)
