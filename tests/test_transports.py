@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -135,3 +138,38 @@ async def test_forwarded_keys_reach_upstream_per_caller() -> None:
         "Bearer phx_aliceKEY123456",
         "Bearer phx_bobKEY654321",
     ]
+
+
+@pytest.mark.slow
+async def test_stdio_server_stops_on_sigterm_right_after_stdin_closes() -> None:
+    # A host closes stdin and sends SIGTERM at once. This once left the process spinning in
+    # cancellation at 100% CPU about one time in 30; twenty rounds make a regression show.
+    recorder = Recorder()
+    recorder.answer_as(BY_NAME["external-data-sources-retrieve"])
+    init = {**INIT, "params": {**INIT["params"]}}
+    call = {
+        "jsonrpc": "2.0",
+        "method": "tools/call",
+        "params": {"name": "external-data-sources-retrieve", "arguments": {"id": SOURCE_ID}},
+    }
+    async with serve(recorder.app()) as upstream:
+        params = stdio_server(upstream)
+        for _ in range(20):
+            process = await anyio.open_process(
+                [params.command, *params.args], env=params.env, stderr=subprocess.DEVNULL
+            )
+            assert process.stdin is not None and process.stdout is not None
+            lines = [init, {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+            lines += [{**call, "id": n} for n in range(2, 42)]
+            await process.stdin.send(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
+            received = b""
+            while received.count(b"\n") < 41:  # the initialize answer and 40 results
+                received += await process.stdout.receive()
+            await process.stdin.aclose()
+            process.terminate()
+            with anyio.move_on_after(15):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+                pytest.fail("the server was still running 15 s after SIGTERM")
