@@ -642,12 +642,10 @@ async def test_no_sync_starts_for_a_source_being_deleted(
         "INSERT INTO big SELECT g, 'n' || g FROM generate_series(1, 1000) AS g;"
     )
     source, schema_id = await synced(client, upstream, "big")
-    deleted = anyio.Event()
 
     async def delete() -> None:
         response = await client.delete(f"{API}/external_data_sources/{source['id']}/")
         assert response.status_code == 204
-        deleted.set()
 
     with gate(app, "finished", hold_cancelled=True) as held, upstream.locked("big"):
         assert (await client.post(f"{API}/external_data_schemas/{schema_id}/reload/")).is_success
@@ -655,9 +653,9 @@ async def test_no_sync_starts_for_a_source_being_deleted(
         async with anyio.create_task_group() as tg:
             tg.start_soon(delete)
             # The deletion cancelled the sync, which has left the engine but not ended yet:
-            # what a reload or the scheduler would try now.
+            # what a reload or the scheduler would try now. (Whether the deletion's answer has
+            # gone out by then depends on when its join saw the run: either way is fine.)
             await held.reached()
-            assert not deleted.is_set()
             assert services.engine.start(schema_id) is None
             held.open()
     assert not services.engine.is_running(schema_id)
