@@ -156,6 +156,15 @@ READ_ONLY = {
     "external-data-schemas-retrieve",
     "external-data-schemas-incremental-fields-create",
 }
+# The tools a read-scoped key can call; every other needs external_data_source:write (PostHog's
+# MCP tool YAML). incremental-fields changes nothing yet needs write.
+READ_SCOPED = {
+    "external-data-sources-list",
+    "external-data-sources-retrieve",
+    "external-data-sources-jobs",
+    "external-data-schemas-list",
+    "external-data-schemas-retrieve",
+}
 # Posts that are not idempotent: one that may have reached PostHog is never sent again.
 NEVER_RETRIED = {
     "external-data-sources-create",

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from posthog_warehouse_mcp.tools.errors import BadRequest, NotFound
+from tests.cases import CASES, READ_SCOPED, arguments
 from tests.support import CANARY_KEY, MODES, SOURCE_ID, Recorder, answer, connect, text_of
 
 pytestmark = pytest.mark.anyio
@@ -161,3 +162,13 @@ def test_posthog_messages_keep_their_own_punctuation(
     assert NotFound(message, status=404, attr=attr).describe() == expected
     hinted = BadRequest(message, status=400, attr=attr).describe()
     assert hinted == expected.replace("404", "400") + " " + BadRequest.hint
+
+
+@pytest.mark.parametrize("tool", sorted(CASES))
+async def test_a_403_names_the_scope_the_tool_needs(tool: str) -> None:
+    recorder = Recorder(respond=answer(403, {"detail": "You do not have permission."}))
+    async with connect(recorder) as client:
+        result = await client.call_tool(tool, arguments(tool))
+    assert result.is_error is True
+    scope = "read" if tool in READ_SCOPED else "write"
+    assert f"needs a key with the scope external_data_source:{scope}," in text_of(result)

@@ -11,7 +11,7 @@ import pytest
 from posthog_warehouse_mcp.tools import definitions, snapshot
 from posthog_warehouse_mcp.tools.definitions import definition
 from posthog_warehouse_mcp.tools.table import DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS, Endpoint
-from tests.cases import DESTRUCTIVE, NEVER_RETRIED, READ_ONLY
+from tests.cases import DESTRUCTIVE, NEVER_RETRIED, READ_ONLY, READ_SCOPED
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 ROWS = pytest.mark.parametrize("row", ENDPOINTS, ids=lambda r: r.name)
@@ -46,6 +46,12 @@ def test_destructive_read_only_and_retried_tools_are_the_intended_ones() -> None
     assert {r.name for r in ENDPOINTS if r.is_destructive} == DESTRUCTIVE
     assert {r.name for r in ENDPOINTS if r.is_read_only} == READ_ONLY
     assert {r.name for r in ENDPOINTS if not r.is_retry_safe} == NEVER_RETRIED
+
+
+def test_each_tool_needs_the_scopes_posthog_requires() -> None:
+    assert {r.name for r in ENDPOINTS if r.scopes == ("external_data_source:read",)} == READ_SCOPED
+    others = {r.scopes for r in ENDPOINTS if r.name not in READ_SCOPED}
+    assert others == {("external_data_source:write",)}
 
 
 @ROWS

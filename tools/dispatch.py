@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pydantic
 from pydantic import BaseModel
 
-from posthog_warehouse_mcp.tools.errors import BadRequest, MalformedResponse
+from posthog_warehouse_mcp.tools.errors import BadRequest, MalformedResponse, PermissionDenied
 from posthog_warehouse_mcp.tools.hooks import Progress
 from posthog_warehouse_mcp.tools.models import Ack
 from posthog_warehouse_mcp.tools.redact import redact
@@ -155,12 +155,16 @@ async def send(row: Endpoint, call: Call) -> dict[str, Any]:
         PostHogError: from the adapter or :func:`shape`.
     """
     req = prepare(row, call.params, base_path=call.base_path)
-    reply = await call.client.request(
-        req.method,
-        req.path,
-        query=req.query,
-        json_body=req.body,
-        retry=row.is_retry_safe,
-        api_key=call.api_key,
-    )
+    try:
+        reply = await call.client.request(
+            req.method,
+            req.path,
+            query=req.query,
+            json_body=req.body,
+            retry=row.is_retry_safe,
+            api_key=call.api_key,
+        )
+    except PermissionDenied as exc:
+        exc.scopes = row.scopes  # the adapter knows the request, the row knows its scopes
+        raise
     return shape(row, reply)

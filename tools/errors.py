@@ -56,12 +56,17 @@ class APIError(PostHogError):
         self.attr = attr
         self.code = code
 
+    def next_step(self) -> str:
+        """What the model should do about it (the class's ``hint``)."""
+        return self.hint
+
     def describe(self) -> str:
         """Return status, PostHog's message, the field it names, and the next step."""
         field = f" (field: {self.attr})" if self.attr else ""
         # PostHog's messages usually end with a full stop; add one only where they don't.
         end = "" if not field and self.message.endswith((".", "!", "?")) else "."
-        hint = f" {self.hint}" if self.hint else ""
+        step = self.next_step()
+        hint = f" {step}" if step else ""
         return f"PostHog answered {self.status}: {self.message}{field}{end}{hint}"
 
 
@@ -82,13 +87,24 @@ class AuthenticationFailed(APIError):
 
 
 class PermissionDenied(APIError):
-    """403: the key lacks a scope or access to the project."""
+    """403: the key lacks a scope or access to the project; ``scopes`` are what the call needs."""
 
     hint = (
         "The key needs the scope external_data_source:read for reads and "
         "external_data_source:write for changes, and access to this environment; edit the key "
         "in PostHog (Settings > Personal API keys) or use another one."
     )
+    scopes: tuple[str, ...] = ()  # set by the caller that knows the endpoint
+
+    def next_step(self) -> str:
+        """Name the scopes this call needs, when known."""
+        if not self.scopes:
+            return self.hint
+        return (
+            f"This call needs a key with the scope {' and '.join(self.scopes)}, and access to "
+            "this environment; edit the key in PostHog (Settings > Personal API keys) or use "
+            "another one."
+        )
 
 
 class NotFound(APIError):

@@ -24,6 +24,10 @@ TOOLSETS: tuple[Toolset, ...] = ("sources", "schemas", "sync", "webhooks", "reve
 
 DESTRUCTIVE_WARNING = "DESTRUCTIVE: confirm with the user before calling. "
 
+# The personal-API-key scopes PostHog requires for a row (its MCP tool YAML's `scopes`).
+READ = ("external_data_source:read",)
+WRITE = ("external_data_source:write",)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
@@ -37,6 +41,7 @@ class Endpoint:
     title: str
     description: str
     toolset: Toolset
+    scopes: tuple[str, ...]
     read_only: bool | None = None
     destructive: bool | None = None
     idempotent: bool | None = None
@@ -102,6 +107,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "schemas (tables). Paginated."
         ),
         toolset="sources",
+        scopes=READ,
     ),
     Endpoint(
         "external-data-sources-create",
@@ -116,6 +122,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "source."
         ),
         toolset="sources",
+        scopes=WRITE,
         idempotent=False,
         inject_body={"created_via": "mcp"},
     ),
@@ -128,6 +135,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         title="Get data warehouse source",
         description="One source with every schema's sync settings, status and latest_error.",
         toolset="sources",
+        scopes=READ,
     ),
     Endpoint(
         "external-data-sources-partial-update",
@@ -141,6 +149,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "needs the password again). Table settings: schemas-partial-update."
         ),
         toolset="sources",
+        scopes=WRITE,
     ),
     Endpoint(
         "external-data-sources-destroy",
@@ -154,6 +163,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "source must be recreated and resynced."
         ),
         toolset="sources",
+        scopes=WRITE,
     ),
     Endpoint(
         "external-data-sources-bulk-update-schemas-partial-update",
@@ -167,6 +177,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "tables). Returns the updated schemas."
         ),
         toolset="schemas",
+        scopes=WRITE,
     ),
     Endpoint(
         "external-data-sources-create-webhook-create",
@@ -180,6 +191,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "registers another endpoint: only call when none exists."
         ),
         toolset="webhooks",
+        scopes=WRITE,
         idempotent=False,
     ),
     Endpoint(
@@ -194,6 +206,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "first)."
         ),
         toolset="webhooks",
+        scopes=WRITE,
         destructive=True,
         idempotent=True,
     ),
@@ -209,6 +222,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "Use it to watch a sync or see why one failed."
         ),
         toolset="sync",
+        scopes=READ,
         aliases=("external-data-sources-jobs-retrieve",),
     ),
     Endpoint(
@@ -223,6 +237,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "data. Returns {added, deleted, total_tables_seen}."
         ),
         toolset="sync",
+        scopes=WRITE,
         idempotent=True,
         aliases=("external-data-sources-refresh-schemas-create",),
     ),
@@ -238,6 +253,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "schedule. Returns at once; watch sources-jobs."
         ),
         toolset="sync",
+        scopes=WRITE,
         idempotent=False,
         hook=wait_for_sync("source"),
         aliases=("external-data-sources-reload-create",),
@@ -251,6 +267,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         title="Configure revenue analytics",
         description="Turn a source's use in revenue analytics on or off. Returns the source.",
         toolset="revenue",
+        scopes=WRITE,
     ),
     Endpoint(
         "external-data-schemas-list",
@@ -263,6 +280,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "All tables of all sources with sync settings and status; search by name. Paginated."
         ),
         toolset="schemas",
+        scopes=READ,
     ),
     Endpoint(
         "external-data-schemas-retrieve",
@@ -273,6 +291,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         title="Get table schema",
         description="One table's sync settings, status, latest_error and available columns.",
         toolset="schemas",
+        scopes=READ,
     ),
     Endpoint(
         "external-data-schemas-partial-update",
@@ -286,6 +305,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "incremental, pick the cursor with incremental-fields first."
         ),
         toolset="schemas",
+        scopes=WRITE,
     ),
     Endpoint(
         "external-data-schemas-destroy",
@@ -299,6 +319,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "use delete-data or set should_sync false."
         ),
         toolset="schemas",
+        scopes=WRITE,
     ),
     Endpoint(
         "external-data-schemas-cancel",
@@ -312,6 +333,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "no sync is running."
         ),
         toolset="sync",
+        scopes=WRITE,
         idempotent=True,
         aliases=("external-data-schemas-cancel-create",),
     ),
@@ -326,6 +348,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "Drop a table's synced data but keep the schema and settings; sync again with reload."
         ),
         toolset="schemas",
+        scopes=WRITE,
         aliases=("external-data-schemas-delete-data-destroy",),
     ),
     Endpoint(
@@ -340,6 +363,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "incremental or append is possible. Changes nothing."
         ),
         toolset="schemas",
+        scopes=WRITE,
         read_only=True,
         idempotent=True,
     ),
@@ -355,6 +379,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "once. To rebuild from scratch use resync."
         ),
         toolset="sync",
+        scopes=WRITE,
         idempotent=False,
         hook=wait_for_sync("schema"),
         aliases=("external-data-schemas-reload-create",),
@@ -371,6 +396,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "when data is wrong; costly on big tables."
         ),
         toolset="sync",
+        scopes=WRITE,
         destructive=True,
         idempotent=False,
         hook=wait_for_sync("schema"),
