@@ -1,4 +1,4 @@
-"""The HTTP API: PostHog's 21 external data source and schema endpoints as Starlette routes.
+"""The HTTP API: PostHog's 25 external data source and schema endpoints as Starlette routes.
 
 The route table is the sandbox's own, written from PostHog's API rather than derived from the
 MCP server's endpoint table, so that the contract tests compare two independent descriptions.
@@ -24,6 +24,7 @@ from posthog_warehouse_mcp.sandbox.schema_routes import (
     schemas_destroy,
     schemas_incremental_fields,
     schemas_list,
+    schemas_logs,
     schemas_partial_update,
     schemas_reload,
     schemas_resync,
@@ -32,6 +33,7 @@ from posthog_warehouse_mcp.sandbox.schema_routes import (
 from posthog_warehouse_mcp.sandbox.services import Services
 from posthog_warehouse_mcp.sandbox.source_routes import (
     sources_bulk_update_schemas,
+    sources_connections,
     sources_create,
     sources_destroy,
     sources_jobs,
@@ -42,6 +44,8 @@ from posthog_warehouse_mcp.sandbox.source_routes import (
     sources_retrieve,
     sources_revenue_config,
     sources_webhook,
+    sources_webhook_info,
+    sources_wizard,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,8 +54,11 @@ ENVIRONMENT_ID = "1"
 
 Handler = Callable[[Request, Services], Awaitable[Response]]
 
+# In matching order: the list-level actions come before `{id}/`, which would take their names.
 ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_sources/", {"GET": sources_list, "POST": sources_create}),
+    ("external_data_sources/connections/", {"GET": sources_connections}),
+    ("external_data_sources/wizard/", {"GET": sources_wizard}),
     (
         "external_data_sources/{id}/",
         {"GET": sources_retrieve, "PATCH": sources_partial_update, "DELETE": sources_destroy},
@@ -63,6 +70,7 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_sources/{id}/refresh_schemas/", {"POST": sources_refresh_schemas}),
     ("external_data_sources/{id}/reload/", {"POST": sources_reload}),
     ("external_data_sources/{id}/revenue_analytics_config/", {"PATCH": sources_revenue_config}),
+    ("external_data_sources/{id}/webhook_info/", {"GET": sources_webhook_info}),
     ("external_data_schemas/", {"GET": schemas_list, "POST": schemas_create}),
     (
         "external_data_schemas/{id}/",
@@ -71,6 +79,7 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_schemas/{id}/cancel/", {"POST": schemas_cancel}),
     ("external_data_schemas/{id}/delete_data/", {"DELETE": schemas_delete_data}),
     ("external_data_schemas/{id}/incremental_fields/", {"POST": schemas_incremental_fields}),
+    ("external_data_schemas/{id}/logs/", {"GET": schemas_logs}),
     ("external_data_schemas/{id}/reload/", {"POST": schemas_reload}),
     ("external_data_schemas/{id}/resync/", {"POST": schemas_resync}),
 ]

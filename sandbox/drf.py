@@ -109,6 +109,61 @@ def expect_dict(value: Any, attr: str) -> dict[str, Any]:
     return value
 
 
+def integer_field(value: str, attr: str, *, min_value: int, max_value: int) -> int:
+    """DRF's IntegerField with min_value and max_value, on a query parameter.
+
+    Raises:
+        ApiError: not an integer, or out of bounds.
+    """
+    if len(value) > 1000:
+        raise errors.validation_error("String value too large.", attr, "max_string_length")
+    try:
+        number = int(re.sub(r"\.0*\s*$", "", value))  # DRF accepts "5.0" as 5
+    except ValueError as exc:
+        raise errors.validation_error("A valid integer is required.", attr) from exc
+    if number > max_value:
+        raise errors.validation_error(
+            f"Ensure this value is less than or equal to {max_value}.", attr, "max_value"
+        )
+    if number < min_value:
+        raise errors.validation_error(
+            f"Ensure this value is greater than or equal to {min_value}.", attr, "min_value"
+        )
+    return number
+
+
+def datetime_field(value: str, attr: str) -> datetime:
+    """DRF's DateTimeField (ISO 8601; UTC if naive), on a query parameter.
+
+    Raises:
+        ApiError: not an ISO 8601 time.
+    """
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise errors.validation_error(
+            "Datetime has wrong format. Use one of these formats instead: "
+            "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].",
+            attr,
+        ) from exc
+
+
+def char_field(value: str, attr: str) -> str:
+    """DRF's CharField: trimmed, not blank, without NUL characters.
+
+    Raises:
+        ApiError: blank, or holds a NUL character.
+    """
+    text = value.strip()
+    if not text:
+        raise errors.validation_error("This field may not be blank.", attr, "blank")
+    if "\x00" in text:
+        raise errors.validation_error(
+            "Null characters are not allowed.", attr, "null_characters_not_allowed"
+        )
+    return text
+
+
 def _int_param(request: Request, name: str, default: int) -> int:
     try:
         value = int(request.query_params.get(name, default))

@@ -25,7 +25,8 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     check_cancelled,
     connector,
 )
-from posthog_warehouse_mcp.sandbox.store import Job, Schema, Store, iso, new_id, now
+from posthog_warehouse_mcp.sandbox.serializers import secret_values
+from posthog_warehouse_mcp.sandbox.store import Job, LogEntry, Schema, Store, iso, new_id, now
 from posthog_warehouse_mcp.sandbox.warehouse import STAGING_PREFIX, Warehouse
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ DATA_DELETED = (
     "every row"
 )
 SCHEMA_DELETED = "Sync discarded: the table was deleted while the sync ran"
+# What a secret of the source's job inputs becomes in a log message.
+REDACTED = "********"
+# How many column names the log of a sync lists before "and N more".
+_LOGGED_COLUMNS = 20
 
 FREQUENCIES: dict[str, timedelta | None] = {
     "never": None,
@@ -86,6 +91,9 @@ class _Run:
     duck: duckdb.DuckDBPyConnection | None = None
     thread: threading.Thread | None = None
     saved_at: float = 0.0
+    began: float = field(default_factory=monotonic)
+    # The source's secret job inputs, never written to the sync's log.
+    secrets: frozenset[str] = frozenset()
 
 
 class SyncEngine:
@@ -118,6 +126,7 @@ class SyncEngine:
                     job.status = "Failed"
                     job.latest_error = INTERRUPTED
                     job.finished_at = iso(now())
+                    self.store.add_log(_entry(job, "ERROR", f"Sync failed: {INTERRUPTED}"))
                     self.store.save(job)
             for schema in list(self.store.schemas.values()):
                 if schema.status == "Running":
@@ -232,24 +241,35 @@ class SyncEngine:
         self._checkpoint("progress", run)
         check_cancelled(run.cancelled)
 
+    def _log(self, run: _Run, level: str, message: str) -> None:
+        """Add an entry to the sync's log, with the source's secrets masked."""
+        for secret in sorted(run.secrets, key=len, reverse=True):
+            message = message.replace(secret, REDACTED)
+        self.store.add_log(_entry(run.job, level, message))
+
     def _run(self, run: _Run) -> None:
         job = run.job
         csv_path = self.staging_dir / f"{job.id}.csv"
         staging = f"{STAGING_PREFIX}{job.id.replace('-', '')}"
         error: str | None = None
+        cancelled = False
         rows = 0
         acquired = False
         try:
+            with self.store.lock:
+                schema = self.store.schemas[run.schema_id]
+                run.secrets = secret_values(self.store.sources[schema.source_id])
+            self._log(run, "INFO", _started(schema, run.replace))
             while not (acquired := self._slots.acquire(timeout=0.2)):
                 check_cancelled(run.cancelled)
             rows = self._sync(run, csv_path, staging)
         except SyncCancelled:
-            error = run.reason
+            error, cancelled = run.reason, True
         except SourceError as exc:
             error = str(exc)
         except Exception as exc:
             if run.cancelled.is_set():
-                error = run.reason
+                error, cancelled = run.reason, True
             else:
                 logger.warning("sync of schema %s failed", run.schema_id, exc_info=True)
                 error = _describe(exc)
@@ -262,7 +282,7 @@ class SyncEngine:
                     self.warehouse.drop_staging(cur, staging)
             except Exception:
                 logger.warning("could not drop staging table %s", staging, exc_info=True)
-            self._finish(run, rows, error)
+            self._finish(run, rows, error, cancelled=cancelled)
 
     def _sync(self, run: _Run, csv_path: Path, staging: str) -> int:
         with self.store.lock:
@@ -311,6 +331,7 @@ class SyncEngine:
         if cursor_column:
             wanted.add(cursor_column)
         columns = [c for c in table.columns if c.name in wanted]
+        self._log(run, "DEBUG", f"Reading {namespace}.{schema.name}: {_column_list(columns)}")
         name = schema.table_name or table_name(source.prefix, source.source_type, schema.name)
         # What this sync builds on, read under the lock that drop_table takes: all of one
         # generation of the schema's data.
@@ -325,6 +346,7 @@ class SyncEngine:
         # exported again: appending those on top would duplicate them, so replace the table.
         # Incremental needs no such care: it merges on the primary key.
         replace_table = run.replace or (mode == "append" and existing and cursor_value is None)
+        self._log(run, "DEBUG", _cursor_used(cursor_column, cursor_value, mode == "incremental"))
         export = Export(
             namespace,
             schema.name,
@@ -337,7 +359,12 @@ class SyncEngine:
             cancelled=run.cancelled,
             progress=lambda rows: self._progress(run, rows),
         )
-        upstream.export(conn, export)
+        read = upstream.export(conn, export)
+        self._log(
+            run,
+            "INFO",
+            f"Read {_rows(read)} from {source.source_type} table {namespace}.{schema.name}",
+        )
         self._checkpoint("publish", run)
         # Publication and its metadata in one critical section: a drop_table (delete_data) comes
         # wholly before or wholly after them, so the schema and the warehouse always agree.
@@ -346,9 +373,10 @@ class SyncEngine:
             try:
                 rows = self.warehouse.load_staging(cur, csv_path, staging, columns, run.cancelled)
                 csv_path.unlink(missing_ok=True)
+                self._log(run, "INFO", f"Loaded {_rows(rows)} into the warehouse")
                 check_cancelled(run.cancelled)
                 self._check_still_wanted(run.schema_id, generation, cursor_value)
-                self.warehouse.publish(
+                action = self.warehouse.publish(
                     cur,
                     schema_id=schema.id,
                     staging=staging,
@@ -359,7 +387,8 @@ class SyncEngine:
                 )
             finally:
                 run.duck = None
-            self._save_table(run.schema_id, name, table.columns)
+            total = self._save_table(run.schema_id, name, table.columns)
+            self._log(run, "INFO", f"Published {name} ({action}): {_rows(total)} in the table")
         return rows
 
     def _check_still_wanted(
@@ -378,8 +407,8 @@ class SyncEngine:
         if cursor_value is not None and self.warehouse.generation(schema_id) != generation:
             raise SourceError(DATA_DELETED)
 
-    def _save_table(self, schema_id: str, name: str, upstream_columns: list[Column]) -> None:
-        """Record the published table on the schema."""
+    def _save_table(self, schema_id: str, name: str, upstream_columns: list[Column]) -> int:
+        """Record the published table on the schema; return its row count."""
         by_name = {c.name: c for c in upstream_columns}
         total = self.warehouse.count(name)
         described = self.warehouse.columns(name)
@@ -402,13 +431,22 @@ class SyncEngine:
                     ],
                 )
             )
+        return total
 
-    def _finish(self, run: _Run, rows: int, error: str | None) -> None:
+    def _finish(self, run: _Run, rows: int, error: str | None, *, cancelled: bool) -> None:
         finished = iso(now())
         # The same lock order as start(), and the run leaves _runs in the same block that marks it
         # finished: a start() in between would otherwise see "Completed" yet find the run still
-        # registered, and silently start nothing.
+        # registered, and silently start nothing. The last log entry comes first: whoever sees
+        # the job finished finds its whole log.
         with self._lock, self.store.lock:
+            if error is None:
+                took = monotonic() - run.began
+                self._log(run, "INFO", f"Sync completed: {_rows(rows)} synced in {took:.2f}s")
+            elif cancelled:
+                self._log(run, "WARNING", f"{error}; nothing from this sync was published")
+            else:
+                self._log(run, "ERROR", f"Sync failed: {error}")
             job = run.job
             job.status = "Failed" if error else "Completed"
             job.rows_synced = rows
@@ -428,6 +466,48 @@ class SyncEngine:
             self._runs.pop(run.schema_id, None)
         logger.info("sync job %s ended %s (%d rows)", job.id, job.status, rows)
         self._checkpoint("finished", run)
+
+
+def _entry(job: Job, level: str, message: str) -> LogEntry:
+    """A log entry of the job's sync, now; PostHog's `instance_id` is its workflow_run_id."""
+    return LogEntry(
+        log_source_id=job.schema_id,
+        instance_id=job.workflow_run_id or job.id,
+        timestamp=iso(now()) or "",
+        level=level,
+        message=message,
+    )
+
+
+def _started(schema: Schema, replace_table: bool) -> str:
+    """The first log entry of a sync: what it syncs, and how it will write the table."""
+    sync_type = schema.sync_type or "full_refresh"
+    if replace_table:
+        mode = "resync (every row, replacing the table)"
+    else:
+        mode = {"incremental": "merge on the primary key", "append": "append new rows"}.get(
+            sync_type, "replace the table"
+        )
+    return f"Sync started for table {schema.name}: sync type {sync_type}, mode {mode}"
+
+
+def _column_list(columns: list[Column]) -> str:
+    names = [c.name for c in columns]
+    shown = ", ".join(names[:_LOGGED_COLUMNS])
+    more = len(names) - _LOGGED_COLUMNS
+    return f"{len(names)} columns ({shown}{f' and {more} more' if more > 0 else ''})"
+
+
+def _cursor_used(column: str | None, value: str | None, inclusive: bool) -> str:
+    if column is None:
+        return "No cursor: reading every row"
+    if value is None:
+        return f"No saved cursor for {column}: reading every row"
+    return f"Cursor: rows where {column} {'>=' if inclusive else '>'} {value}"
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,7 +11,7 @@ from posthog_warehouse_mcp.sandbox import drf, errors
 from posthog_warehouse_mcp.sandbox.connectors import SourceError
 from posthog_warehouse_mcp.sandbox.serializers import schema_json
 from posthog_warehouse_mcp.sandbox.services import Services, with_columns
-from posthog_warehouse_mcp.sandbox.validation import validate_settings
+from posthog_warehouse_mcp.sandbox.validation import log_filter, validate_settings
 
 
 async def schemas_list(request: Request, services: Services) -> Response:
@@ -132,6 +132,14 @@ async def schemas_resync(request: Request, services: Services) -> Response:
     await services.stop_sync(schema.id, "Sync cancelled by a resync")
     services.engine.start(schema.id, replace_table=True)
     return drf.empty()
+
+
+async def schemas_logs(request: Request, services: Services) -> Response:
+    """GET external_data_schemas/{id}/logs/: the schema's sync log, newest first, filtered like
+    PostHog's log entries (limit, after, before, level, search, instance_id) and paginated."""
+    schema = services.get_schema(request.path_params["id"])
+    entries = services.store.logs(schema.id, log_filter(request.query_params))
+    return drf.page(request, entries, asdict)
 
 
 async def schemas_create(request: Request, services: Services) -> Response:

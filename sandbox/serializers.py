@@ -27,6 +27,23 @@ def strip_inputs(source: Source) -> dict[str, Any]:
     return inputs
 
 
+def secret_values(source: Source) -> frozenset[str]:
+    """The job-input values that `strip_inputs` removes (passwords, connection strings, SSH
+    keys...): what a sync's log must never show."""
+
+    def removed(full: dict[str, Any], kept: dict[str, Any]) -> set[str]:
+        found: set[str] = set()
+        for key, value in full.items():
+            if isinstance(value, dict):
+                inner = kept.get(key)
+                found |= removed(value, inner if isinstance(inner, dict) else {})
+            elif isinstance(value, str) and value and key not in kept:
+                found.add(value)
+        return found
+
+    return frozenset(removed(source.job_inputs, strip_inputs(source)))
+
+
 def schema_json(store: Store, schema: Schema, *, with_source: bool = False) -> dict[str, Any]:
     """`ExternalDataSchemaSerializer`; the retrieve view adds a short `source`."""
     table = None
@@ -141,4 +158,30 @@ def job_json(store: Store, job: Job) -> dict[str, Any]:
         "workflow_run_id": job.workflow_run_id,
         "cdc_write_mode": None,
         "billable": True,
+    }
+
+
+def webhook_info() -> dict[str, Any]:
+    """`webhook_info` of a source whose type is not a `WebhookSource`: every type the sandbox
+    connects (Postgres, MySQL)."""
+    unset = ("auto_creation_blocked_reason", "hog_function", "webhook_url", "external_status")
+    return {"supports_webhooks": False, "exists": False, "schema_mapping": {}} | dict.fromkeys(
+        unset
+    )
+
+
+def connection_json(source: Source) -> dict[str, Any]:
+    """`ExternalDataSourceConnectionOptionSerializer`. No source here was ever connected for
+    direct queries, so there is no detected engine, and no HogQL compiles against it."""
+    schema = source.job_inputs.get("schema")
+    return {
+        "id": source.id,
+        "schema_name": None if schema is None else str(schema),
+        "prefix": source.prefix,
+        "engine": None,
+        "source_type": source.source_type,
+        "access_method": source.access_method,
+        "supports_hogql": False,
+        "is_builtin_managed_warehouse": False,
+        "description": source.description,
     }

@@ -14,13 +14,16 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     ConnectionFailed,
     SourceError,
     Unreachable,
+    source_configs,
 )
 from posthog_warehouse_mcp.sandbox.errors import ApiError
 from posthog_warehouse_mcp.sandbox.serializers import (
+    connection_json,
     job_json,
     revenue_config,
     schema_json,
     source_json,
+    webhook_info,
 )
 from posthog_warehouse_mcp.sandbox.services import Services, with_columns
 from posthog_warehouse_mcp.sandbox.store import Job, Schema, Source, iso, new_id, now
@@ -242,6 +245,43 @@ async def sources_webhook(request: Request, services: Services) -> Response:
     """POST create_webhook/ and delete_webhook/: these source types have no webhooks."""
     services.get_source(request.path_params["id"])
     raise errors.message("This source type does not support webhooks")
+
+
+async def sources_webhook_info(request: Request, services: Services) -> Response:
+    """GET external_data_sources/{id}/webhook_info/: no source type here takes webhooks."""
+    services.get_source(request.path_params["id"])
+    return drf.answer(webhook_info())
+
+
+async def sources_wizard(request: Request, services: Services) -> Response:
+    """GET external_data_sources/wizard/: every source type's setup form, by type; filtered on
+    the server by `?source_type=A,B` (400 naming the unknown ones)."""
+    configs = source_configs()
+    requested = request.query_params.get("source_type")
+    if requested:
+        wanted = [t.strip() for t in requested.split(",") if t.strip()]
+        unknown = [t for t in wanted if t not in configs]
+        if unknown:
+            raise errors.message(
+                f"Unknown source_type(s): {', '.join(sorted(unknown))}. Omit source_type to list "
+                "every available type."
+            )
+        configs = {t: config for t, config in configs.items() if t in wanted}
+    response = drf.answer(configs)
+    # The catalog is the same for everyone and changes only with the code, as in PostHog.
+    response.headers["Cache-Control"] = "private, max-age=600"
+    return response
+
+
+async def sources_connections(request: Request, services: Services) -> Response:
+    """GET external_data_sources/connections/: the sources usable as direct-query connections
+    (direct access, or live queries enabled), newest first; a plain list."""
+    usable = [
+        s
+        for s in services.store.live_sources()
+        if s.access_method == "direct" or s.direct_query_enabled
+    ]
+    return drf.answer([connection_json(s) for s in usable])
 
 
 async def sources_jobs(request: Request, services: Services) -> Response:

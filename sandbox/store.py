@@ -1,12 +1,15 @@
-"""Metadata store: sources, schemas and jobs as JSON rows in SQLite, cached in memory."""
+"""Metadata store: sources, schemas and jobs as JSON rows in SQLite, cached in memory; and the
+sync log entries, in SQLite only."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sqlite3
 import threading
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +47,8 @@ class Source:
     access_method: str = "warehouse"
     status: str | None = None
     revenue_analytics_config: dict[str, bool] = field(default_factory=dict)
+    # PostHog's per-source "live queries" toggle; the sandbox never sets it (no direct query).
+    direct_query_enabled: bool = False
     deleted: bool = False
 
 
@@ -91,6 +96,29 @@ class Job:
     workflow_run_id: str | None = None
 
 
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of a sync's log (PostHog's `log_entries` row of source `external_data_jobs`)."""
+
+    log_source_id: str  # the schema's id
+    instance_id: str  # the job's workflow_run_id
+    timestamp: str
+    level: str  # DEBUG, INFO, WARNING or ERROR
+    message: str
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which log entries to read, as PostHog's `fetch_log_entries` filters them."""
+
+    limit: int
+    instance_id: str | None = None
+    after: datetime | None = None  # timestamp > after
+    before: datetime | None = None  # timestamp < before
+    levels: list[str] | None = None  # upper-cased names
+    search: str | None = None  # an ILIKE pattern inside %...%
+
+
 T = TypeVar("T", Source, Schema, Job)
 
 _TABLES: dict[type[Any], str] = {Source: "sources", Schema: "schemas", Job: "jobs"}
@@ -113,6 +141,12 @@ class Store:
         self.jobs: dict[str, Job] = {}
         for table in _TABLES.values():
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, doc TEXT)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS logs (schema_id TEXT, instance_id TEXT, timestamp TEXT, "
+            "level TEXT, message TEXT)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS logs_schema ON logs (schema_id, timestamp)")
+        self._db.create_function("ilike", 2, _ilike, deterministic=True)
         self._load(Source, self.sources)
         self._load(Schema, self.schemas)
         self._load(Job, self.jobs)
@@ -174,7 +208,61 @@ class Store:
             items = [j for j in self.jobs.values() if j.source_id == source_id]
         return sorted(items, key=lambda j: j.created_at, reverse=True)
 
+    def add_log(self, entry: LogEntry) -> None:
+        """Persist one sync log entry."""
+        with self.lock:
+            self._db.execute(
+                "INSERT INTO logs (schema_id, instance_id, timestamp, level, message) "
+                "VALUES (?, ?, ?, ?, ?)",
+                astuple(entry),
+            )
+
+    def logs(self, schema_id: str, where: LogFilter) -> list[LogEntry]:
+        """A schema's log entries that pass `where`, newest first, at most `where.limit`."""
+        clauses, params = ["schema_id = ?"], [schema_id]
+        if where.instance_id:
+            clauses.append("instance_id = ?")
+            params.append(where.instance_id)
+        if where.after is not None:
+            clauses.append("timestamp > ?")
+            params.append(iso(where.after) or "")
+        if where.before is not None:
+            clauses.append("timestamp < ?")
+            params.append(iso(where.before) or "")
+        if where.search:
+            clauses.append("ilike(?, message)")
+            params.append(where.search)
+        if where.levels:
+            clauses.append(f"upper(level) IN ({', '.join('?' * len(where.levels))})")
+            params.extend(where.levels)
+        with self.lock:
+            rows = self._db.execute(
+                "SELECT schema_id, instance_id, timestamp, upper(level), message FROM logs "
+                f"WHERE {' AND '.join(clauses)} ORDER BY timestamp DESC, rowid DESC LIMIT ?",
+                (*params, where.limit),
+            ).fetchall()
+        return [LogEntry(*row) for row in rows]
+
     def close(self) -> None:
         """Close the database."""
         with self.lock:
             self._db.close()
+
+
+def _ilike(pattern: str, value: str) -> bool:
+    """ClickHouse's `value ILIKE '%pattern%'`: `%` any text, `_` any character, `\\` escapes
+    either; case-insensitive."""
+    return _like_regex(pattern).search(value) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for token in re.findall(r"\\.|.", pattern, re.DOTALL):
+        if token == "%":
+            parts.append(".*")
+        elif token == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(token[-1]))
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)

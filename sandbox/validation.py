@@ -1,5 +1,5 @@
-"""PostHog's checks on what a client sends: schema settings (one validator a field), prefixes
-and the `schemas` of a create payload."""
+"""PostHog's checks on what a client sends: schema settings (one validator a field), prefixes,
+the `schemas` of a create payload and the logs endpoint's query string."""
 
 from __future__ import annotations
 
@@ -7,18 +7,21 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import time
-from typing import Any
+from typing import Any, TypeVar
 
 from posthog_warehouse_mcp.sandbox import drf, errors
 from posthog_warehouse_mcp.sandbox.connectors import Connector, Table, connector
 from posthog_warehouse_mcp.sandbox.engine import FREQUENCIES
-from posthog_warehouse_mcp.sandbox.store import Schema, Store
+from posthog_warehouse_mcp.sandbox.store import LogFilter, Schema, Store
 
 SYNC_TYPES = ("full_refresh", "incremental", "append")
 # PostHog accepts these too, but they need machinery (CDC slots, webhooks) the sandbox lacks.
 UNSUPPORTED_SYNC_TYPES = ("webhook", "cdc", "xmin")
 INCREMENTAL_FIELD_TYPES = ("integer", "numeric", "datetime", "date", "timestamp", "objectid", "xid")
 CURSOR_SYNC_TYPES = ("incremental", "append")
+LOG_LIMIT_DEFAULT, LOG_LIMIT_MAX = 50, 500
+
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -263,3 +266,34 @@ def schema_requests(raw: Any, tables: list[Table]) -> dict[str, dict[str, Any]]:
     if any(not i.get("incremental_field") for i in incremental):
         raise errors.message("Incremental schemas given do not have an incremental field set")
     return wanted
+
+
+def log_filter(params: Mapping[str, str]) -> LogFilter:
+    """PostHog's `LogEntryRequestSerializer` on the logs endpoint's query string.
+
+    `level` is split on commas (not trimmed) and upper-cased, as `fetch_log_entries` does.
+
+    Raises:
+        ApiError: the first invalid parameter, in the serializer's field order.
+    """
+
+    def field(name: str, parse: Callable[[str, str], _V]) -> _V | None:
+        value = params.get(name)
+        return None if value is None else parse(value, name)
+
+    limit = field("limit", _log_limit)
+    after = field("after", drf.datetime_field)
+    before = field("before", drf.datetime_field)
+    level = field("level", drf.char_field)
+    return LogFilter(
+        limit=LOG_LIMIT_DEFAULT if limit is None else limit,
+        after=after,
+        before=before,
+        levels=None if level is None else [part.upper() for part in level.split(",")],
+        search=field("search", drf.char_field),
+        instance_id=field("instance_id", drf.char_field),
+    )
+
+
+def _log_limit(value: str, attr: str) -> int:
+    return drf.integer_field(value, attr, min_value=1, max_value=LOG_LIMIT_MAX)

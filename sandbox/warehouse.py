@@ -159,11 +159,12 @@ class Warehouse:
         mode: str,
         primary_key: list[str],
         cursor_column: str | None,
-    ) -> None:
+    ) -> str:
         """Move staged rows into the published table in one transaction, with the new cursor.
 
         `full_refresh` swaps the table, `incremental` merges on the primary key, `append` inserts.
-        Call it inside `locked()`.
+        Call it inside `locked()`. Returns what it did, for the sync's log: "created the table",
+        "replaced the table", "merged on <key>" or "appended the rows".
 
         Raises:
             SourceError: another schema's publications wrote the table `final`.
@@ -186,18 +187,25 @@ class Warehouse:
                 self.cursor_value(schema_id, cursor_column) if mode != "full_refresh" else None
             )
         exists = self.table_exists(final)
+        merge = mode == "incremental" and bool(primary_key)
+        if not exists:
+            action = "created the table"
+        elif mode == "full_refresh":
+            action = "replaced the table"
+        else:
+            action = f"merged on {', '.join(primary_key)}" if merge else "appended the rows"
         cur.execute("BEGIN TRANSACTION")
         try:
             if mode == "full_refresh" or not exists:
                 cur.execute(f"DROP TABLE IF EXISTS {fin}")
-                if mode == "incremental" and primary_key:
+                if merge:
                     cur.execute(f"CREATE TABLE {fin} AS {_dedupe(stg, primary_key, cursor_column)}")
                     cur.execute(f"DROP TABLE {stg}")
                 else:
                     cur.execute(f"ALTER TABLE {stg} RENAME TO {fin}")
             else:
                 self._add_new_columns(cur, stg, fin)
-                if mode == "incremental" and primary_key:
+                if merge:
                     match = " AND ".join(
                         f"{fin}.{quote_ident(k)} IS NOT DISTINCT FROM {stg}.{quote_ident(k)}"
                         for k in primary_key
@@ -217,6 +225,7 @@ class Warehouse:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+        return action
 
     def _add_new_columns(self, cur: duckdb.DuckDBPyConnection, stg: str, fin: str) -> None:
         """Columns that appeared upstream since the last sync are added to the published table."""

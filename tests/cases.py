@@ -139,6 +139,33 @@ CASES: dict[str, Case] = {
     ),
     "external-data-schemas-reload": Case({"id": SCHEMA_ID}, "POST", f"{SCH}reload/", [], {}),
     "external-data-schemas-resync": Case({"id": SCHEMA_ID}, "POST", f"{SCH}resync/", [], {}),
+    "external-data-sources-wizard": Case(
+        {"source_type": "Postgres"},
+        "GET",
+        f"{BASE}external_data_sources/wizard/",
+        [("source_type", "Postgres")],
+        None,
+    ),
+    "external-data-sources-webhook-info-retrieve": Case(
+        {"id": SOURCE_ID}, "GET", f"{SRC}webhook_info/", [], None
+    ),
+    "external-data-sources-connections-list": Case(
+        {}, "GET", f"{BASE}external_data_sources/connections/", [], None
+    ),
+    # PostHog's tool turns a minimum level into the list from it up and a job id into
+    # instance_id, and always sends its own limit.
+    "external-data-sync-logs": Case(
+        {"schema_id": SCHEMA_ID, "job_id": "wf-7", "level": "WARNING", "search": "timeout"},
+        "GET",
+        f"{SCH}logs/",
+        [
+            ("limit", "100"),
+            ("level", "WARNING,ERROR"),
+            ("instance_id", "wf-7"),
+            ("search", "timeout"),
+        ],
+        None,
+    ),
 }
 
 DESTRUCTIVE = {
@@ -148,23 +175,21 @@ DESTRUCTIVE = {
     "external-data-schemas-delete-data",
     "external-data-schemas-resync",
 }
-READ_ONLY = {
-    "external-data-sources-list",
-    "external-data-sources-retrieve",
-    "external-data-sources-jobs",
-    "external-data-schemas-list",
-    "external-data-schemas-retrieve",
-    "external-data-schemas-incremental-fields-create",
-}
 # The tools a read-scoped key can call; every other needs external_data_source:write (PostHog's
-# MCP tool YAML). incremental-fields changes nothing yet needs write.
+# MCP tool YAML).
 READ_SCOPED = {
+    "external-data-sources-wizard",
+    "external-data-sources-webhook-info-retrieve",
+    "external-data-sources-connections-list",
+    "external-data-sync-logs",
     "external-data-sources-list",
     "external-data-sources-retrieve",
     "external-data-sources-jobs",
     "external-data-schemas-list",
     "external-data-schemas-retrieve",
 }
+# Annotated read-only: those, and incremental-fields, which changes nothing yet needs write.
+READ_ONLY = READ_SCOPED | {"external-data-schemas-incremental-fields-create"}
 # Posts that are not idempotent: one that may have reached PostHog is never sent again.
 NEVER_RETRIED = {
     "external-data-sources-create",

@@ -19,6 +19,7 @@ import httpx
 import mcp_types as types
 import pytest
 import uvicorn
+from anyio.abc import Process
 from mcp import Client, StdioServerParameters
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -74,6 +75,23 @@ SAMPLE_BODIES: dict[type, tuple[int, Any]] = {
         },
     ),
     m.Ack: (204, None),
+    m.SourceTypeConfigs: (
+        200,
+        {"Postgres": {"name": "Postgres", "fields": [{"name": "host", "type": "text"}]}},
+    ),
+    m.WebhookInfo: (200, {"supports_webhooks": False, "exists": False, "schema_mapping": {}}),
+    m.DirectConnectionList: (200, []),
+    m.PaginatedSyncLogList: (
+        200,
+        {
+            "count": 1,
+            "next": None,
+            "previous": None,
+            "results": [
+                {"timestamp": "2026-01-01T00:00:00Z", "level": "ERROR", "message": "timeout"}
+            ],
+        },
+    ),
 }
 
 
@@ -271,3 +289,18 @@ def text_of(result: types.CallToolResult) -> str:
     assert content.type == "text", content
     text: str = content.text
     return text
+
+
+async def terminate(process: Process, *, within: float) -> bool:
+    """SIGTERM ``process`` and wait; kill it if it outlives ``within`` seconds.
+
+    Returns whether it stopped by itself.
+    """
+    process.terminate()
+    with anyio.move_on_after(within):
+        await process.wait()
+    if process.returncode is not None:
+        return True
+    process.kill()
+    await process.wait()
+    return False

@@ -115,6 +115,8 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
                 "external-data-sources-destroy",
                 "external-data-sources-create-webhook-create",
                 "external-data-sources-delete-webhook-create",
+                "external-data-sources-webhook-info-retrieve",
+                "external-data-sources-connections-list",
             },
         ),
         ({"read_only": True, "toolsets": ["sync"]}, {"external-data-sources-jobs"}),
@@ -137,7 +139,11 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
             },
             {"external-data-sources-list"},
         ),
-        ({"read_only": True, "toolsets": ["webhooks", "revenue"]}, set()),
+        (
+            {"read_only": True, "toolsets": ["webhooks", "revenue"]},
+            {"external-data-sources-webhook-info-retrieve"},
+        ),
+        ({"read_only": True, "toolsets": ["revenue"]}, set()),
     ],
     ids=lambda v: str(v)[:40],
 )

@@ -19,7 +19,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, terminate
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -59,12 +59,7 @@ async def process(argv: list[str], env: dict[str, str], url: str) -> AsyncIterat
             await eventually(up, within=60, every=0.1)
         yield proc.pid
     finally:
-        proc.terminate()
-        with anyio.move_on_after(30):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await terminate(proc, within=30)
 
 
 async def hammer(count: int, send: Callable[[httpx.AsyncClient], Any]) -> None:

@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from posthog_warehouse_mcp.server.transports import http_app
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.support import CANARY_KEY, SOURCE_ID, Recorder, serve, settings, stdio_server
+from tests.support import CANARY_KEY, SOURCE_ID, Recorder, serve, settings, stdio_server, terminate
 
 pytestmark = pytest.mark.anyio
 
@@ -166,10 +166,5 @@ async def test_stdio_server_stops_on_sigterm_right_after_stdin_closes() -> None:
             while received.count(b"\n") < 41:  # the initialize answer and 40 results
                 received += await process.stdout.receive()
             await process.stdin.aclose()
-            process.terminate()
-            with anyio.move_on_after(15):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            if not await terminate(process, within=15):
                 pytest.fail("the server was still running 15 s after SIGTERM")

@@ -77,6 +77,8 @@ def prepare(row: Endpoint, params: BaseModel, *, base_path: str) -> PreparedRequ
     if row.sends_body:
         body = {**values, **row.inject_body}
         return PreparedRequest(row.method, path, None, body)
+    if row.build_query is not None:
+        values = row.build_query(params)
     query = {k: v for k, v in values.items() if v is not None}
     return PreparedRequest(row.method, path, query or None, None)
 

@@ -8,10 +8,10 @@ PostHog release that adds a field or an enum value never fails a call.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from posthog_warehouse_mcp.tools.json_schema import NULL_MEANS_CLEAR, NULLABLE
 
@@ -247,6 +247,42 @@ class ExternalDataSchemaListParams(ListParams):
     search: str | None = Field(None, max_length=200, description="Match on table name.")
 
 
+class NoParams(Params):
+    """A tool that takes no arguments."""
+
+
+class ExternalDataSourcesWizardParams(Params):
+    """Arguments of external-data-sources-wizard."""
+
+    source_type: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The source type whose connection fields you need, exactly as PostHog spells "
+        "it (e.g. Postgres, MySQL, Stripe); several comma-separated.",
+    )
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # least severe first
+
+
+class ExternalDataSyncLogsParams(Params):
+    """Arguments of external-data-sync-logs."""
+
+    schema_id: UUID = Field(description="Id of the table schema whose sync logs to read.")
+    job_id: str | None = Field(
+        None,
+        max_length=100,
+        description="Only this sync: a job's workflow_run_id (sources-jobs).",
+    )
+    level: LogLevel = Field(
+        "INFO", description="Minimum level; INFO (the default) leaves out DEBUG."
+    )
+    search: str | None = Field(
+        None, max_length=200, description="Only messages containing this (any case)."
+    )
+    limit: int = Field(100, ge=1, le=500, description="At most this many entries, newest first.")
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -358,6 +394,65 @@ class IncrementalFieldsResult(Response):
     incremental_fields: list[dict[str, Any]] | None = None
     incremental_available: bool | None = None
     append_available: bool | None = None
+
+
+class SourceTypeConfig(Response):
+    """What connecting one source type takes: its fields, and whether it can be connected."""
+
+    name: str | None = None
+    label: str | None = None
+    caption: str | None = None
+    docsUrl: str | None = None
+    unreleasedSource: bool | None = None
+    disabledReason: str | None = None
+    fields: list[dict[str, Any]] | None = None
+
+
+class SourceTypeConfigs(RootModel[dict[str, SourceTypeConfig]]):
+    """Connection requirements by source type."""
+
+
+class WebhookInfo(Response):
+    """A source's webhook: whether its type supports one, whether it exists, and its state."""
+
+    supports_webhooks: bool | None = None
+    exists: bool | None = None
+    webhook_url: str | None = None
+    schema_mapping: dict[str, Any] | None = None
+    external_status: dict[str, Any] | None = None
+    missing_events: list[str] | None = None
+
+
+class DirectConnection(Response):
+    """A source usable as a live-query connection."""
+
+    id: str
+    prefix: str | None = None
+    engine: str | None = None
+    source_type: str | None = None
+    access_method: str | None = None
+    supports_hogql: bool | None = None
+
+
+class DirectConnectionList(Response):
+    """Sources that can be queried live."""
+
+    results: list[DirectConnection]
+
+
+class SyncLogEntry(Response):
+    """One line of a sync's log; ``instance_id`` is the job's workflow_run_id."""
+
+    timestamp: str | None = None
+    level: str | None = None
+    message: str | None = None
+    instance_id: str | None = None
+
+
+class PaginatedSyncLogList(Page):
+    """Sync log entries, newest first."""
+
+    results: list[SyncLogEntry]
 
 
 class Ack(Response):

@@ -8,7 +8,7 @@ manifest's tool list and the README's tool table all derive from (or are checked
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,11 +16,20 @@ from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools import models as m
 from posthog_warehouse_mcp.tools.hooks import Hook
+from posthog_warehouse_mcp.tools.requests import sync_logs_query
 from posthog_warehouse_mcp.tools.waiting import wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
-Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue"]
-TOOLSETS: tuple[Toolset, ...] = ("sources", "schemas", "sync", "webhooks", "revenue")
+Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue", "setup", "diagnose"]
+TOOLSETS: tuple[Toolset, ...] = (
+    "sources",
+    "schemas",
+    "sync",
+    "webhooks",
+    "revenue",
+    "setup",
+    "diagnose",
+)
 
 DESTRUCTIVE_WARNING = "DESTRUCTIVE: confirm with the user before calling. "
 
@@ -51,6 +60,9 @@ class Endpoint:
     inject_body: Mapping[str, Any] = field(default_factory=dict)
     # Per-tool behaviour around the request (tools/hooks.py), e.g. following a sync it starts.
     hook: Hook | None = None
+    # The query string from the validated arguments, where PostHog's tool does not send them
+    # as given (tools/requests.py).
+    build_query: Callable[[BaseModel], dict[str, Any]] | None = None
 
     @property
     def path_fields(self) -> tuple[str, ...]:
@@ -401,6 +413,63 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         idempotent=False,
         hook=wait_for_sync("schema"),
         aliases=("external-data-schemas-resync-create",),
+    ),
+    Endpoint(
+        "external-data-sources-wizard",
+        "GET",
+        SOURCES + "wizard/",
+        params=m.ExternalDataSourcesWizardParams,
+        response=m.SourceTypeConfigs,
+        title="List data warehouse source types you can import",
+        description=(
+            "The fields a source type needs to connect (name, type, required, secret) and "
+            "whether it can be connected here. Call it before create with the type you need."
+        ),
+        toolset="setup",
+        scopes=READ,
+    ),
+    Endpoint(
+        "external-data-sources-webhook-info-retrieve",
+        "GET",
+        SOURCE + "webhook_info/",
+        params=m.IdParams,
+        response=m.WebhookInfo,
+        title="Get webhook status for a source",
+        description=(
+            "Whether the source's type supports webhooks, whether one exists, its URL, which "
+            "events map to which tables, and what the vendor reports about it."
+        ),
+        toolset="webhooks",
+        scopes=READ,
+    ),
+    Endpoint(
+        "external-data-sources-connections-list",
+        "GET",
+        SOURCES + "connections/",
+        params=m.NoParams,
+        response=m.DirectConnectionList,
+        title="List direct-query connections",
+        description=(
+            "Sources that can be queried live (direct connections, or synced sources with live "
+            "queries on): id, prefix, engine, access_method, supports_hogql."
+        ),
+        toolset="sources",
+        scopes=READ,
+    ),
+    Endpoint(
+        "external-data-sync-logs",
+        "GET",
+        SCHEMAS + "{schema_id}/logs/",
+        params=m.ExternalDataSyncLogsParams,
+        response=m.PaginatedSyncLogList,
+        title="Get sync job logs",
+        description=(
+            "A table's sync log, newest first: what each sync did and the driver's error when "
+            "one failed. Filter by job (workflow_run_id from sources-jobs), level and text."
+        ),
+        toolset="diagnose",
+        scopes=READ,
+        build_query=sync_logs_query,
     ),
 )
 

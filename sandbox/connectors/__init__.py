@@ -23,6 +23,7 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     discover,
     quote_ident,
 )
+from posthog_warehouse_mcp.sandbox.connectors.config import unavailable_configs
 
 __all__ = [
     "SUPPORTED_SOURCE_TYPES",
@@ -39,6 +40,7 @@ __all__ = [
     "connector",
     "discover",
     "quote_ident",
+    "source_configs",
 ]
 
 _MODULES = {"Postgres": "postgres", "MySQL": "mysql"}
@@ -59,3 +61,10 @@ def connector(source_type: str) -> Connector[Any]:
     """
     module = importlib.import_module(f"{__name__}.{_MODULES[source_type]}")
     return cast("Connector[Any]", module)
+
+
+def source_configs() -> dict[str, dict[str, Any]]:
+    """Every source type's setup form, by type, as the wizard lists them: the connectable ones
+    first, then those PostHog has that the sandbox lists but cannot connect."""
+    configs = {t: connector(t).SOURCE_CONFIG for t in SUPPORTED_SOURCE_TYPES}
+    return configs | unavailable_configs(SUPPORTED_SOURCE_TYPES)

@@ -125,8 +125,14 @@ class Connector(Protocol[ConnT]):
     """A source type: a module of these functions, `ConnT` being its driver's connection."""
 
     @property
+    def SOURCE_CONFIG(self) -> dict[str, Any]:
+        """PostHog's setup form of the source type, as the wizard lists it (`config.py`)."""
+        ...
+
+    @property
     def NONSENSITIVE_INPUTS(self) -> tuple[str, ...]:
-        """The job inputs that are not secret (PostHog removes every other one from answers)."""
+        """The job inputs that are not secret (PostHog removes every other one from answers);
+        derived from the fields of `SOURCE_CONFIG`."""
         ...
 
     def connect(self, job_inputs: dict[str, Any]) -> AbstractContextManager[ConnT]:
@@ -150,7 +156,7 @@ class Connector(Protocol[ConnT]):
         ...
 
     def export(self, conn: ConnT, export: Export) -> int:
-        """Write the rows `export` asks for to its CSV file; return the bytes written."""
+        """Write the rows `export` asks for to its CSV file; return the rows written."""
         ...
 
 

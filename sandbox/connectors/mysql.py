@@ -17,19 +17,50 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     build_tables,
     check_cancelled,
 )
+from posthog_warehouse_mcp.sandbox.connectors.config import (
+    input_field,
+    login_fields,
+    nonsensitive_inputs,
+    select_field,
+    source_config,
+    ssh_tunnel_field,
+)
 
 if TYPE_CHECKING:
     from pymysql.connections import Connection
     from pymysql.cursors import SSCursor
 
-NONSENSITIVE_INPUTS: tuple[str, ...] = (
-    "host",
-    "port",
-    "database",
-    "user",
-    "schema",
-    "using_ssl",
+# PostHog's MySQL setup form (its `get_source_config`), verbatim.
+SOURCE_CONFIG = source_config(
+    "MySQL",
+    category="Databases",
+    featured=True,
+    keywords=["sql", "mariadb"],
+    caption="Enter your MySQL/MariaDB credentials to automatically pull your MySQL data into the "
+    "PostHog Data warehouse.",
+    icon_path="/static/services/mysql.png",
+    docs_url="https://posthog.com/docs/cdp/sources/mysql",
+    fields=[
+        input_field("host", "Host", "text", required=True, secret=False, placeholder="localhost"),
+        *login_fields(
+            port="3306",
+            database="mysql",
+            user="mysql",
+            schema="Leave blank to include all databases",
+        ),
+        select_field(
+            "using_ssl",
+            "Use SSL?",
+            required=True,
+            default="true",
+            converter="str_to_bool",
+            options=[("Yes", "true"), ("No", "false")],
+        ),
+        ssh_tunnel_field(),
+    ],
+    supports_column_selection=True,
 )
+NONSENSITIVE_INPUTS = nonsensitive_inputs(SOURCE_CONFIG["fields"])
 
 # PostHog's MySQL source shows these messages for driver error codes.
 _CONNECT_ERRORS = {
@@ -182,7 +213,7 @@ def _csv_field(value: str | bytes | None) -> str:
 
 
 def export(conn: Connection[Any], export: Export) -> int:
-    """Stream the rows into the CSV file; return the bytes written."""
+    """Stream the rows into the CSV file; return the rows written."""
     import pymysql.cursors
 
     select = ", ".join(c.select_expr for c in export.columns)
@@ -192,7 +223,7 @@ def export(conn: Connection[Any], export: Export) -> int:
         column, value = export.past_cursor
         query += f" WHERE {quote(column)} {'>=' if export.inclusive else '>'} %s"
         params = (value,)
-    written = rows = 0
+    rows = 0
     # Unbuffered: rows stream from the server instead of being held in memory.
     cur = conn.cursor(pymysql.cursors.SSCursor)
     try:
@@ -201,7 +232,6 @@ def export(conn: Connection[Any], export: Export) -> int:
             while batch := cur.fetchmany(2000):
                 chunk = "".join(",".join(map(_csv_field, row)) + "\n" for row in batch)
                 out.write(chunk)
-                written += len(chunk)
                 rows += len(batch)
                 check_cancelled(export.cancelled)
                 export.progress(rows)
@@ -210,7 +240,7 @@ def export(conn: Connection[Any], export: Export) -> int:
         raise
     cur.close()
     check_cancelled(export.cancelled)
-    return written
+    return rows
 
 
 def _abandon(cur: SSCursor) -> None:

@@ -16,11 +16,54 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     check_cancelled,
     quote_ident,
 )
+from posthog_warehouse_mcp.sandbox.connectors.config import (
+    input_field,
+    login_fields,
+    nonsensitive_inputs,
+    source_config,
+    ssh_tunnel_field,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
-NONSENSITIVE_INPUTS: tuple[str, ...] = ("host", "port", "database", "user", "schema")
+# PostHog's Postgres setup form (its `get_source_config`), verbatim.
+SOURCE_CONFIG = source_config(
+    "Postgres",
+    category="Databases",
+    keywords=["postgresql", "sql"],
+    caption="Enter your Postgres credentials to automatically pull your Postgres data into the "
+    "PostHog Data warehouse",
+    icon_path="/static/services/postgres.png",
+    docs_url="https://posthog.com/docs/cdp/sources/postgres",
+    fields=[
+        input_field(
+            "connection_string",
+            "Connection string (optional)",
+            "text",
+            required=False,
+            secret=True,
+            placeholder="postgresql://user:password@localhost:5432/database",
+        ),
+        input_field(
+            "host",
+            "Host",
+            "text",
+            required=True,
+            secret=False,
+            placeholder="db.example.com",
+            caption="Must be reachable from the public internet. Add PostHog's egress IP "
+            "addresses to your firewall allowlist (see the docs above) and use a public host — "
+            "`localhost` and private IPs (10.x, 172.16–31.x, 192.168.x) can't be reached. For a "  # noqa: RUF001
+            "database that can't be exposed publicly, enable the SSH tunnel below.",
+        ),
+        *login_fields(port="5432", database="postgres", user="postgres", schema="public"),
+        ssh_tunnel_field(),
+    ],
+    featured=True,
+    supports_column_selection=True,
+)
+NONSENSITIVE_INPUTS = nonsensitive_inputs(SOURCE_CONFIG["fields"])
 
 # PostHog's Postgres source turns driver errors into these messages (first match wins).
 _CONNECT_ERRORS = {
@@ -170,8 +213,7 @@ def copy_statement(export: Export) -> str:
 
 
 def export(conn: psycopg.Connection[Any], export: Export) -> int:
-    """Stream the rows into the CSV file with COPY; return the bytes written."""
-    written = 0
+    """Stream the rows into the CSV file with COPY; return the rows written."""
     rows = 0
     with (
         export.path.open("wb", buffering=1 << 20) as out,
@@ -179,10 +221,9 @@ def export(conn: psycopg.Connection[Any], export: Export) -> int:
     ):
         for data in copy:  # one row per item: libpq hands COPY data over row by row
             out.write(data)
-            written += len(data)
             rows += 1
             if rows % 2000 == 0:
                 check_cancelled(export.cancelled)
                 export.progress(rows)
     check_cancelled(export.cancelled)
-    return written
+    return rows

@@ -4,6 +4,7 @@ an engine hook that holds syncs, and the sandbox as a process. Fixtures are in c
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -208,6 +209,21 @@ async def wait_for_jobs(
     return await eventually(finished, within=60)
 
 
+async def sync_log(
+    client: httpx.AsyncClient, schema_id: str, expect: int = 200, **params: Any
+) -> dict[str, Any]:
+    """A schema's sync log (`logs/`), its answer's body; the status must be `expect`."""
+    response = await client.get(f"{API}/external_data_schemas/{schema_id}/logs/", params=params)
+    assert response.status_code == expect, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def log_lines(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(level, message) of each entry of a `sync_log` body, durations replaced by `N`."""
+    return [(e["level"], re.sub(r"in \d+\.\d+s$", "in Ns", e["message"])) for e in body["results"]]
+
+
 Point = Literal["progress", "publish", "finished"]
 
 
@@ -273,6 +289,19 @@ async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> di
     assert result.is_error is False, result.content
     assert isinstance(result.structured_content, dict)
     return result.structured_content
+
+
+async def enable_and_sync(
+    client: Client, schema_id: str, sync_type: str = "full_refresh"
+) -> dict[str, Any]:
+    """Through MCP: enable a table with a sync type, then sync it and wait for the job."""
+    await call(
+        client,
+        "external-data-schemas-partial-update",
+        {"id": schema_id, "should_sync": True, "sync_type": sync_type},
+    )
+    # Enabling starts a sync; the reload follows it (or starts the next one) to its end.
+    return await call(client, "external-data-schemas-reload", {"id": schema_id, "wait_seconds": 60})
 
 
 @asynccontextmanager

@@ -9,7 +9,14 @@ import pytest
 from mcp import Client
 
 from posthog_warehouse_mcp.server.app import create_server
-from tests.sandbox.support import API, Upstream, call, sandbox_process, wait_until_up
+from tests.sandbox.support import (
+    API,
+    Upstream,
+    call,
+    enable_and_sync,
+    sandbox_process,
+    wait_until_up,
+)
 from tests.support import free_port, settings, text_of
 
 pytestmark = pytest.mark.anyio
@@ -38,15 +45,7 @@ async def test_mcp_tools_sync_a_postgres_table_through_the_in_process_sandbox(
         source = await call(client, "external-data-sources-retrieve", {"id": created["id"]})
         assert "password" not in str(source)
         schema_id = source["schemas"][0]["id"]
-        await call(
-            client,
-            "external-data-schemas-partial-update",
-            {"id": schema_id, "should_sync": True, "sync_type": "full_refresh"},
-        )
-        # Enabling started the first sync; a reload follows it (or starts the next one).
-        synced = await call(
-            client, "external-data-schemas-reload", {"id": schema_id, "wait_seconds": 60}
-        )
+        synced = await enable_and_sync(client, schema_id)
         assert synced["wait"]["finished"] is True, synced
         jobs = await call(client, "external-data-sources-jobs", {"id": created["id"]})
         assert jobs["results"][0]["status"] == "Completed"

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox.support import Upstream, agent, call, schema_by_name, warehouse_rows
+from tests.sandbox.support import (
+    Upstream,
+    agent,
+    call,
+    enable_and_sync,
+    schema_by_name,
+    warehouse_rows,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -157,14 +164,7 @@ async def test_agent_cancels_a_running_sync_and_finds_everything_after_a_restart
         schema_id = (await call(client, "external-data-schemas-list", {"search": "big"}))[
             "results"
         ][0]["id"]
-        await call(
-            client,
-            "external-data-schemas-partial-update",
-            {"id": schema_id, "should_sync": True, "sync_type": "full_refresh"},
-        )
-        first = await call(
-            client, "external-data-schemas-reload", {"id": schema_id, "wait_seconds": 60}
-        )
+        first = await enable_and_sync(client, schema_id)
         assert first["wait"]["finished"] is True
         assert warehouse_rows(app, "SELECT count(*) FROM postgres_big") == [(40000,)]
 

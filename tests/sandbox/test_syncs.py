@@ -23,9 +23,11 @@ from tests.sandbox.support import (
     create_source,
     gate,
     jobs_of,
+    log_lines,
     reload_and_wait,
     schema_by_name,
     services_of,
+    sync_log,
     synced,
     wait_for_jobs,
     warehouse_rows,
@@ -201,6 +203,13 @@ async def test_cancel_stops_a_running_sync_and_keeps_the_previous_table(
     jobs = await wait_for_jobs(client, source["id"], 2)
     assert jobs[0]["status"] == "Failed"
     assert jobs[0]["latest_error"] == "Sync cancelled by user"
+    # Its log: started, the columns and the cursor it read with, then the cancel, a warning.
+    log = await sync_log(client, schema_id, instance_id=jobs[0]["workflow_run_id"])
+    assert [level for level, _ in log_lines(log)] == ["WARNING", "DEBUG", "DEBUG", "INFO"]
+    assert log_lines(log)[0] == (
+        "WARNING",
+        "Sync cancelled by user; nothing from this sync was published",
+    )
     assert warehouse_rows(app, "SELECT count(*) FROM postgres_big") == [(10000,)]
     assert warehouse_rows(
         app, "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_staging_%'"

@@ -80,7 +80,17 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         )
         await use("external-data-schemas-reload", {"id": ids["orders"], "wait_seconds": 60})
         await use("external-data-sources-reload", {"id": source_id, "wait_seconds": 60})
-        await use("external-data-sources-jobs", {"id": source_id, "schemas": ["orders"]})
+        jobs = await use("external-data-sources-jobs", {"id": source_id, "schemas": ["orders"]})
+        logs = await use(
+            "external-data-sync-logs",
+            {"schema_id": ids["orders"], "job_id": jobs["results"][0]["workflow_run_id"]},
+        )
+        assert logs["results"] and {e["level"] for e in logs["results"]} <= {"INFO", "ERROR"}
+        wizard = await use("external-data-sources-wizard", {"source_type": "Postgres"})
+        assert "password" in {f["name"] for f in wizard["Postgres"]["fields"]}
+        webhook = await use("external-data-sources-webhook-info-retrieve", {"id": source_id})
+        assert webhook["supports_webhooks"] is False
+        assert (await use("external-data-sources-connections-list", {}))["results"] == []
         await use("external-data-schemas-cancel", {"id": ids["orders"]})
         await use("external-data-schemas-resync", {"id": ids["orders"], "wait_seconds": 60})
         await use("external-data-schemas-delete-data", {"id": ids["orders"]})

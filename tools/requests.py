@@ -1,0 +1,33 @@
+"""Requests whose shape is not the tool's arguments as given: a row's ``build_query``.
+
+PostHog's own MCP tools translate a few arguments before sending them; these functions do the
+same, so the endpoint receives exactly what PostHog's tool would send.
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from pydantic import BaseModel
+
+from posthog_warehouse_mcp.tools.models import ExternalDataSyncLogsParams, LogLevel
+
+LEVELS: list[str] = list(get_args(LogLevel))
+
+
+def sync_logs_query(params: BaseModel) -> dict[str, Any]:
+    """The query external-data-sync-logs sends, as PostHog's tool builds it.
+
+    A minimum level becomes the list of levels from it up, the job's workflow_run_id is the
+    endpoint's ``instance_id``, and the limit is always sent (the endpoint's own default is 50).
+    """
+    assert isinstance(params, ExternalDataSyncLogsParams)
+    query: dict[str, Any] = {
+        "limit": params.limit,
+        "level": ",".join(LEVELS[LEVELS.index(params.level) :]),
+    }
+    if params.job_id is not None:
+        query["instance_id"] = params.job_id
+    if params.search is not None:
+        query["search"] = params.search
+    return query
