@@ -1,4 +1,4 @@
-"""The HTTP API: PostHog's 25 external data source and schema endpoints as Starlette routes.
+"""The HTTP API: PostHog's external data source and schema endpoints as Starlette routes.
 
 The route table is the sandbox's own, written from PostHog's API rather than derived from the
 MCP server's endpoint table, so that the contract tests compare two independent descriptions.
@@ -31,6 +31,11 @@ from posthog_warehouse_mcp.sandbox.schema_routes import (
     schemas_retrieve,
 )
 from posthog_warehouse_mcp.sandbox.services import Services
+from posthog_warehouse_mcp.sandbox.setup_routes import (
+    sources_database_schema,
+    sources_preview_resource,
+    sources_setup,
+)
 from posthog_warehouse_mcp.sandbox.source_routes import (
     sources_bulk_update_schemas,
     sources_connections,
@@ -43,6 +48,7 @@ from posthog_warehouse_mcp.sandbox.source_routes import (
     sources_reload,
     sources_retrieve,
     sources_revenue_config,
+    sources_update_webhook_inputs,
     sources_webhook,
     sources_webhook_info,
     sources_wizard,
@@ -59,6 +65,9 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_sources/", {"GET": sources_list, "POST": sources_create}),
     ("external_data_sources/connections/", {"GET": sources_connections}),
     ("external_data_sources/wizard/", {"GET": sources_wizard}),
+    ("external_data_sources/database_schema/", {"POST": sources_database_schema}),
+    ("external_data_sources/setup/", {"POST": sources_setup}),
+    ("external_data_sources/preview_resource/", {"POST": sources_preview_resource}),
     (
         "external_data_sources/{id}/",
         {"GET": sources_retrieve, "PATCH": sources_partial_update, "DELETE": sources_destroy},
@@ -70,6 +79,7 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_sources/{id}/refresh_schemas/", {"POST": sources_refresh_schemas}),
     ("external_data_sources/{id}/reload/", {"POST": sources_reload}),
     ("external_data_sources/{id}/revenue_analytics_config/", {"PATCH": sources_revenue_config}),
+    ("external_data_sources/{id}/update_webhook_inputs/", {"POST": sources_update_webhook_inputs}),
     ("external_data_sources/{id}/webhook_info/", {"GET": sources_webhook_info}),
     ("external_data_schemas/", {"GET": schemas_list, "POST": schemas_create}),
     (

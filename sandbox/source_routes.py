@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +15,6 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     Unreachable,
     source_configs,
 )
-from posthog_warehouse_mcp.sandbox.errors import ApiError
 from posthog_warehouse_mcp.sandbox.serializers import (
     connection_json,
     job_json,
@@ -25,8 +23,8 @@ from posthog_warehouse_mcp.sandbox.serializers import (
     source_json,
     webhook_info,
 )
-from posthog_warehouse_mcp.sandbox.services import Services, with_columns
-from posthog_warehouse_mcp.sandbox.store import Job, Schema, Source, iso, new_id, now
+from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of, with_columns
+from posthog_warehouse_mcp.sandbox.store import Job, Schema, iso, new_id, now
 from posthog_warehouse_mcp.sandbox.validation import (
     schema_requests,
     validate_prefix,
@@ -42,16 +40,6 @@ _REFRESH_ERRORS = {
     Unreachable.PORT: "Could not connect to the source. Check the host, port, and network access.",
     Unreachable.TIMEOUT: "Connection timed out while fetching schemas from the source.",
 }
-# The settings a create payload may give a schema.
-_CREATE_SETTINGS = (
-    "sync_type",
-    "incremental_field",
-    "incremental_field_type",
-    "primary_key_columns",
-    "sync_time_of_day",
-    "enabled_columns",
-    "sync_frequency",
-)
 
 
 async def sources_list(request: Request, services: Services) -> Response:
@@ -92,47 +80,16 @@ async def sources_create(request: Request, services: Services) -> Response:
     if access_method == "direct":
         raise errors.message("The sandbox supports only the warehouse access method.")
     validate_prefix(services.store, source_type, prefix)
-    job_inputs = {
-        k: v.strip() if isinstance(v, str) else v for k, v in payload.items() if k != "schemas"
-    }
+    job_inputs = job_inputs_of(payload)
     try:
         tables = await services.discover(source_type, job_inputs)
     except SourceError as exc:
         raise errors.message(str(exc)) from exc
     wanted = schema_requests(payload.get("schemas"), tables)
-    created = iso(now()) or ""
-    source = Source(
-        id=new_id(),
-        source_type=source_type,
-        prefix=prefix,
-        description=data.get("description"),
-        job_inputs=job_inputs,
-        created_at=created,
-        created_via=created_via,
-        access_method=access_method,
+    new = NewSource(
+        source_type, job_inputs, prefix, data.get("description"), created_via, access_method
     )
-    schemas = []
-    for table in tables:
-        schema = Schema(id=new_id(), source_id=source.id, name=table.name, created_at=created)
-        schema = with_columns(schema, table)
-        item = wanted.get(table.name)
-        if item:
-            settings: dict[str, Any] = {k: item[k] for k in _CREATE_SETTINGS if k in item}
-            settings["should_sync"] = drf.boolean(item.get("should_sync") or False, "should_sync")
-            if settings["should_sync"] and not settings.get("sync_type"):
-                settings["sync_type"] = "full_refresh"
-            try:
-                schema = validate_settings(schema, settings, source_type=source_type)
-            except ApiError as exc:
-                raise errors.message(str(exc.body.get("detail"))) from exc
-        schemas.append(schema)
-    with services.store.lock:
-        services.store.save(source)
-        for schema in schemas:
-            services.store.save(schema)
-    for schema in schemas:
-        if schema.should_sync:
-            services.engine.start(schema.id)
+    source = services.create_source(new, tables, wanted)
     return drf.answer({"id": source.id}, 201)
 
 
@@ -244,6 +201,15 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
 async def sources_webhook(request: Request, services: Services) -> Response:
     """POST create_webhook/ and delete_webhook/: these source types have no webhooks."""
     services.get_source(request.path_params["id"])
+    raise errors.message("This source type does not support webhooks")
+
+
+async def sources_update_webhook_inputs(request: Request, services: Services) -> Response:
+    """POST update_webhook_inputs/: PostHog's checks in its order; no source type here takes
+    webhooks, so a configured source gets its answer for those."""
+    source = services.get_source(request.path_params["id"])
+    if not source.job_inputs:
+        raise errors.message("Source has no configuration")
     raise errors.message("This source type does not support webhooks")
 
 

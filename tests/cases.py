@@ -152,6 +152,35 @@ CASES: dict[str, Case] = {
     "external-data-sources-connections-list": Case(
         {}, "GET", f"{BASE}external_data_sources/connections/", [], None
     ),
+    # PostHog's tool spreads the connection fields flat beside source_type.
+    "external-data-sources-db-schema": Case(
+        {"source_type": "Postgres", "payload": {"host": "db", "port": 5432, "password": "pw"}},
+        "POST",
+        f"{BASE}external_data_sources/database_schema/",
+        [],
+        {"host": "db", "port": 5432, "password": "pw", "source_type": "Postgres"},
+    ),
+    "data-warehouse-source-setup": Case(
+        {"source_type": "Postgres", "payload": {"host": "db"}, "prefix": "app"},
+        "POST",
+        f"{BASE}external_data_sources/setup/",
+        [],
+        {"source_type": "Postgres", "payload": {"host": "db"}, "prefix": "app"},
+    ),
+    "external-data-sources-update-webhook-inputs-create": Case(
+        {"id": SOURCE_ID, "inputs": {"signing_secret": "whsec_1"}},
+        "POST",
+        f"{SRC}update_webhook_inputs/",
+        [],
+        {"inputs": {"signing_secret": "whsec_1"}},
+    ),
+    "external-data-sources-preview-resource": Case(
+        {"source_type": "Custom", "payload": {"manifest_json": "{}"}, "resource_name": "users"},
+        "POST",
+        f"{BASE}external_data_sources/preview_resource/",
+        [],
+        {"source_type": "Custom", "payload": {"manifest_json": "{}"}, "resource_name": "users"},
+    ),
     # PostHog's tool turns a minimum level into the list from it up and a job id into
     # instance_id, and always sends its own limit.
     "external-data-sync-logs": Case(
@@ -188,10 +217,15 @@ READ_SCOPED = {
     "external-data-schemas-list",
     "external-data-schemas-retrieve",
 }
-# Annotated read-only: those, and incremental-fields, which changes nothing yet needs write.
-READ_ONLY = READ_SCOPED | {"external-data-schemas-incremental-fields-create"}
+# Annotated read-only: those, and three that change nothing yet need write.
+READ_ONLY = READ_SCOPED | {
+    "external-data-schemas-incremental-fields-create",
+    "external-data-sources-db-schema",
+    "external-data-sources-preview-resource",
+}
 # Posts that are not idempotent: one that may have reached PostHog is never sent again.
 NEVER_RETRIED = {
+    "data-warehouse-source-setup",
     "external-data-sources-create",
     "external-data-sources-create-webhook-create",
     "external-data-sources-reload",

@@ -81,6 +81,9 @@ SAMPLE_BODIES: dict[type, tuple[int, Any]] = {
     ),
     m.WebhookInfo: (200, {"supports_webhooks": False, "exists": False, "schema_mapping": {}}),
     m.DirectConnectionList: (200, []),
+    m.DiscoveredTableList: (200, [{"table": "orders", "detected_primary_keys": ["id"]}]),
+    m.SourceSetupResult: (201, {"id": SOURCE_ID}),
+    m.ResourcePreview: (200, {"rows": [], "row_count": 0, "columns": [], "error": None}),
     m.PaginatedSyncLogList: (
         200,
         {

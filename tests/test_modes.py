@@ -117,6 +117,7 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
                 "external-data-sources-delete-webhook-create",
                 "external-data-sources-webhook-info-retrieve",
                 "external-data-sources-connections-list",
+                "external-data-sources-update-webhook-inputs-create",
             },
         ),
         ({"read_only": True, "toolsets": ["sync"]}, {"external-data-sources-jobs"}),

@@ -75,6 +75,8 @@ def prepare(row: Endpoint, params: BaseModel, *, base_path: str) -> PreparedRequ
     path_values = {name: quote(str(values.pop(name)), safe="") for name in row.path_fields}
     path = base_path + row.path.format(**path_values)
     if row.sends_body:
+        if row.build_body is not None:
+            values = row.build_body(params)
         body = {**values, **row.inject_body}
         return PreparedRequest(row.method, path, None, body)
     if row.build_query is not None:

@@ -283,6 +283,53 @@ class ExternalDataSyncLogsParams(Params):
     limit: int = Field(100, ge=1, le=500, description="At most this many entries, newest first.")
 
 
+SOURCE_TYPE = Field(
+    min_length=1, max_length=100, description="Source type as PostHog spells it: 'Postgres'."
+)
+CONNECTION = "Connection fields as the wizard lists them (Postgres: host, port, database, user, "
+
+
+class ExternalDataSourcesDbSchemaParams(Params):
+    """Arguments of external-data-sources-db-schema."""
+
+    source_type: str = SOURCE_TYPE
+    payload: dict[str, Any] = Field(description=CONNECTION + "password, schema).")
+
+
+class DataWarehouseSourceSetupParams(Params):
+    """Arguments of data-warehouse-source-setup."""
+
+    source_type: str = SOURCE_TYPE
+    payload: dict[str, Any] | None = Field(
+        None, description=CONNECTION + "password, schema); no 'schemas' needed."
+    )
+    prefix: str | None = Field(
+        None, max_length=100, description="Table-name prefix; needed if the type exists already."
+    )
+    description: str | None = Field(None, max_length=400, description="Free text.")
+
+
+class ExternalDataSourceUpdateWebhookInputsParams(IdParams):
+    """Arguments of external-data-sources-update-webhook-inputs-create."""
+
+    inputs: dict[str, str] = Field(
+        description="Webhook fields of the source type to set, e.g. {signing_secret: ...}."
+    )
+
+
+class ExternalDataSourcePreviewResourceParams(Params):
+    """Arguments of external-data-sources-preview-resource."""
+
+    source_type: str = SOURCE_TYPE
+    payload: dict[str, Any] = Field(
+        description="manifest_json plus the credential its auth type needs (auth_token...)."
+    )
+    resource_name: str = Field(
+        min_length=1, max_length=200, description="The manifest resource to sample."
+    )
+    limit: int | None = Field(None, ge=1, le=50, description="Sample rows (default 10).")
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -453,6 +500,42 @@ class PaginatedSyncLogList(Page):
     """Sync log entries, newest first."""
 
     results: list[SyncLogEntry]
+
+
+class DiscoveredTable(Response):
+    """A source table before import: columns, keys, cursor candidates, size and warnings."""
+
+    table: str
+    incremental_fields: list[dict[str, Any]] | None = None
+    incremental_available: bool | None = None
+    append_available: bool | None = None
+    rows: int | None = None
+    available_columns: list[dict[str, Any]] | None = None
+    detected_primary_keys: list[str] | None = None
+    permission_error: str | None = None
+    rls_warning: str | None = None
+
+
+class DiscoveredTableList(Response):
+    """The tables a source would import."""
+
+    results: list[DiscoveredTable]
+
+
+class SourceSetupResult(Response):
+    """The new source's id; ``webhook`` where its type registers one."""
+
+    id: str
+    webhook: dict[str, Any] | None = None
+
+
+class ResourcePreview(Response):
+    """Sample rows of a Custom REST resource; ``error`` when the live read failed."""
+
+    rows: list[dict[str, Any]] | None = None
+    row_count: int | None = None
+    columns: list[dict[str, Any]] | None = None
+    error: str | None = None
 
 
 class Ack(Response):

@@ -1,4 +1,4 @@
-"""Requests whose shape is not the tool's arguments as given: a row's ``build_query``.
+"""Requests not sent as the arguments are given: a row's ``build_query`` or ``build_body``.
 
 PostHog's own MCP tools translate a few arguments before sending them; these functions do the
 same, so the endpoint receives exactly what PostHog's tool would send.
@@ -10,7 +10,11 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from posthog_warehouse_mcp.tools.models import ExternalDataSyncLogsParams, LogLevel
+from posthog_warehouse_mcp.tools.models import (
+    ExternalDataSourcesDbSchemaParams,
+    ExternalDataSyncLogsParams,
+    LogLevel,
+)
 
 LEVELS: list[str] = list(get_args(LogLevel))
 
@@ -31,3 +35,13 @@ def sync_logs_query(params: BaseModel) -> dict[str, Any]:
     if params.search is not None:
         query["search"] = params.search
     return query
+
+
+def db_schema_body(params: BaseModel) -> dict[str, Any]:
+    """The body external-data-sources-db-schema sends, as PostHog's tool builds it.
+
+    The connection fields go flat beside ``source_type`` (setup and create nest them instead);
+    ``source_type`` comes last, so a payload key of that name cannot replace it.
+    """
+    assert isinstance(params, ExternalDataSourcesDbSchemaParams)
+    return {**params.payload, "source_type": params.source_type}

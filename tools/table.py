@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools import models as m
 from posthog_warehouse_mcp.tools.hooks import Hook
-from posthog_warehouse_mcp.tools.requests import sync_logs_query
+from posthog_warehouse_mcp.tools.requests import db_schema_body, sync_logs_query
 from posthog_warehouse_mcp.tools.waiting import wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
@@ -63,6 +63,7 @@ class Endpoint:
     # The query string from the validated arguments, where PostHog's tool does not send them
     # as given (tools/requests.py).
     build_query: Callable[[BaseModel], dict[str, Any]] | None = None
+    build_body: Callable[[BaseModel], dict[str, Any]] | None = None
 
     @property
     def path_fields(self) -> tuple[str, ...]:
@@ -470,6 +471,71 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         toolset="diagnose",
         scopes=READ,
         build_query=sync_logs_query,
+    ),
+    Endpoint(
+        "external-data-sources-db-schema",
+        "POST",
+        SOURCES + "database_schema/",
+        params=m.ExternalDataSourcesDbSchemaParams,
+        response=m.DiscoveredTableList,
+        title="Discover tables and sync methods for a source",
+        description=(
+            "Check credentials and list the tables a source would import, before creating it: "
+            "columns, detected primary keys, incremental candidates, row estimate, permission "
+            "and RLS warnings. Creates nothing. Then create with an explicit schemas list."
+        ),
+        toolset="setup",
+        scopes=WRITE,
+        read_only=True,
+        idempotent=True,
+        build_body=db_schema_body,
+    ),
+    Endpoint(
+        "data-warehouse-source-setup",
+        "POST",
+        SOURCES + "setup/",
+        params=m.DataWarehouseSourceSetupParams,
+        response=m.SourceSetupResult,
+        title="Set up a data warehouse source (one step)",
+        description=(
+            "Check credentials, discover the tables and create the source with EVERY table "
+            "enabled (incremental where a cursor exists), starting their syncs. For a large "
+            "database or chosen tables use db-schema, then create. Returns {id}."
+        ),
+        toolset="setup",
+        scopes=WRITE,
+        idempotent=False,
+    ),
+    Endpoint(
+        "external-data-sources-update-webhook-inputs-create",
+        "POST",
+        SOURCE + "update_webhook_inputs/",
+        params=m.ExternalDataSourceUpdateWebhookInputsParams,
+        response=m.WebhookResult,
+        title="Update webhook inputs (signing secret, etc.)",
+        description=(
+            "Set a webhook's own fields (e.g. a rotated signing_secret) on a source whose "
+            "webhook exists; only the type's webhook fields are accepted."
+        ),
+        toolset="webhooks",
+        scopes=WRITE,
+        idempotent=True,
+    ),
+    Endpoint(
+        "external-data-sources-preview-resource",
+        "POST",
+        SOURCES + "preview_resource/",
+        params=m.ExternalDataSourcePreviewResourceParams,
+        response=m.ResourcePreview,
+        title="Preview rows for a Custom REST source resource",
+        description=(
+            "A live sample of one resource of a Custom REST source, to check its manifest "
+            "before creating it. Only source_type 'Custom'."
+        ),
+        toolset="setup",
+        scopes=WRITE,
+        read_only=True,
+        idempotent=True,
     ),
 )
 

@@ -18,9 +18,11 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     SourceError,
     SyncCancelled,
     Table,
+    TableStats,
     Unreachable,
     check_cancelled,
     discover,
+    inspect,
     quote_ident,
 )
 from posthog_warehouse_mcp.sandbox.connectors.config import unavailable_configs
@@ -35,10 +37,13 @@ __all__ = [
     "SourceError",
     "SyncCancelled",
     "Table",
+    "TableStats",
     "Unreachable",
     "check_cancelled",
     "connector",
     "discover",
+    "inspect",
+    "known_source_type",
     "quote_ident",
     "source_configs",
 ]
@@ -61,6 +66,11 @@ def connector(source_type: str) -> Connector[Any]:
     """
     module = importlib.import_module(f"{__name__}.{_MODULES[source_type]}")
     return cast("Connector[Any]", module)
+
+
+def known_source_type(source_type: str) -> bool:
+    """Whether PostHog has this source type (the sandbox connects only some of them)."""
+    return source_type in SUPPORTED_SOURCE_TYPES or source_type in unavailable_configs(())
 
 
 def source_configs() -> dict[str, dict[str, Any]]:

@@ -89,6 +89,17 @@ class Table:
         ]
 
 
+@dataclass(frozen=True)
+class TableStats:
+    """What the catalog says of a table beyond its columns (`database_schema`): the planner's row
+    estimate (None when unknown), whether the connection's role may read it, and whether
+    row-level security filters what that role reads."""
+
+    rows: int | None = None
+    readable: bool = True
+    row_security: bool = False
+
+
 # Called every few thousand rows with the rows exported so far (it may raise SyncCancelled).
 Progress = Callable[[int], None]
 
@@ -151,6 +162,10 @@ class Connector(Protocol[ConnT]):
         """The tables (or only the one named `only`) of `namespace`, with columns and keys."""
         ...
 
+    def table_stats(self, conn: ConnT, namespace: str) -> dict[str, TableStats]:
+        """Row estimates, read permission and row-level security of `namespace`'s tables."""
+        ...
+
     def column(self, name: str, data_type: str, nullable: bool) -> Column:
         """A column from the source's type name, with its DuckDB type and export expression."""
         ...
@@ -166,6 +181,17 @@ def discover(
     """Connect, and list the tables of the source's namespace with their columns."""
     with connector.connect(job_inputs) as conn:
         return connector.discover_with(conn, connector.schema_name(job_inputs), only)
+
+
+def inspect(
+    connector: Connector[Any], job_inputs: dict[str, Any]
+) -> list[tuple[Table, TableStats]]:
+    """Connect once, and list the tables of the source's namespace with their catalog stats."""
+    with connector.connect(job_inputs) as conn:
+        namespace = connector.schema_name(job_inputs)
+        tables = connector.discover_with(conn, namespace)
+        stats = connector.table_stats(conn, namespace)
+    return [(t, stats.get(t.name, TableStats())) for t in tables]
 
 
 def build_tables(

@@ -13,6 +13,7 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     Export,
     SourceError,
     Table,
+    TableStats,
     Unreachable,
     build_tables,
     check_cancelled,
@@ -202,6 +203,18 @@ def discover_with(conn: Connection[Any], namespace: str, only: str | None = None
         (table, name, data_type, nullable == "YES") for table, name, data_type, nullable in rows
     ]
     return build_tables(columns, keys, column)
+
+
+def table_stats(conn: Connection[Any], namespace: str) -> dict[str, TableStats]:
+    """`TABLE_ROWS` (InnoDB's estimate; NULL for views). `information_schema` lists only the
+    tables the user has some privilege on, and MySQL has no row-level security."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+            (namespace,),
+        )
+        rows = cur.fetchall()
+    return {name: TableStats(rows=None if count is None else int(count)) for name, count in rows}
 
 
 def _csv_field(value: str | bytes | None) -> str:

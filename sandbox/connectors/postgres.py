@@ -11,6 +11,7 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     Export,
     SourceError,
     Table,
+    TableStats,
     Unreachable,
     build_tables,
     check_cancelled,
@@ -197,6 +198,28 @@ def discover_with(
         (namespace, only, only),
     ).fetchall()
     return build_tables(rows, keys, column)
+
+
+def table_stats(conn: psycopg.Connection[Any], namespace: str) -> dict[str, TableStats]:
+    """`reltuples` (-1 until a table is first analysed or vacuumed; views have none), SELECT
+    privilege, and row-level security that applies to this role: enabled on the table, the role
+    neither superuser nor BYPASSRLS, and not the owner unless the table forces it."""
+    rows = conn.execute(
+        """
+        SELECT c.relname,
+               CASE WHEN c.relkind IN ('r', 'm', 'p') AND c.reltuples >= 0
+                    THEN c.reltuples::bigint END,
+               has_table_privilege(c.oid, 'SELECT'),
+               c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls
+                 AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_roles r ON r.rolname = current_user
+        WHERE n.nspname = %s AND c.relkind IN ('r', 'v', 'm', 'p', 'f') AND NOT c.relispartition
+        """,
+        (namespace,),
+    ).fetchall()
+    return {name: TableStats(count, readable, rls) for name, count, readable, rls in rows}
 
 
 def copy_statement(export: Export) -> str:

@@ -68,3 +68,62 @@ async def test_agent_reads_a_failing_syncs_log_fixes_the_table_and_syncs_again(
         )
         assert latest["results"][0]["message"].startswith("Sync completed: 20 rows synced")
     assert upstream.creds.password not in str(everything)
+
+
+async def test_agent_connects_only_the_tables_it_chose_from_the_discovery(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    upstream.execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, total int, updated_at timestamptz NOT NULL);"
+        "INSERT INTO orders SELECT g, g, now() FROM generate_series(1, 30) g;"
+        "CREATE TABLE audit (line text);"  # no key, no cursor: not chosen
+        "CREATE TABLE users (id int PRIMARY KEY, name text);"
+        "INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 5) g;"
+    )
+    async with agent(tmp_path) as (client, _app):
+        wizard = await call(client, "external-data-sources-wizard", {"source_type": "Postgres"})
+        connection = upstream.creds.job_inputs()
+        names = {f["name"] for f in wizard["Postgres"]["fields"]}
+        payload = {k: v for k, v in connection.items() if k in names}
+        discovered = await call(
+            client,
+            "external-data-sources-db-schema",
+            {"source_type": "Postgres", "payload": payload},
+        )
+        tables = {t["table"]: t for t in discovered["results"]}
+        assert set(tables) == {"orders", "audit", "users"}
+        # Built from what the discovery said, not guessed: incremental where a cursor and a
+        # key were found, full refresh otherwise; the keyless table is left out.
+        chosen = []
+        for name in ("orders", "users"):
+            table = tables[name]
+            cursor = next(
+                (f for f in table["incremental_fields"] if f["field"] == "updated_at"), None
+            )
+            entry = {"name": name, "should_sync": True, "sync_type": "full_refresh"}
+            if cursor is not None and table["detected_primary_keys"]:
+                entry |= {
+                    "sync_type": "incremental",
+                    "incremental_field": cursor["field"],
+                    "incremental_field_type": cursor["field_type"],
+                    "primary_key_columns": table["detected_primary_keys"],
+                }
+            chosen.append(entry)
+        assert chosen[0]["sync_type"] == "incremental" and chosen[1]["sync_type"] == "full_refresh"
+        created = await call(
+            client,
+            "external-data-sources-create",
+            {
+                "source_type": "Postgres",
+                "prefix": "shop",
+                "payload": {**payload, "schemas": chosen},
+            },
+        )
+        source = await call(client, "external-data-sources-retrieve", {"id": created["id"]})
+        synced = {s["name"]: s for s in source["schemas"] if s.get("should_sync")}
+        assert set(synced) == {"orders", "users"}
+        for schema in synced.values():
+            done = await call(
+                client, "external-data-schemas-reload", {"id": schema["id"], "wait_seconds": 60}
+            )
+            assert done["wait"]["jobs"][0]["status"] == "Completed", done

@@ -24,6 +24,8 @@ EXPECTED_ERRORS = {
     "external-data-sources-create-webhook-create": "does not support webhooks",
     "external-data-sources-delete-webhook-create": "does not support webhooks",
     "external-data-schemas-cancel": "No running sync to cancel.",
+    "external-data-sources-update-webhook-inputs-create": "does not support webhooks",
+    "external-data-sources-preview-resource": "Preview is not supported for source type 'Postgres'",
 }
 
 
@@ -86,6 +88,24 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
             {"schema_id": ids["orders"], "job_id": jobs["results"][0]["workflow_run_id"]},
         )
         assert logs["results"] and {e["level"] for e in logs["results"]} <= {"INFO", "ERROR"}
+        tables = await use(
+            "external-data-sources-db-schema",
+            {"source_type": "Postgres", "payload": upstream.creds.job_inputs()},
+        )
+        found = {t["table"]: t for t in tables["results"]}
+        assert found["orders"]["detected_primary_keys"] == ["id"]
+        set_up = await use(
+            "data-warehouse-source-setup",
+            {"source_type": "Postgres", "payload": upstream.creds.job_inputs(), "prefix": "su"},
+        )
+        await use(
+            "external-data-sources-update-webhook-inputs-create",
+            {"id": source_id, "inputs": {"signing_secret": "whsec_x"}},
+        )
+        await use(
+            "external-data-sources-preview-resource",
+            {"source_type": "Postgres", "payload": {}, "resource_name": "orders"},
+        )
         wizard = await use("external-data-sources-wizard", {"source_type": "Postgres"})
         assert "password" in {f["name"] for f in wizard["Postgres"]["fields"]}
         webhook = await use("external-data-sources-webhook-info-retrieve", {"id": source_id})
@@ -96,6 +116,7 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         await use("external-data-schemas-delete-data", {"id": ids["orders"]})
         await use("external-data-schemas-destroy", {"id": ids["notes"]})
         await use("external-data-sources-destroy", {"id": source_id})
+        await client.call_tool("external-data-sources-destroy", {"id": set_up["id"]})
         gone = await client.call_tool("external-data-sources-retrieve", {"id": source_id})
         assert gone.is_error is True
         assert "404" in text_of(gone)

@@ -1,0 +1,222 @@
+"""The list-level `external_data_sources` actions that take connection details rather than a
+source: `database_schema/` (discover without storing), `setup/` (create with default schemas)
+and `preview_resource/` (Custom REST sources only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from posthog_warehouse_mcp.sandbox import drf, errors
+from posthog_warehouse_mcp.sandbox.connectors import (
+    SUPPORTED_SOURCE_TYPES,
+    SourceError,
+    Table,
+    TableStats,
+    known_source_type,
+)
+from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of
+
+# PostHog's Postgres source (`RLS_WARNING_MESSAGE`), verbatim.
+RLS_WARNING_MESSAGE = (
+    "Row-level security is active on this table for the sync role, so PostHog can only read rows "
+    "the policy permits, and cannot detect how many rows are hidden. Granting the sync role "
+    "BYPASSRLS will silence the check."
+)
+# PostHog's `build_default_schemas`: the cursor columns it prefers, best first.
+PREFERRED_INCREMENTAL_FIELDS = (
+    "updated_at",
+    "updatedat",
+    "modified_at",
+    "modifiedat",
+    "last_modified",
+    "updated",
+    "modified",
+    "created_at",
+    "createdat",
+    "created",
+)
+NO_TABLES = "No tables found for this source. Check the credentials and permissions."
+
+
+def unresolved_secrets(values: dict[str, Any]) -> None:
+    """PostHog's check for `{"secretRef": ...}` values a client forgot to resolve.
+
+    Raises:
+        ApiError: 400 naming the keys.
+    """
+    keys = [k for k, v in values.items() if isinstance(v, dict) and "secretRef" in v]
+    if keys:
+        raise errors.message(
+            f"Unresolved secret reference(s) for: {', '.join(keys)}. These fields are still "
+            "`{'secretRef': ...}` objects — PostHog cannot resolve them. Resolve the secret to "
+            "its real value before calling (or collect credentials via "
+            "data-warehouse-source-connect-link and pass the resulting credential_id instead)."
+        )
+
+
+def source_type_choice(data: dict[str, Any]) -> str:
+    """The body's `source_type`, checked as PostHog's serializers' ChoiceField checks it.
+
+    Raises:
+        ApiError: DRF's required or invalid-choice error.
+    """
+    source_type = data.get("source_type")
+    if source_type in (None, ""):
+        raise errors.required("source_type")
+    if not isinstance(source_type, str) or not known_source_type(source_type):
+        raise errors.invalid_choice(source_type, "source_type")
+    return source_type
+
+
+def not_connectable(source_type: str) -> errors.ApiError:
+    """What PostHog says when a source type cannot list its tables (`NotImplementedError`):
+    here, the types PostHog has that the sandbox cannot connect."""
+    return errors.message(
+        f"The {source_type} source isn't available to connect yet. Choose a different source, or "
+        "contact support if you were expecting it."
+    )
+
+
+def incremental_fields(table: Table) -> list[dict[str, str]]:
+    """The columns a sync can follow (`IncrementalField`), in column order."""
+    return [
+        {"label": c.name, "type": t, "field": c.name, "field_type": t}
+        for c in table.columns
+        if (t := c.incremental_type) is not None
+    ]
+
+
+def permission_error(table: Table, stats: TableStats) -> str | None:
+    """Why the connection's role cannot read the table, or None."""
+    if stats.readable:
+        return None
+    return f"The connection's role lacks SELECT permission on {table.name}."
+
+
+def table_entry(table: Table, stats: TableStats) -> dict[str, Any]:
+    """One table of a `database_schema` answer, with PostHog's keys in its order."""
+    fields = incremental_fields(table)
+    denied = permission_error(table, stats)
+    return {
+        "table": table.name,
+        "label": None,
+        "should_sync": False,
+        "incremental_fields": fields,
+        # Incremental syncs merge on a primary key here; append needs only the cursor.
+        "incremental_available": bool(fields) and bool(table.primary_key),
+        "append_available": bool(fields),
+        "cdc_available": None,
+        "xmin_available": None,
+        "incremental_field": fields[0]["field"] if fields else None,
+        "sync_type": None,
+        "rows": stats.rows,
+        "supports_webhooks": False,
+        "webhook_only": False,
+        "description": None,
+        "should_sync_default": denied is None,
+        "available_columns": [
+            {"field": c.name, "label": c.name, "type": c.data_type, "nullable": c.nullable}
+            for c in table.columns
+        ],
+        "detected_primary_keys": list(table.primary_key) or None,
+        "permission_error": denied,
+        "rls_warning": RLS_WARNING_MESSAGE if stats.row_security else None,
+    }
+
+
+def default_schema(entry: dict[str, Any]) -> dict[str, Any]:
+    """PostHog's `build_default_schemas` for one `database_schema` entry: every readable table
+    enabled, on the preferred cursor where there is one."""
+    if entry["webhook_only"] or not entry["should_sync_default"]:
+        return {"name": entry["table"], "should_sync": False}
+    fields = {f["field"]: f for f in entry["incremental_fields"]}
+    preferred = next((n for n in PREFERRED_INCREMENTAL_FIELDS if n in fields), None)
+    chosen = fields[preferred] if preferred else next(iter(fields.values()), None)
+    schema: dict[str, Any] = {"name": entry["table"], "should_sync": True}
+    if chosen is not None and entry["incremental_available"]:
+        schema["sync_type"] = "incremental"
+    elif chosen is not None and entry["append_available"]:
+        schema["sync_type"] = "append"
+    else:
+        schema["sync_type"] = "full_refresh"
+    if chosen is not None:
+        schema["incremental_field"] = chosen["field"]
+        schema["incremental_field_type"] = str(chosen["field_type"] or chosen["type"])
+    if entry["detected_primary_keys"]:
+        schema["primary_key_columns"] = entry["detected_primary_keys"]
+    return schema
+
+
+async def _inspect(
+    services: Services, source_type: str, job_inputs: dict[str, Any]
+) -> list[tuple[Table, TableStats]]:
+    """Check the credentials and discover the tables with their catalog stats.
+
+    Raises:
+        ApiError: 400 `{"message"}`, the connector's reason the source cannot be read.
+    """
+    if source_type not in SUPPORTED_SOURCE_TYPES:
+        raise not_connectable(source_type)
+    try:
+        found = await services.inspect(source_type, job_inputs)
+    except SourceError as exc:
+        raise errors.message(str(exc)) from exc
+    return found
+
+
+async def sources_database_schema(request: Request, services: Services) -> Response:
+    """POST external_data_sources/database_schema/: the body is the connection fields, flat,
+    beside `source_type`; answers the tables a source would offer. Nothing is stored."""
+    data = await drf.body(request)
+    source_type = data.get("source_type")
+    if not source_type:
+        raise errors.message("Missing required parameter: source_type")
+    unresolved_secrets(data)
+    if not isinstance(source_type, str) or not known_source_type(source_type):
+        raise errors.message(f"Unknown source_type '{source_type}'")
+    job_inputs = job_inputs_of(data, "source_type", "access_method")
+    found = await _inspect(services, source_type, job_inputs)
+    return drf.answer([table_entry(table, stats) for table, stats in found])
+
+
+async def sources_setup(request: Request, services: Services) -> Response:
+    """POST external_data_sources/setup/: check, discover, enable every readable table with
+    PostHog's default sync settings and create the source in one call; 201 `{"id"}`."""
+    data = await drf.body(request)
+    source_type = source_type_choice(data)
+    payload = drf.expect_dict(data.get("payload") or {}, "payload")
+    prefix = data.get("prefix") or None
+    description = data.get("description")
+    for attr, value, limit in (("prefix", prefix, 100), ("description", description, 400)):
+        if value is not None and len(str(value)) > limit:
+            raise errors.validation_error(
+                f"Ensure this field has no more than {limit} characters.", attr, "max_length"
+            )
+    if drf.boolean(data.get("direct_query_enabled") or False, "direct_query_enabled"):
+        raise errors.message("The sandbox does not support direct query.")
+    unresolved_secrets(payload)
+    credential_id = payload.get("credential_id")
+    if credential_id:
+        # The sandbox has no connect-link page, so no stored credentials.
+        raise errors.message(f"Stored credential '{credential_id}' not found or expired")
+    job_inputs = job_inputs_of(payload, "credential_id")
+    found = await _inspect(services, source_type, job_inputs)
+    if not found:
+        raise errors.message(NO_TABLES)
+    wanted = {table.name: default_schema(table_entry(table, stats)) for table, stats in found}
+    new = NewSource(source_type, job_inputs, prefix, description, "mcp")
+    source = services.create_source(new, [table for table, _ in found], wanted)
+    return drf.answer({"id": source.id}, 201)
+
+
+async def sources_preview_resource(request: Request, services: Services) -> Response:
+    """POST external_data_sources/preview_resource/: only Custom REST sources can preview, and
+    the sandbox has none; PostHog's serializer checks come first."""
+    data = await drf.body(request)
+    source_type = source_type_choice(data)
+    if data.get("resource_name") in (None, ""):
+        raise errors.required("resource_name")
+    raise errors.message(f"Preview is not supported for source type '{source_type}'.")
