@@ -23,6 +23,14 @@ class Case(NamedTuple):
     body: Any
 
 
+def with_inputs(action: str) -> Case:
+    """A webhook action on the source that sends the webhook's inputs as given."""
+    inputs = {"signing_secret": "whsec_1"}
+    return Case(
+        {"id": SOURCE_ID, "inputs": inputs}, "POST", f"{SRC}{action}", [], {"inputs": inputs}
+    )
+
+
 PAYLOAD = {
     "host": "db",
     "port": 5432,
@@ -70,13 +78,7 @@ CASES: dict[str, Case] = {
         [],
         {"schemas": [INCREMENTAL]},
     ),
-    "external-data-sources-create-webhook-create": Case(
-        {"id": SOURCE_ID, "inputs": {"signing_secret": "whsec"}},
-        "POST",
-        f"{SRC}create_webhook/",
-        [],
-        {"inputs": {"signing_secret": "whsec"}},
-    ),
+    "external-data-sources-create-webhook-create": with_inputs("create_webhook/"),
     "external-data-sources-delete-webhook-create": Case(
         {"id": SOURCE_ID},
         "POST",
@@ -167,13 +169,7 @@ CASES: dict[str, Case] = {
         [],
         {"source_type": "Postgres", "payload": {"host": "db"}, "prefix": "app"},
     ),
-    "external-data-sources-update-webhook-inputs-create": Case(
-        {"id": SOURCE_ID, "inputs": {"signing_secret": "whsec_1"}},
-        "POST",
-        f"{SRC}update_webhook_inputs/",
-        [],
-        {"inputs": {"signing_secret": "whsec_1"}},
-    ),
+    "external-data-sources-update-webhook-inputs-create": with_inputs("update_webhook_inputs/"),
     "external-data-sources-preview-resource": Case(
         {"source_type": "Custom", "payload": {"manifest_json": "{}"}, "resource_name": "users"},
         "POST",

@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from posthog_warehouse_mcp.sandbox.connectors import config as form
 from posthog_warehouse_mcp.sandbox.connectors.base import (
     Column,
     ConnectionFailed,
@@ -18,21 +19,13 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     build_tables,
     check_cancelled,
 )
-from posthog_warehouse_mcp.sandbox.connectors.config import (
-    input_field,
-    login_fields,
-    nonsensitive_inputs,
-    select_field,
-    source_config,
-    ssh_tunnel_field,
-)
 
 if TYPE_CHECKING:
     from pymysql.connections import Connection
     from pymysql.cursors import SSCursor
 
 # PostHog's MySQL setup form (its `get_source_config`), verbatim.
-SOURCE_CONFIG = source_config(
+SOURCE_CONFIG = form.source_config(
     "MySQL",
     category="Databases",
     featured=True,
@@ -42,14 +35,16 @@ SOURCE_CONFIG = source_config(
     icon_path="/static/services/mysql.png",
     docs_url="https://posthog.com/docs/cdp/sources/mysql",
     fields=[
-        input_field("host", "Host", "text", required=True, secret=False, placeholder="localhost"),
-        *login_fields(
+        form.input_field(
+            "host", "Host", "text", required=True, secret=False, placeholder="localhost"
+        ),
+        *form.login_fields(
             port="3306",
             database="mysql",
             user="mysql",
             schema="Leave blank to include all databases",
         ),
-        select_field(
+        form.select_field(
             "using_ssl",
             "Use SSL?",
             required=True,
@@ -57,11 +52,11 @@ SOURCE_CONFIG = source_config(
             converter="str_to_bool",
             options=[("Yes", "true"), ("No", "false")],
         ),
-        ssh_tunnel_field(),
+        form.ssh_tunnel_field(),
     ],
     supports_column_selection=True,
 )
-NONSENSITIVE_INPUTS = nonsensitive_inputs(SOURCE_CONFIG["fields"])
+NONSENSITIVE_INPUTS = form.nonsensitive_inputs(SOURCE_CONFIG["fields"])
 
 # PostHog's MySQL source shows these messages for driver error codes.
 _CONNECT_ERRORS = {

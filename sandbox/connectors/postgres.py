@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from posthog_warehouse_mcp.sandbox.connectors import config as form
 from posthog_warehouse_mcp.sandbox.connectors.base import (
     Column,
     ConnectionFailed,
@@ -17,19 +18,12 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     check_cancelled,
     quote_ident,
 )
-from posthog_warehouse_mcp.sandbox.connectors.config import (
-    input_field,
-    login_fields,
-    nonsensitive_inputs,
-    source_config,
-    ssh_tunnel_field,
-)
 
 if TYPE_CHECKING:
     import psycopg
 
 # PostHog's Postgres setup form (its `get_source_config`), verbatim.
-SOURCE_CONFIG = source_config(
+SOURCE_CONFIG = form.source_config(
     "Postgres",
     category="Databases",
     keywords=["postgresql", "sql"],
@@ -38,7 +32,7 @@ SOURCE_CONFIG = source_config(
     icon_path="/static/services/postgres.png",
     docs_url="https://posthog.com/docs/cdp/sources/postgres",
     fields=[
-        input_field(
+        form.input_field(
             "connection_string",
             "Connection string (optional)",
             "text",
@@ -46,7 +40,7 @@ SOURCE_CONFIG = source_config(
             secret=True,
             placeholder="postgresql://user:password@localhost:5432/database",
         ),
-        input_field(
+        form.input_field(
             "host",
             "Host",
             "text",
@@ -58,13 +52,13 @@ SOURCE_CONFIG = source_config(
             "`localhost` and private IPs (10.x, 172.16–31.x, 192.168.x) can't be reached. For a "  # noqa: RUF001
             "database that can't be exposed publicly, enable the SSH tunnel below.",
         ),
-        *login_fields(port="5432", database="postgres", user="postgres", schema="public"),
-        ssh_tunnel_field(),
+        *form.login_fields(port="5432", database="postgres", user="postgres", schema="public"),
+        form.ssh_tunnel_field(),
     ],
     featured=True,
     supports_column_selection=True,
 )
-NONSENSITIVE_INPUTS = nonsensitive_inputs(SOURCE_CONFIG["fields"])
+NONSENSITIVE_INPUTS = form.nonsensitive_inputs(SOURCE_CONFIG["fields"])
 
 # PostHog's Postgres source turns driver errors into these messages (first match wins).
 _CONNECT_ERRORS = {
