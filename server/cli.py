@@ -83,15 +83,32 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
+async def _serve_stdio(settings: Settings) -> None:
+    from mcp.server.stdio import stdio_server
+
+    # The adapter (and the sandbox) outlive the session: they close after it has ended.
+    async with open_client(settings) as client:
+        server = create_server(settings, client=client)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+
+async def _cancel_on_signal(signum: signal.Signals, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signum) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
 async def _run(settings: Settings) -> None:
     if settings.mcp_transport == "stdio":
-        from mcp.server.stdio import stdio_server
-
-        # The adapter (and the sandbox) outlive the session: they close after it has ended.
-        async with open_client(settings) as client:
-            server = create_server(settings, client=client)
-            async with stdio_server() as (read, write):
-                await server.run(read, write, server.create_initialization_options())
+        # SIGTERM (how hosts stop a server) cancels the session, as a closed stdin ends it. Left
+        # to raise KeyboardInterrupt at whatever point the loop is at, it could leave anyio's
+        # cancellation spinning at 100% CPU, once in a few dozen shutdowns.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_signal, signal.SIGTERM, tg.cancel_scope)
+            await _serve_stdio(settings)
+            tg.cancel_scope.cancel()
         return
     from posthog_warehouse_mcp.server.transports import serve_http
 
