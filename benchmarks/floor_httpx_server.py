@@ -15,16 +15,12 @@ import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
+from benchmarks.floor_server import lists
+
 TOOL = types.Tool(
     name="external-data-sources-retrieve", description="Get.", input_schema={"type": "object"}
 )
 http: httpx.AsyncClient | None = None
-
-
-async def on_list_tools(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=[TOOL])
 
 
 async def on_call_tool(
@@ -39,7 +35,7 @@ async def on_call_tool(
     )
 
 
-server: Server[Any] = Server("floor-httpx", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+server: Server[Any] = Server("floor-httpx", on_list_tools=lists(TOOL), on_call_tool=on_call_tool)
 
 
 async def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -10,12 +11,21 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
 NOOP = types.Tool(name="noop", description="Does nothing.", input_schema={"type": "object"})
+ListTools = Callable[
+    [ServerRequestContext[Any], types.PaginatedRequestParams | None],
+    Awaitable[types.ListToolsResult],
+]
 
 
-async def on_list_tools(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=[NOOP])
+def lists(tool: types.Tool) -> ListTools:
+    """A tools/list handler that offers just ``tool``."""
+
+    async def on_list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[tool])
+
+    return on_list_tools
 
 
 async def on_call_tool(
@@ -24,7 +34,7 @@ async def on_call_tool(
     return types.CallToolResult(content=[types.TextContent(type="text", text="{}")])
 
 
-server: Server[Any] = Server("floor", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+server: Server[Any] = Server("floor", on_list_tools=lists(NOOP), on_call_tool=on_call_tool)
 
 
 async def main() -> None:
