@@ -16,7 +16,6 @@ from tests.sandbox.support import (
     API,
     MySQLUpstream,
     Upstream,
-    create_source,
     schema_by_name,
     wait_for_jobs,
     warehouse_rows,
@@ -324,8 +323,9 @@ async def test_update_webhook_inputs_and_preview_resource_are_400(
 ) -> None:
     _, client = sandbox
     upstream.execute("CREATE TABLE t (id int PRIMARY KEY);")
-    source = await create_source(client, upstream, [{"name": "t"}])
-    url = f"{SOURCES}/{source['id']}/update_webhook_inputs/"
+    body = {"source_type": "Postgres", "payload": upstream.creds.job_inputs()}
+    created = (await client.post(f"{SOURCES}/setup/", json=body)).json()
+    url = f"{SOURCES}/{created['id']}/update_webhook_inputs/"
     no_webhooks = {"message": "This source type does not support webhooks"}
     for body in ({}, {"inputs": {"signing_secret": "s"}}):
         response = await client.post(url, json=body)
