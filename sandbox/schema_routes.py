@@ -89,17 +89,7 @@ async def schemas_incremental_fields(request: Request, services: Services) -> Re
     table = tables[0]
     with store.lock:
         store.save(with_columns(services.get_schema(schema.id), table))
-    fields = [
-        {
-            "label": c.name,
-            "type": c.incremental_type,
-            "field": c.name,
-            "field_type": c.incremental_type,
-            "nullable": c.nullable,
-        }
-        for c in table.columns
-        if c.incremental_type
-    ]
+    fields = table.cursor_candidates(nullable=True)
     return drf.answer(
         {
             "incremental_fields": fields,
@@ -110,10 +100,7 @@ async def schemas_incremental_fields(request: Request, services: Services) -> Re
             "full_refresh_available": True,
             "supports_webhooks": False,
             "webhook_only": False,
-            "available_columns": [
-                {"field": c.name, "label": c.name, "type": c.data_type, "nullable": c.nullable}
-                for c in table.columns
-            ],
+            "available_columns": table.column_choices,
             "detected_primary_keys": table.primary_key,
         }
     )

@@ -80,15 +80,6 @@ def not_connectable(source_type: str) -> errors.ApiError:
     )
 
 
-def incremental_fields(table: Table) -> list[dict[str, str]]:
-    """The columns a sync can follow (`IncrementalField`), in column order."""
-    return [
-        {"label": c.name, "type": t, "field": c.name, "field_type": t}
-        for c in table.columns
-        if (t := c.incremental_type) is not None
-    ]
-
-
 def permission_error(table: Table, stats: TableStats) -> str | None:
     """Why the connection's role cannot read the table, or None."""
     if stats.readable:
@@ -98,7 +89,7 @@ def permission_error(table: Table, stats: TableStats) -> str | None:
 
 def table_entry(table: Table, stats: TableStats) -> dict[str, Any]:
     """One table of a `database_schema` answer, with PostHog's keys in its order."""
-    fields = incremental_fields(table)
+    fields = table.cursor_candidates()
     denied = permission_error(table, stats)
     return {
         "table": table.name,
@@ -117,10 +108,7 @@ def table_entry(table: Table, stats: TableStats) -> dict[str, Any]:
         "webhook_only": False,
         "description": None,
         "should_sync_default": denied is None,
-        "available_columns": [
-            {"field": c.name, "label": c.name, "type": c.data_type, "nullable": c.nullable}
-            for c in table.columns
-        ],
+        "available_columns": table.column_choices,
         "detected_primary_keys": list(table.primary_key) or None,
         "permission_error": denied,
         "rls_warning": RLS_WARNING_MESSAGE if stats.row_security else None,

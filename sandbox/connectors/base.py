@@ -88,6 +88,24 @@ class Table:
             for c in self.columns
         ]
 
+    @property
+    def column_choices(self) -> list[dict[str, Any]]:
+        """The columns as PostHog's discovery answers offer them: field, label, type, nullable."""
+        return [
+            {"field": c.name, "label": c.name, "type": c.data_type, "nullable": c.nullable}
+            for c in self.columns
+        ]
+
+    def cursor_candidates(self, *, nullable: bool = False) -> list[dict[str, Any]]:
+        """The columns a sync can follow (PostHog's `IncrementalField`), in column order;
+        `nullable` adds each column's nullability, as the incremental_fields endpoint does."""
+        return [
+            {"label": c.name, "type": t, "field": c.name, "field_type": t}
+            | ({"nullable": c.nullable} if nullable else {})
+            for c in self.columns
+            if (t := c.incremental_type) is not None
+        ]
+
 
 @dataclass(frozen=True)
 class TableStats:
