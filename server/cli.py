@@ -54,13 +54,10 @@ def parser() -> argparse.ArgumentParser:
         "out of process lists). Run 'posthog-warehouse-mcp sandbox --help' for the sandbox.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for name, field in Settings.model_fields.items():
-        extra = field.json_schema_extra
-        flag = extra.get("flag") if isinstance(extra, dict) else None
-        if not isinstance(flag, str):
-            continue
+    for name, flag in Settings.flags().items():
+        field = Settings.model_fields[name]
         # Unset flags stay None, so the environment (then the default) decides.
-        help_text = f"{field.description} [POSTHOG_{name.upper()}]"
+        help_text = f"{field.description} [{Settings.variable(name)}]"
         if field.annotation is bool:
             action = "store_false" if flag.startswith("--no-") else "store_true"
             p.add_argument(flag, dest=name, action=action, default=None, help=help_text)

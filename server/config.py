@@ -126,6 +126,22 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @classmethod
+    def flags(cls) -> dict[str, str]:
+        """Each flagged field's command-line flag, by field name (the secrets have none)."""
+        found: dict[str, str] = {}
+        for name, field in cls.model_fields.items():
+            extra = field.json_schema_extra
+            flag = extra.get("flag") if isinstance(extra, dict) else None
+            if isinstance(flag, str):
+                found[name] = flag
+        return found
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable a field is read from."""
+        return f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+
     def check(self) -> None:
         """Reject what cannot work, at startup.
 

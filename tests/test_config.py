@@ -18,17 +18,13 @@ SECRETS = {"personal_api_key", "mcp_auth_token"}
 
 def flags_of_fields() -> dict[str, str | None]:
     """Each Settings field's variable and its flag (None for the env-only secrets)."""
-    found: dict[str, str | None] = {}
-    for name, field in Settings.model_fields.items():
-        extra = field.json_schema_extra
-        flag = extra.get("flag") if isinstance(extra, dict) else None
-        found[f"POSTHOG_{name.upper()}"] = flag if isinstance(flag, str) else None
-    return found
+    flags = Settings.flags()
+    return {Settings.variable(name): flags.get(name) for name in Settings.model_fields}
 
 
 def test_only_the_secrets_have_no_flag() -> None:
-    without = {name for name, f in Settings.model_fields.items() if not f.json_schema_extra}
-    assert without == SECRETS
+    assert set(Settings.model_fields) - set(Settings.flags()) == SECRETS
+    assert Settings.variable("mcp_auth_token") == "POSTHOG_MCP_AUTH_TOKEN"
 
 
 def test_readme_configuration_table_is_the_settings_model() -> None:
