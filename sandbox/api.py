@@ -1,4 +1,5 @@
-"""The HTTP API: PostHog's external data source and schema endpoints as Starlette routes.
+"""The HTTP API: PostHog's external data source and schema endpoints, and its data-health
+endpoint, as Starlette routes.
 
 The route table is the sandbox's own, written from PostHog's API rather than derived from the
 MCP server's endpoint table, so that the contract tests compare two independent descriptions.
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from posthog_warehouse_mcp.sandbox import drf, errors
 from posthog_warehouse_mcp.sandbox.errors import ApiError
+from posthog_warehouse_mcp.sandbox.health_routes import data_health_issues
 from posthog_warehouse_mcp.sandbox.schema_routes import (
     schemas_cancel,
     schemas_create,
@@ -32,6 +34,7 @@ from posthog_warehouse_mcp.sandbox.schema_routes import (
 )
 from posthog_warehouse_mcp.sandbox.services import Services
 from posthog_warehouse_mcp.sandbox.setup_routes import (
+    sources_check_cdc_prerequisites,
     sources_database_schema,
     sources_preview_resource,
     sources_setup,
@@ -68,6 +71,7 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_sources/database_schema/", {"POST": sources_database_schema}),
     ("external_data_sources/setup/", {"POST": sources_setup}),
     ("external_data_sources/preview_resource/", {"POST": sources_preview_resource}),
+    ("external_data_sources/check_cdc_prerequisites/", {"POST": sources_check_cdc_prerequisites}),
     (
         "external_data_sources/{id}/",
         {"GET": sources_retrieve, "PATCH": sources_partial_update, "DELETE": sources_destroy},
@@ -92,6 +96,7 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_schemas/{id}/logs/", {"GET": schemas_logs}),
     ("external_data_schemas/{id}/reload/", {"POST": schemas_reload}),
     ("external_data_schemas/{id}/resync/", {"POST": schemas_resync}),
+    ("data_warehouse/data_health_issues/", {"GET": data_health_issues}),
 ]
 
 

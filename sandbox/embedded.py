@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,17 @@ def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 class EmbeddedPostgres:
     """Init, start and stop a PostgreSQL cluster in `pgdata`, listening on 127.0.0.1 only."""
 
-    def __init__(self, pgdata: Path, *, database: str = "postgres") -> None:
+    def __init__(
+        self,
+        pgdata: Path,
+        *,
+        database: str = "postgres",
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """`settings` are server parameters to start with (`wal_level`...), as `-c name=value`."""
         self.pgdata = pgdata.resolve()
         self.database = database
+        self.settings = dict(settings or {})
         self._secret_file = self.pgdata.parent / f"{self.pgdata.name}.secret"
         self._port_file = self.pgdata.parent / f"{self.pgdata.name}.port"
         self._started_here = False
@@ -221,7 +230,8 @@ class EmbeddedPostgres:
             # TCP on loopback only; no Unix socket, whose path length limit temp dirs can exceed.
             # fsync off: a scratch database that must start fast; a killed server still recovers
             # from its WAL, only an OS crash could lose its last writes.
-            f"-h 127.0.0.1 -p {port} -k '' -c fsync=off -c full_page_writes=off",
+            f"-h 127.0.0.1 -p {port} -k '' -c fsync=off -c full_page_writes=off"
+            + "".join(f" -c {name}={value}" for name, value in self.settings.items()),
             "start",
         ]
         result = subprocess.run(

@@ -137,6 +137,11 @@ class SyncEngine:
         with self._lock:
             return schema_id in self._runs
 
+    def snapshot(self) -> tuple[list[Schema], frozenset[str]]:
+        """The live schemas and the ids of those with a sync running, read at one moment."""
+        with self._lock, self.store.lock:
+            return self.store.live_schemas(), frozenset(self._runs)
+
     def start(self, schema_id: str, *, replace_table: bool = False) -> Job | None:
         """Start a sync of one schema unless one is already running; return its job.
 

@@ -1,11 +1,13 @@
 """The list-level `external_data_sources` actions that take connection details rather than a
-source: `database_schema/` (discover without storing), `setup/` (create with default schemas)
-and `preview_resource/` (Custom REST sources only)."""
+source: `database_schema/` (discover without storing), `setup/` (create with default schemas),
+`check_cdc_prerequisites/` (Postgres only) and `preview_resource/` (Custom REST sources only)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,7 +19,10 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     TableStats,
     known_source_type,
 )
+from posthog_warehouse_mcp.sandbox.connectors import config as form
 from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of
+
+logger = logging.getLogger(__name__)
 
 # PostHog's Postgres source (`RLS_WARNING_MESSAGE`), verbatim.
 RLS_WARNING_MESSAGE = (
@@ -39,6 +44,16 @@ PREFERRED_INCREMENTAL_FIELDS = (
     "created",
 )
 NO_TABLES = "No tables found for this source. Check the credentials and permissions."
+# The source types whose CDC prerequisites can be checked (PostHog's `source_type_supports_cdc`).
+CDC_SOURCE_TYPES = ("Postgres",)
+# The keys of a `check_cdc_prerequisites` body that are not connection fields.
+_CDC_OPTIONS = (
+    "source_type",
+    "tables",
+    "cdc_management_mode",
+    "cdc_slot_name",
+    "cdc_publication_name",
+)
 
 
 def unresolved_secrets(values: dict[str, Any]) -> None:
@@ -208,3 +223,46 @@ async def sources_preview_resource(request: Request, services: Services) -> Resp
     if data.get("resource_name") in (None, ""):
         raise errors.required("resource_name")
     raise errors.message(f"Preview is not supported for source type '{source_type}'.")
+
+
+async def sources_check_cdc_prerequisites(request: Request, services: Services) -> Response:
+    """POST external_data_sources/check_cdc_prerequisites/: connect to the Postgres given (its
+    connection fields flat beside `source_type`) and answer `{"valid", "errors"}`; 400 when it
+    cannot be checked at all."""
+    from posthog_warehouse_mcp.sandbox.connectors import postgres, postgres_cdc
+
+    data = await drf.body(request)
+    if data.get("source_type") not in CDC_SOURCE_TYPES:
+        raise errors.message("CDC prerequisite checks are only supported for CDC enabled sources.")
+    missing = form.missing_required(postgres.SOURCE_CONFIG["fields"], data)
+    if missing:
+        raise errors.message(f"Invalid source config: {', '.join(missing)}")
+    mode = data.get("cdc_management_mode", "posthog")
+    if mode not in postgres_cdc.MODES:
+        raise errors.message("cdc_management_mode must be 'posthog' or 'self_managed'.")
+    tables = data.get("tables") or []
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        raise errors.message("tables must be a list of table names.")
+    publication = data.get("cdc_publication_name") or None
+    job_inputs = job_inputs_of(data, *_CDC_OPTIONS)
+
+    def check() -> list[str]:
+        with postgres.connect(job_inputs) as conn:
+            return postgres_cdc.prerequisite_errors(
+                conn,
+                mode=mode,
+                tables=tables,
+                schema=postgres.schema_name(job_inputs),
+                publication=publication,
+            )
+
+    try:
+        found = await anyio.to_thread.run_sync(check)
+    except Exception as exc:  # PostHog answers 400 for any failure to check, with its text
+        if not isinstance(exc, SourceError):
+            logger.info("CDC prerequisite check failed", exc_info=exc)
+        reason = str(exc.__cause__ or exc).strip()
+        raise errors.message(
+            f"Could not connect to Postgres to check prerequisites: {reason}"
+        ) from exc
+    return drf.answer({"valid": not found, "errors": found})

@@ -51,7 +51,9 @@ external-data-sources-reload (start a sync; returns at once) -> external-data-so
 (watch status, rows_synced, latest_error).
 reload syncs new data with the table's sync type; resync drops the table and re-imports \
 everything; refresh-schemas only discovers new source tables; incremental-fields only inspects \
-columns. destroy, delete-data and resync delete synced data: confirm with the user first."""
+columns. destroy, delete-data and resync delete synced data: confirm with the user first.
+When something is broken: data-warehouse-data-health-issues-retrieve lists what failed, and \
+external-data-sync-logs shows what a table's sync did and its error."""
 
 SANDBOX_NOTE = """
 This server runs against a local sandbox, not PostHog: environment 1, data in a local DuckDB \

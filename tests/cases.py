@@ -177,6 +177,30 @@ CASES: dict[str, Case] = {
         [],
         {"source_type": "Custom", "payload": {"manifest_json": "{}"}, "resource_name": "users"},
     ),
+    # The connection fields go flat beside source_type and the check's own fields.
+    "external-data-sources-check-cdc-prerequisites-create": Case(
+        {
+            "source_type": "Postgres",
+            "payload": {"host": "db", "password": "pw"},
+            "tables": ["orders"],
+            "cdc_management_mode": "self_managed",
+            "cdc_publication_name": "posthog_pub",
+        },
+        "POST",
+        f"{BASE}external_data_sources/check_cdc_prerequisites/",
+        [],
+        {
+            "host": "db",
+            "password": "pw",
+            "source_type": "Postgres",
+            "tables": ["orders"],
+            "cdc_management_mode": "self_managed",
+            "cdc_publication_name": "posthog_pub",
+        },
+    ),
+    "data-warehouse-data-health-issues-retrieve": Case(
+        {}, "GET", f"{BASE}data_warehouse/data_health_issues/", [], None
+    ),
     # PostHog's tool turns a minimum level into the list from it up and a job id into
     # instance_id, and always sends its own limit.
     "external-data-sync-logs": Case(
@@ -212,12 +236,14 @@ READ_SCOPED = {
     "external-data-sources-jobs",
     "external-data-schemas-list",
     "external-data-schemas-retrieve",
+    "data-warehouse-data-health-issues-retrieve",
 }
-# Annotated read-only: those, and three that change nothing yet need write.
+# Annotated read-only: those, and four that change nothing yet need write.
 READ_ONLY = READ_SCOPED | {
     "external-data-schemas-incremental-fields-create",
     "external-data-sources-db-schema",
     "external-data-sources-preview-resource",
+    "external-data-sources-check-cdc-prerequisites-create",
 }
 # Posts that are not idempotent: one that may have reached PostHog is never sent again.
 NEVER_RETRIED = {

@@ -84,6 +84,21 @@ SAMPLE_BODIES: dict[type, tuple[int, Any]] = {
     m.DiscoveredTableList: (200, [{"table": "orders", "detected_primary_keys": ["id"]}]),
     m.SourceSetupResult: (201, {"id": SOURCE_ID}),
     m.ResourcePreview: (200, {"rows": [], "row_count": 0, "columns": [], "error": None}),
+    m.CdcPrerequisites: (200, {"valid": False, "errors": ["wal_level must be set to 'logical'"]}),
+    m.DataHealthIssueList: (
+        200,
+        {
+            "results": [
+                {
+                    "id": SCHEMA_ID,
+                    "name": "orders",
+                    "type": "external_data_sync",
+                    "status": "failed",
+                }
+            ],
+            "count": 1,
+        },
+    ),
     m.PaginatedSyncLogList: (
         200,
         {

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from posthog_warehouse_mcp import __version__
-from posthog_warehouse_mcp.tools.table import ENDPOINTS
+from posthog_warehouse_mcp.tools.table import ENDPOINTS, TOOLSETS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,3 +34,14 @@ def test_readme_tool_table_matches_the_table() -> None:
 def test_pyproject_version_matches() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert f'version = "{__version__}"' in text
+
+
+def test_readme_and_manifest_name_every_scope_and_toolset() -> None:
+    readme = (ROOT / "README.md").read_text()
+    user_config = json.loads((ROOT / "manifest.json").read_text())["user_config"]
+    for scope in sorted({scope for row in ENDPOINTS for scope in row.scopes}):
+        assert f"`{scope}`" in readme, scope
+        assert scope in user_config["api_key"]["description"], scope
+    toolsets = ", ".join(TOOLSETS)
+    assert f"Comma list of {toolsets};" in user_config["toolsets"]["description"]
+    assert ", ".join(f"`{t}`" for t in TOOLSETS) in readme

@@ -170,5 +170,8 @@ async def test_a_403_names_the_scope_the_tool_needs(tool: str) -> None:
     async with connect(recorder) as client:
         result = await client.call_tool(tool, arguments(tool))
     assert result.is_error is True
-    scope = "read" if tool in READ_SCOPED else "write"
-    assert f"needs a key with the scope external_data_source:{scope}," in text_of(result)
+    if tool == "data-warehouse-data-health-issues-retrieve":
+        needs = "the scopes warehouse_view:read and external_data_source:read,"
+    else:
+        needs = f"the scope external_data_source:{'read' if tool in READ_SCOPED else 'write'},"
+    assert f"needs a key with {needs}" in text_of(result)

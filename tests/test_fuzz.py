@@ -127,7 +127,8 @@ def valid_of_type(kind: str, node: Mapping[str, Any], defs: Mapping[str, Any]) -
         )
     if kind == "array":
         items = valid_value(node.get("items", {}), defs)
-        return st.lists(items, min_size=node.get("minItems", 0), max_size=4)
+        most = min(node.get("maxItems", 4), 4)
+        return st.lists(items, min_size=node.get("minItems", 0), max_size=most)
     if kind == "object":
         return valid_object(node, defs)
     raise AssertionError(f"schema type {kind} has no strategy")
@@ -179,6 +180,10 @@ def wrong_value(node: Mapping[str, Any], defs: Mapping[str, Any]) -> st.SearchSt
     if "array" in kinds:
         if node.get("minItems"):
             choices.append(st.just([]))
+        if "maxItems" in node:
+            too_many = node["maxItems"] + 1
+            items = valid_value(node.get("items", {}), defs)
+            choices.append(st.lists(items, min_size=too_many, max_size=too_many))
         choices.append(st.lists(st.dictionaries(st.text(max_size=3), JSON_SCALARS), min_size=1))
     return st.one_of(choices)
 
@@ -346,7 +351,8 @@ def test_an_argument_error_stays_short_however_many_problems(session: Session) -
 
 def test_strategies_cover_every_schema_keyword() -> None:
     handled = {
-        "type", "properties", "required", "additionalProperties", "items", "minItems", "enum",
+        "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+        "enum",
         "$ref", "$defs", "format", "pattern", "minimum", "maximum", "minLength", "maxLength",
         "description", "default", "anyOf",
     }  # fmt: skip

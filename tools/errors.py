@@ -101,7 +101,8 @@ class PermissionDenied(APIError):
         if not self.scopes:
             return self.hint
         return (
-            f"This call needs a key with the scope {' and '.join(self.scopes)}, and access to "
+            f"This call needs a key with the scope{'s' if len(self.scopes) > 1 else ''} "
+            f"{' and '.join(self.scopes)}, and access to "
             "this environment; edit the key in PostHog (Settings > Personal API keys) or use "
             "another one."
         )

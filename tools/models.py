@@ -330,6 +330,24 @@ class ExternalDataSourcePreviewResourceParams(Params):
     limit: int | None = Field(None, ge=1, le=50, description="Sample rows (default 10).")
 
 
+class ExternalDataSourcesCheckCdcPrerequisitesParams(ExternalDataSourcesDbSchemaParams):
+    """Arguments of external-data-sources-check-cdc-prerequisites-create.
+
+    PostHog's endpoint also reads ``cdc_slot_name``, but no check uses it.
+    """
+
+    payload: dict[str, Any] = Field(description="Connection fields, as for db-schema.")
+    tables: list[str] | None = Field(
+        None, max_length=500, description="Tables to check for a primary key and SELECT."
+    )
+    cdc_management_mode: Literal["posthog", "self_managed"] | None = Field(
+        None, description="Default posthog."
+    )
+    cdc_publication_name: str | None = Field(
+        None, max_length=63, description="self_managed: the publication, checked to exist."
+    )
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -536,6 +554,32 @@ class ResourcePreview(Response):
     row_count: int | None = None
     columns: list[dict[str, Any]] | None = None
     error: str | None = None
+
+
+class CdcPrerequisites(Response):
+    """Whether a Postgres database is ready for CDC; ``errors`` says what to change."""
+
+    valid: bool
+    errors: list[str]
+
+
+class DataHealthIssue(Response):
+    """One failed or degraded item of the data pipeline."""
+
+    id: str | int | None = None
+    name: str | None = None
+    type: str | None = None
+    status: str | None = None
+    error: str | None = None
+    failed_at: str | None = None
+    url: str | None = None
+
+
+class DataHealthIssueList(Response):
+    """PostHog's data-health answer, newest failure first."""
+
+    results: list[DataHealthIssue]
+    count: int | None = None
 
 
 class Ack(Response):

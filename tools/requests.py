@@ -37,11 +37,14 @@ def sync_logs_query(params: BaseModel) -> dict[str, Any]:
     return query
 
 
-def db_schema_body(params: BaseModel) -> dict[str, Any]:
-    """The body external-data-sources-db-schema sends, as PostHog's tool builds it.
+def flat_body(params: BaseModel) -> dict[str, Any]:
+    """The body of a tool that takes connection fields, as PostHog's endpoint reads them.
 
-    The connection fields go flat beside ``source_type`` (setup and create nest them instead);
-    ``source_type`` comes last, so a payload key of that name cannot replace it.
+    ``database_schema/`` and ``check_cdc_prerequisites/`` read the connection fields flat
+    beside ``source_type`` (setup and create nest them in ``payload`` instead), so the
+    ``payload`` argument is spread into the body with the tool's other arguments beside it.
+    Those come last, so a payload key of the same name cannot replace them.
     """
     assert isinstance(params, ExternalDataSourcesDbSchemaParams)
-    return {**params.payload, "source_type": params.source_type}
+    given = params.model_dump(mode="json", exclude_unset=True, exclude={"payload"})
+    return {**params.payload, **given}

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools import models as m
 from posthog_warehouse_mcp.tools.hooks import Hook
-from posthog_warehouse_mcp.tools.requests import db_schema_body, sync_logs_query
+from posthog_warehouse_mcp.tools.requests import flat_body, sync_logs_query
 from posthog_warehouse_mcp.tools.waiting import wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
@@ -36,6 +36,8 @@ DESTRUCTIVE_WARNING = "DESTRUCTIVE: confirm with the user before calling. "
 # The personal-API-key scopes PostHog requires for a row (its MCP tool YAML's `scopes`).
 READ = ("external_data_source:read",)
 WRITE = ("external_data_source:write",)
+# PostHog's data-health endpoint lives on the warehouse-view API and needs its scope too.
+HEALTH = ("warehouse_view:read", "external_data_source:read")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -488,7 +490,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         scopes=WRITE,
         read_only=True,
         idempotent=True,
-        build_body=db_schema_body,
+        build_body=flat_body,
     ),
     Endpoint(
         "data-warehouse-source-setup",
@@ -536,6 +538,39 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         scopes=WRITE,
         read_only=True,
         idempotent=True,
+    ),
+    Endpoint(
+        "external-data-sources-check-cdc-prerequisites-create",
+        "POST",
+        SOURCES + "check_cdc_prerequisites/",
+        params=m.ExternalDataSourcesCheckCdcPrerequisitesParams,
+        response=m.CdcPrerequisites,
+        title="Check Postgres CDC prerequisites",
+        description=(
+            "Before sync_type 'cdc', or when a CDC sync fails: checks a live Postgres "
+            "(version, wal_level=logical, replication role, free slots, tables' primary key "
+            "and SELECT, publication). Returns {valid, errors}."
+        ),
+        toolset="setup",
+        scopes=WRITE,
+        read_only=True,
+        idempotent=True,
+        build_body=flat_body,
+    ),
+    Endpoint(
+        "data-warehouse-data-health-issues-retrieve",
+        "GET",
+        "data_warehouse/data_health_issues/",
+        params=m.NoParams,
+        response=m.DataHealthIssueList,
+        title="List data pipeline health issues",
+        description=(
+            "One-call audit of what is broken: table syncs Failed or at the billing limit, "
+            "sources in Error, failed materialized views, batch exports and transformations, "
+            "each with its error, failed_at and url. The key needs warehouse_view:read too."
+        ),
+        toolset="diagnose",
+        scopes=HEALTH,
     ),
 )
 

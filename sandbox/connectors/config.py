@@ -88,6 +88,15 @@ def nonsensitive_inputs(fields: list[Field]) -> tuple[str, ...]:
     )
 
 
+def missing_required(fields: list[Field], job_inputs: dict[str, Any]) -> list[str]:
+    """PostHog's `validate_config` messages for the form's required fields the inputs lack."""
+    return [
+        f"Required field '{f['name']}' is missing"
+        for f in fields
+        if f.get("required") and f["name"] not in job_inputs
+    ]
+
+
 def source_config(
     name: str,
     *,

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
-from tests.sandbox.support import MySQLUpstream, Upstream, client_for
+from tests.sandbox.support import LOGICAL_SLOTS, MySQLUpstream, Upstream, client_for
 from tests.support import eventually, free_port
 
 
@@ -37,20 +37,38 @@ def upstream_server() -> Iterator[PostgresCredentials]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def new_database(server: PostgresCredentials) -> Upstream:
+    """A new empty database in `server`."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    creds = PostgresCredentials(server.host, server.port, name, server.user, server.password)
+    return Upstream(creds)
+
+
 @pytest.fixture
 def upstream(upstream_server: PostgresCredentials) -> Upstream:
-    """A new empty database in the shared server."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(upstream_server.conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}".encode())
-    creds = PostgresCredentials(
-        upstream_server.host,
-        upstream_server.port,
-        name,
-        upstream_server.user,
-        upstream_server.password,
-    )
-    return Upstream(creds)
+    """A new empty database in the shared server (wal_level `replica`, Postgres's default)."""
+    return new_database(upstream_server)
+
+
+@pytest.fixture(scope="session")
+def logical_server() -> Iterator[PostgresCredentials]:
+    """An embedded PostgreSQL ready for CDC: wal_level `logical`, LOGICAL_SLOTS slots."""
+    base = Path(tempfile.mkdtemp(prefix="sandbox-logical-"))
+    settings = {"wal_level": "logical", "max_replication_slots": str(LOGICAL_SLOTS)}
+    server = EmbeddedPostgres(base / "pgdata", settings=settings)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def logical_upstream(logical_server: PostgresCredentials) -> Upstream:
+    """A new empty database in the server ready for CDC."""
+    return new_database(logical_server)
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ API = "/api/environments/1"
 ROOT = Path(__file__).resolve().parents[2]
 # The application_name the sandbox's Postgres connections carry.
 SANDBOX_APPLICATION = "posthog-warehouse-sandbox"
+# The replication slots of the CDC-ready upstream server: few, so a test can use them all up.
+LOGICAL_SLOTS = 3
 
 
 @dataclass

@@ -106,6 +106,18 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
             "external-data-sources-preview-resource",
             {"source_type": "Postgres", "payload": {}, "resource_name": "orders"},
         )
+        cdc = await use(
+            "external-data-sources-check-cdc-prerequisites-create",
+            {
+                "source_type": "Postgres",
+                "payload": upstream.creds.job_inputs(),
+                "tables": ["orders"],
+            },
+        )
+        assert cdc["valid"] is False  # the shared server runs with wal_level replica
+        assert "wal_level must be set to 'logical'" in cdc["errors"][0]
+        # The setup source's tables are syncing or synced; none is broken.
+        assert (await use("data-warehouse-data-health-issues-retrieve", {}))["results"] == []
         wizard = await use("external-data-sources-wizard", {"source_type": "Postgres"})
         assert "password" in {f["name"] for f in wizard["Postgres"]["fields"]}
         webhook = await use("external-data-sources-webhook-info-retrieve", {"id": source_id})
