@@ -11,7 +11,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,6 +25,7 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     check_cancelled,
     connector,
 )
+from posthog_warehouse_mcp.sandbox.row_filters import RowFilterError, check_row_filters
 from posthog_warehouse_mcp.sandbox.serializers import secret_values
 from posthog_warehouse_mcp.sandbox.store import Job, LogEntry, Schema, Store, iso, new_id, now
 from posthog_warehouse_mcp.sandbox.warehouse import STAGING_PREFIX, Warehouse
@@ -46,8 +47,8 @@ REDACTED = "********"
 # How many column names the log of a sync lists before "and N more".
 _LOGGED_COLUMNS = 20
 
-FREQUENCIES: dict[str, timedelta | None] = {
-    "never": None,
+# The sync frequencies current PostHog accepts (no `1min`; `never` is should_sync false).
+FREQUENCIES: dict[str, timedelta] = {
     "5min": timedelta(minutes=5),
     "15min": timedelta(minutes=15),
     "30min": timedelta(minutes=30),
@@ -216,7 +217,10 @@ class SyncEngine:
         result = []
         for schema in self.store.live_schemas():
             interval = FREQUENCIES.get(schema.sync_frequency)
-            if not schema.should_sync or interval is None or self.is_running(schema.id):
+            # An enabled table without a sync method imports nothing, as in PostHog.
+            if not schema.should_sync or not schema.sync_type or interval is None:
+                continue
+            if self.is_running(schema.id):
                 continue
             jobs = self.store.schema_jobs(schema.id)
             if not jobs:
@@ -352,6 +356,21 @@ class SyncEngine:
         # Incremental needs no such care: it merges on the primary key.
         replace_table = run.replace or (mode == "append" and existing and cursor_value is None)
         self._log(run, "DEBUG", _cursor_used(cursor_column, cursor_value, mode == "incremental"))
+        lookback = schema.incremental_field_lookback_seconds if mode == "incremental" else None
+        if cursor_column and cursor_value is not None and lookback:
+            cursor_type = next(c.incremental_type for c in columns if c.name == cursor_column)
+            shifted = looked_back(cursor_value, cursor_type, lookback)
+            if shifted != cursor_value:
+                self._log(run, "DEBUG", f"Lookback of {lookback}s: reading from {shifted}")
+                cursor_value = shifted
+        try:
+            filters = check_row_filters(schema.row_filters, table.available_columns)
+        except RowFilterError as exc:
+            raise SourceError(
+                f"Row filter on schema '{schema.name}' no longer matches the current table "
+                f"schema ({exc}). Fix or remove the row filter in the schema's configuration to "
+                "resume syncing."
+            ) from exc
         export = Export(
             namespace,
             schema.name,
@@ -363,6 +382,7 @@ class SyncEngine:
             path=csv_path,
             cancelled=run.cancelled,
             progress=lambda rows: self._progress(run, rows),
+            row_filters=tuple(filters),
         )
         read = upstream.export(conn, export)
         self._log(
@@ -471,6 +491,16 @@ class SyncEngine:
             self._runs.pop(run.schema_id, None)
         logger.info("sync job %s ended %s (%d rows)", job.id, job.status, rows)
         self._checkpoint("finished", run)
+
+
+def looked_back(cursor: str, cursor_type: str | None, seconds: int) -> str:
+    """PostHog's `apply_incremental_lookback`: a timestamp cursor moved back by `seconds`, a
+    date cursor by the whole days in them; any other cursor as it was."""
+    if cursor_type == "timestamp":
+        return (datetime.fromisoformat(cursor) - timedelta(seconds=seconds)).isoformat(sep=" ")
+    if cursor_type == "date":
+        return (date.fromisoformat(cursor) - timedelta(days=seconds // 86400)).isoformat()
+    return cursor
 
 
 def _entry(job: Job, level: str, message: str) -> LogEntry:

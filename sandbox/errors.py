@@ -84,3 +84,12 @@ def missing_key() -> ApiError:
         "not_authenticated",
         "Authentication credentials were not provided.",
     )
+
+
+def not_connectable(source_type: str) -> ApiError:
+    """What PostHog says when a source type cannot list its tables (`NotImplementedError`):
+    here, the types PostHog has that the sandbox cannot connect."""
+    return message(
+        f"The {source_type} source isn't available to connect yet. Choose a different source, or "
+        "contact support if you were expecting it."
+    )

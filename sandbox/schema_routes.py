@@ -58,18 +58,37 @@ async def schemas_destroy(request: Request, services: Services) -> Response:
 
 
 async def schemas_cancel(request: Request, services: Services) -> Response:
-    """POST external_data_schemas/{id}/cancel/: stop the running sync (job ends Failed)."""
+    """POST external_data_schemas/{id}/cancel/: stop the running sync (job ends Failed). A
+    table marked Running with no sync running gets its latest job's status (Failed if none),
+    as PostHog repairs it."""
     schema = services.get_schema(request.path_params["id"])
-    if not services.engine.is_running(schema.id):
-        raise errors.detail("No running sync to cancel.")
-    await services.stop_sync(schema.id, "Sync cancelled by user")
-    return drf.empty()
+    if services.engine.is_running(schema.id):
+        await services.stop_sync(schema.id, "Sync cancelled by user")
+        return drf.empty()
+    with services.store.lock:
+        current = services.get_schema(schema.id)
+        if current.status != "Running" or services.engine.is_running(schema.id):
+            raise errors.detail("No running sync to cancel.")
+        jobs = services.store.schema_jobs(schema.id)
+        latest = jobs[0] if jobs else None
+        services.store.save(
+            replace(
+                current,
+                status=latest.status if latest is not None else "Failed",
+                latest_error=latest.latest_error if latest is not None else current.latest_error,
+            )
+        )
+    return drf.answer({"detail": "No sync was running. The sync status has been updated."})
 
 
 async def schemas_delete_data(request: Request, services: Services) -> Response:
-    """DELETE external_data_schemas/{id}/delete_data/: drop the table, keep the schema (200)."""
+    """DELETE external_data_schemas/{id}/delete_data/: drop the table and its cursor and reset
+    the table's status and last sync, keeping the schema and its settings (200). A running sync
+    is left to finish, as in PostHog: it publishes only a whole table."""
     schema = services.get_schema(request.path_params["id"])
-    await services.drop_data(schema.id)
+    if schema.table_name is None:
+        return drf.empty()  # nothing synced: PostHog changes nothing
+    await services.clear_data(schema.id, reset=True)
     return drf.empty()
 
 

@@ -60,7 +60,9 @@ def schema_json(store: Store, schema: Schema, *, with_source: bool = False) -> d
         source = {
             "id": src.id,
             "source_type": src.source_type,
+            "access_method": src.access_method,
             "supports_column_selection": True,
+            "supports_row_filters": True,
             "user_access_level": "editor",
         }
     return {
@@ -76,23 +78,29 @@ def schema_json(store: Store, schema: Schema, *, with_source: bool = False) -> d
         "sync_type": schema.sync_type,
         "incremental_field": schema.incremental_field,
         "incremental_field_type": schema.incremental_field_type,
+        "incremental_field_lookback_seconds": schema.incremental_field_lookback_seconds,
         "sync_frequency": schema.sync_frequency,
         "sync_time_of_day": schema.sync_time_of_day,
         "description": schema.description,
         "primary_key_columns": schema.primary_key_columns,
         "cdc_table_mode": "consolidated",
         "enabled_columns": schema.enabled_columns,
+        "row_filters": schema.row_filters,
+        # Postgres and MySQL filter on any column: PostHog's null.
+        "row_filter_columns": None,
         "available_columns": schema.available_columns,
         "source": source,
     }
 
 
 def source_status(source: Source, schemas: list[Schema]) -> str | None:
-    """PostHog's computed source status (doc §2): Failed, Paused, Running, Completed, stored."""
-    if any(s.should_sync and s.status == "Failed" for s in schemas):
+    """PostHog's computed source status: from its active schemas (enabled, or with an error),
+    Failed, Paused, Running, Completed in that order; else the stored one."""
+    active = [s for s in schemas if s.should_sync or s.latest_error]
+    if any(s.should_sync and s.status == "Failed" for s in active):
         return "Failed"
     for status in ("Paused", "Running", "Completed"):
-        if any(s.status == status for s in schemas):
+        if any(s.status == status for s in active):
             return status
     return source.status
 
@@ -118,6 +126,9 @@ def source_json(store: Store, source: Source) -> dict[str, Any]:
         "schemas": [schema_json(store, s) for s in schemas],
         "job_inputs": strip_inputs(source),
         "revenue_analytics_config": revenue_config(source),
+        "direct_query_enabled": source.direct_query_enabled,
+        "auto_sync_new_schemas": source.auto_sync_new_schemas,
+        "auto_sync_schema_patterns": source.auto_sync_schema_patterns,
         "user_access_level": "editor",
         "supports_webhooks": False,
         "supports_column_selection": True,

@@ -8,30 +8,23 @@ from typing import Any
 
 import anyio
 
-from posthog_warehouse_mcp.sandbox import drf, errors
+from posthog_warehouse_mcp.sandbox import errors
+from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
 from posthog_warehouse_mcp.sandbox.connectors import (
+    SUPPORTED_SOURCE_TYPES,
+    SourceError,
     Table,
     TableStats,
     connector,
     discover,
     inspect,
 )
+from posthog_warehouse_mcp.sandbox.connectors import config as form
 from posthog_warehouse_mcp.sandbox.engine import SyncEngine
 from posthog_warehouse_mcp.sandbox.errors import ApiError
 from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store, iso, new_id, now
-from posthog_warehouse_mcp.sandbox.validation import validate_prefix, validate_settings
+from posthog_warehouse_mcp.sandbox.validation import create_settings, validate_prefix
 from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
-
-# The settings a create payload may give a schema.
-_CREATE_SETTINGS = (
-    "sync_type",
-    "incremental_field",
-    "incremental_field_type",
-    "primary_key_columns",
-    "sync_time_of_day",
-    "enabled_columns",
-    "sync_frequency",
-)
 
 
 def with_columns(schema: Schema, table: Table) -> Schema:
@@ -72,6 +65,8 @@ class Services:
     store: Store
     warehouse: Warehouse
     engine: SyncEngine
+    # PostHog Cloud's host and TLS rules for new sources, when the sandbox enforces them.
+    cloud_rules: CloudRules | None = None
 
     def get_source(self, source_id: str) -> Source:
         """A live source.
@@ -118,11 +113,36 @@ class Services:
         upstream = connector(source_type)
         return await anyio.to_thread.run_sync(lambda: inspect(upstream, job_inputs))
 
+    async def inspect_new(
+        self, source_type: str, job_inputs: dict[str, Any]
+    ) -> list[tuple[Table, TableStats]]:
+        """Check a new source's connection fields as PostHog does before it creates anything
+        (create, setup, `database_schema`): the form's required fields, Cloud's host and TLS
+        rules when the sandbox enforces them, then the credentials, by connecting; answer the
+        tables with their catalog stats.
+
+        Raises:
+            ApiError: 400 `{"message"}`, PostHog's reason.
+        """
+        if source_type not in SUPPORTED_SOURCE_TYPES:
+            raise errors.not_connectable(source_type)
+        upstream = connector(source_type)
+        missing = form.missing_required(upstream.SOURCE_CONFIG["fields"], job_inputs)
+        if missing:
+            raise errors.message(f"Invalid source config: {', '.join(missing)}")
+        if self.cloud_rules is not None:
+            self.cloud_rules.check_host(job_inputs)
+            job_inputs = self.cloud_rules.connection(source_type, job_inputs)
+        try:
+            return await self.inspect(source_type, job_inputs)
+        except SourceError as exc:
+            raise errors.message(str(exc)) from exc
+
     def create_source(
         self, new: NewSource, tables: list[Table], wanted: dict[str, dict[str, Any]]
     ) -> Source:
-        """Create a source with a schema for each discovered table, the settings of `wanted`
-        (by table name) applied, and start the enabled tables' syncs (create and setup).
+        """Create a source with a schema for each table `wanted` lists (by name), with its
+        settings, and start the syncs of the enabled ones that have a sync type (create, setup).
 
         Raises:
             ApiError: a prefix this project's sources of the type rule out; a setting PostHog
@@ -138,22 +158,20 @@ class Services:
             created_at=created,
             created_via=new.created_via,
             access_method=new.access_method,
+            status="Running",
         )
         schemas = []
         for table in tables:
-            schema = Schema(id=new_id(), source_id=source.id, name=table.name, created_at=created)
-            schema = with_columns(schema, table)
             item = wanted.get(table.name)
-            if item:
-                settings: dict[str, Any] = {k: item[k] for k in _CREATE_SETTINGS if k in item}
-                should_sync = drf.boolean(item.get("should_sync") or False, "should_sync")
-                settings["should_sync"] = should_sync
-                if should_sync and not settings.get("sync_type"):
-                    settings["sync_type"] = "full_refresh"
-                try:
-                    schema = validate_settings(schema, settings, source_type=new.source_type)
-                except ApiError as exc:
-                    raise errors.message(str(exc.body.get("detail"))) from exc
+            if item is None:
+                continue  # PostHog creates schemas only for the tables listed
+            schema = Schema(id=new_id(), source_id=source.id, name=table.name, created_at=created)
+            try:
+                schema = create_settings(
+                    with_columns(schema, table), item, source_type=new.source_type
+                )
+            except ApiError as exc:
+                raise errors.message(str(exc.body.get("detail"))) from exc
             schemas.append(schema)
         with self.store.lock:
             # Checked again with the save: another create may have taken the prefix meanwhile.
@@ -162,7 +180,8 @@ class Services:
             for schema in schemas:
                 self.store.save(schema)
         for schema in schemas:
-            if schema.should_sync:
+            # An enabled table without a sync method imports nothing, as in PostHog.
+            if schema.should_sync and schema.sync_type:
                 self.engine.start(schema.id)
         return source
 
@@ -181,10 +200,11 @@ class Services:
         await self.stop_sync(schema_id, "Sync cancelled because the table's data was deleted")
         await self.clear_data(schema_id)
 
-    async def clear_data(self, schema_id: str) -> None:
+    async def clear_data(self, schema_id: str, *, reset: bool = False) -> None:
         """Drop the schema's table and cursor and clear its table on the schema, in one step.
 
-        It holds the warehouse's lock, which a sync holds from loading its rows until its table
+        `reset` also clears the status and last sync (delete_data). It holds the warehouse's
+        lock, which a sync holds from loading its rows until its table
         is recorded on the schema: so a publication comes wholly before (and is dropped) or
         wholly after (and is a complete table: the engine refuses rows exported past a cursor
         of the dropped generation). A sync still running is left to finish either way.
@@ -196,10 +216,11 @@ class Services:
                 self.warehouse.drop_table(cur, schema_id, self.store.schemas[schema_id].table_name)
                 with self.store.lock:
                     schema = self.store.schemas[schema_id]
-                    self.store.save(
-                        replace(
-                            schema, table_id=None, table_name=None, table_columns=[], row_count=None
-                        )
+                    cleared = replace(
+                        schema, table_id=None, table_name=None, table_columns=[], row_count=None
                     )
+                    if reset:  # delete_data: the table starts over as never synced
+                        cleared = replace(cleared, status=None, last_synced_at=None)
+                    self.store.save(cleared)
 
         await anyio.to_thread.run_sync(clear)

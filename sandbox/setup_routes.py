@@ -13,36 +13,20 @@ from starlette.responses import Response
 
 from posthog_warehouse_mcp.sandbox import drf, errors
 from posthog_warehouse_mcp.sandbox.connectors import (
-    SUPPORTED_SOURCE_TYPES,
     SourceError,
-    Table,
-    TableStats,
     known_source_type,
 )
 from posthog_warehouse_mcp.sandbox.connectors import config as form
+from posthog_warehouse_mcp.sandbox.discovery import default_schemas, table_entry
 from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of
+from posthog_warehouse_mcp.sandbox.validation import (
+    check_prefix,
+    source_type_choice,
+    validate_prefix,
+)
 
 logger = logging.getLogger(__name__)
 
-# PostHog's Postgres source (`RLS_WARNING_MESSAGE`), verbatim.
-RLS_WARNING_MESSAGE = (
-    "Row-level security is active on this table for the sync role, so PostHog can only read rows "
-    "the policy permits, and cannot detect how many rows are hidden. Granting the sync role "
-    "BYPASSRLS will silence the check."
-)
-# PostHog's `build_default_schemas`: the cursor columns it prefers, best first.
-PREFERRED_INCREMENTAL_FIELDS = (
-    "updated_at",
-    "updatedat",
-    "modified_at",
-    "modifiedat",
-    "last_modified",
-    "updated",
-    "modified",
-    "created_at",
-    "createdat",
-    "created",
-)
 NO_TABLES = "No tables found for this source. Check the credentials and permissions."
 # The source types whose CDC prerequisites can be checked (PostHog's `source_type_supports_cdc`).
 CDC_SOURCE_TYPES = ("Postgres",)
@@ -72,104 +56,6 @@ def unresolved_secrets(values: dict[str, Any]) -> None:
         )
 
 
-def source_type_choice(data: dict[str, Any]) -> str:
-    """The body's `source_type`, checked as PostHog's serializers' ChoiceField checks it.
-
-    Raises:
-        ApiError: DRF's required or invalid-choice error.
-    """
-    source_type = data.get("source_type")
-    if source_type in (None, ""):
-        raise errors.required("source_type")
-    if not isinstance(source_type, str) or not known_source_type(source_type):
-        raise errors.invalid_choice(source_type, "source_type")
-    return source_type
-
-
-def not_connectable(source_type: str) -> errors.ApiError:
-    """What PostHog says when a source type cannot list its tables (`NotImplementedError`):
-    here, the types PostHog has that the sandbox cannot connect."""
-    return errors.message(
-        f"The {source_type} source isn't available to connect yet. Choose a different source, or "
-        "contact support if you were expecting it."
-    )
-
-
-def permission_error(table: Table, stats: TableStats) -> str | None:
-    """Why the connection's role cannot read the table, or None."""
-    if stats.readable:
-        return None
-    return f"The connection's role lacks SELECT permission on {table.name}."
-
-
-def table_entry(table: Table, stats: TableStats) -> dict[str, Any]:
-    """One table of a `database_schema` answer, with PostHog's keys in its order."""
-    fields = table.cursor_candidates()
-    denied = permission_error(table, stats)
-    return {
-        "table": table.name,
-        "label": None,
-        "should_sync": False,
-        "incremental_fields": fields,
-        # Incremental syncs merge on a primary key here; append needs only the cursor.
-        "incremental_available": bool(fields) and bool(table.primary_key),
-        "append_available": bool(fields),
-        "cdc_available": None,
-        "xmin_available": None,
-        "incremental_field": fields[0]["field"] if fields else None,
-        "sync_type": None,
-        "rows": stats.rows,
-        "supports_webhooks": False,
-        "webhook_only": False,
-        "description": None,
-        "should_sync_default": denied is None,
-        "available_columns": table.column_choices,
-        "detected_primary_keys": list(table.primary_key) or None,
-        "permission_error": denied,
-        "rls_warning": RLS_WARNING_MESSAGE if stats.row_security else None,
-    }
-
-
-def default_schema(entry: dict[str, Any]) -> dict[str, Any]:
-    """PostHog's `build_default_schemas` for one `database_schema` entry: every readable table
-    enabled, on the preferred cursor where there is one."""
-    if entry["webhook_only"] or not entry["should_sync_default"]:
-        return {"name": entry["table"], "should_sync": False}
-    fields = {f["field"]: f for f in entry["incremental_fields"]}
-    preferred = next((n for n in PREFERRED_INCREMENTAL_FIELDS if n in fields), None)
-    chosen = fields[preferred] if preferred else next(iter(fields.values()), None)
-    schema: dict[str, Any] = {"name": entry["table"], "should_sync": True}
-    if chosen is not None and entry["incremental_available"]:
-        schema["sync_type"] = "incremental"
-    elif chosen is not None and entry["append_available"]:
-        schema["sync_type"] = "append"
-    else:
-        schema["sync_type"] = "full_refresh"
-    if chosen is not None:
-        schema["incremental_field"] = chosen["field"]
-        schema["incremental_field_type"] = str(chosen["field_type"] or chosen["type"])
-    if entry["detected_primary_keys"]:
-        schema["primary_key_columns"] = entry["detected_primary_keys"]
-    return schema
-
-
-async def _inspect(
-    services: Services, source_type: str, job_inputs: dict[str, Any]
-) -> list[tuple[Table, TableStats]]:
-    """Check the credentials and discover the tables with their catalog stats.
-
-    Raises:
-        ApiError: 400 `{"message"}`, the connector's reason the source cannot be read.
-    """
-    if source_type not in SUPPORTED_SOURCE_TYPES:
-        raise not_connectable(source_type)
-    try:
-        found = await services.inspect(source_type, job_inputs)
-    except SourceError as exc:
-        raise errors.message(str(exc)) from exc
-    return found
-
-
 async def sources_database_schema(request: Request, services: Services) -> Response:
     """POST external_data_sources/database_schema/: the body is the connection fields, flat,
     beside `source_type`; answers the tables a source would offer. Nothing is stored."""
@@ -181,7 +67,7 @@ async def sources_database_schema(request: Request, services: Services) -> Respo
     if not isinstance(source_type, str) or not known_source_type(source_type):
         raise errors.message(f"Unknown source_type '{source_type}'")
     job_inputs = job_inputs_of(data, "source_type", "access_method")
-    found = await _inspect(services, source_type, job_inputs)
+    found = await services.inspect_new(source_type, job_inputs)
     return drf.answer([table_entry(table, stats) for table, stats in found])
 
 
@@ -205,11 +91,13 @@ async def sources_setup(request: Request, services: Services) -> Response:
     if credential_id:
         # The sandbox has no connect-link page, so no stored credentials.
         raise errors.message(f"Stored credential '{credential_id}' not found or expired")
+    check_prefix(prefix)
+    validate_prefix(services.store, source_type, prefix)
     job_inputs = job_inputs_of(payload, "credential_id")
-    found = await _inspect(services, source_type, job_inputs)
+    found = await services.inspect_new(source_type, job_inputs)
     if not found:
         raise errors.message(NO_TABLES)
-    wanted = {table.name: default_schema(table_entry(table, stats)) for table, stats in found}
+    wanted = default_schemas(found)
     new = NewSource(source_type, job_inputs, prefix, description, "mcp")
     source = services.create_source(new, [table for table, _ in found], wanted)
     return drf.answer({"id": source.id}, 201)
@@ -245,6 +133,9 @@ async def sources_check_cdc_prerequisites(request: Request, services: Services) 
         raise errors.message("tables must be a list of table names.")
     publication = data.get("cdc_publication_name") or None
     job_inputs = job_inputs_of(data, *_CDC_OPTIONS)
+    if services.cloud_rules is not None:
+        services.cloud_rules.check_host(job_inputs)
+        job_inputs = services.cloud_rules.connection("Postgres", job_inputs)
 
     def check() -> list[str]:
         with postgres.connect(job_inputs) as conn:

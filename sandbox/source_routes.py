@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,9 +14,12 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     SUPPORTED_SOURCE_TYPES,
     ConnectionFailed,
     SourceError,
+    Table,
+    TableStats,
     Unreachable,
     source_configs,
 )
+from posthog_warehouse_mcp.sandbox.discovery import default_schemas
 from posthog_warehouse_mcp.sandbox.serializers import (
     connection_json,
     job_json,
@@ -24,9 +29,12 @@ from posthog_warehouse_mcp.sandbox.serializers import (
     webhook_info,
 )
 from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of, with_columns
-from posthog_warehouse_mcp.sandbox.store import Job, Schema, iso, new_id, now
+from posthog_warehouse_mcp.sandbox.store import Job, Schema, Source, iso, new_id, now
 from posthog_warehouse_mcp.sandbox.validation import (
+    check_bulk_fields,
+    check_prefix,
     schema_requests,
+    source_type_choice,
     validate_prefix,
     validate_settings,
 )
@@ -53,11 +61,11 @@ async def sources_list(request: Request, services: Services) -> Response:
 
 
 async def sources_create(request: Request, services: Services) -> Response:
-    """POST external_data_sources/: check credentials, discover tables, start enabled syncs."""
+    """POST external_data_sources/: check the prefix, the config and the credentials, discover
+    the tables, create a schema for each listed one (for every one, with PostHog's defaults,
+    when none is listed) and start the enabled syncs."""
     data = await drf.body(request)
-    source_type = data.get("source_type")
-    if source_type in (None, ""):
-        raise errors.required("source_type")
+    source_type = source_type_choice(data)
     if data.get("payload") is None:
         raise errors.required("payload")
     payload = drf.expect_dict(data["payload"], "payload")
@@ -79,13 +87,15 @@ async def sources_create(request: Request, services: Services) -> Response:
         )
     if access_method == "direct":
         raise errors.message("The sandbox supports only the warehouse access method.")
+    check_prefix(prefix)
     validate_prefix(services.store, source_type, prefix)
     job_inputs = job_inputs_of(payload)
-    try:
-        tables = await services.discover(source_type, job_inputs)
-    except SourceError as exc:
-        raise errors.message(str(exc)) from exc
+    found = await services.inspect_new(source_type, job_inputs)
+    tables = [table for table, _ in found]
     wanted = schema_requests(payload.get("schemas"), tables)
+    if wanted is None:
+        # Omitting `schemas` means "sync what you found", as PostHog's setup does.
+        wanted = default_schemas(found)
     new = NewSource(
         source_type, job_inputs, prefix, data.get("description"), created_via, access_method
     )
@@ -123,15 +133,50 @@ async def sources_partial_update(request: Request, services: Services) -> Respon
             await services.discover(source.source_type, job_inputs)
         except SourceError as exc:
             raise errors.validation_error(str(exc)) from exc
+    auto_sync = drf.boolean(
+        data.get("auto_sync_new_schemas", source.auto_sync_new_schemas), "auto_sync_new_schemas"
+    )
+    patterns = source.auto_sync_schema_patterns
+    if "auto_sync_schema_patterns" in data:
+        patterns = auto_sync_patterns(data["auto_sync_schema_patterns"])
     with services.store.lock:
         current = services.get_source(source.id)
         updated = replace(
             current,
             job_inputs=job_inputs,
             description=data.get("description", current.description),
+            auto_sync_new_schemas=auto_sync,
+            auto_sync_schema_patterns=patterns,
         )
         services.store.save(updated)
     return drf.answer(source_json(services.store, updated))
+
+
+def auto_sync_patterns(value: Any) -> list[str] | None:
+    """`auto_sync_schema_patterns` as PostHog's ListField checks it.
+
+    Raises:
+        ApiError: DRF's list or item error.
+    """
+    attr = "auto_sync_schema_patterns"
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise errors.validation_error(
+            f'Expected a list of items but got type "{type(value).__name__}".', attr, "not_a_list"
+        )
+    if len(value) > 100:
+        raise errors.validation_error(
+            "Ensure this field has no more than 100 elements.", attr, "max_length"
+        )
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise errors.validation_error("This field may not be blank.", attr, "blank")
+        if len(item) > 250:
+            raise errors.validation_error(
+                "Ensure this field has no more than 250 characters.", attr, "max_length"
+            )
+    return list(value)
 
 
 async def sources_destroy(request: Request, services: Services) -> Response:
@@ -150,8 +195,14 @@ async def sources_destroy(request: Request, services: Services) -> Response:
     return drf.empty(204)
 
 
+# Why apply_sync_defaults could not fill a schema's settings: its table is not on the source.
+NOT_DISCOVERED = "not found on the source; pull new schemas to refresh the table list"
+
+
 async def sources_bulk_update_schemas(request: Request, services: Services) -> Response:
-    """PATCH external_data_sources/{id}/bulk_update_schemas/: all-or-nothing schema settings."""
+    """PATCH external_data_sources/{id}/bulk_update_schemas/, as current PostHog does it: a
+    field error refuses the whole batch; then each schema is saved on its own, and those that
+    cannot be are named in a 400 while the others stay saved."""
     source_id = services.get_source(request.path_params["id"]).id
     data = await drf.body(request)
     items = data.get("schemas")
@@ -167,35 +218,100 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
         raise errors.validation_error("This list may not be empty.", "schemas", "empty")
     if not all(isinstance(item, dict) and item.get("id") for item in items):
         raise errors.required("schemas")
+    for index, item in enumerate(items):
+        check_bulk_fields(item, f"schemas__{index}__")
     ids = [str(item["id"]) for item in items]
     if len(set(ids)) != len(ids):
         raise errors.validation_error("Schema updates must contain unique ids")
     store = services.store
-    # Read, validate every item and save under the store lock, from the schemas as they are now
-    # (a sync that finished while the body was read is kept). Nothing in here awaits or takes the
+    source = services.get_source(source_id)
+    owned = {s.id: s for s in store.source_schemas(source.id)}
+    if any(i not in owned for i in ids):
+        raise errors.validation_error("One or more schemas could not be found for this source")
+    # The bulk serializer has no lookback field: PostHog drops it.
+    changes = {
+        i: {k: v for k, v in item.items() if k not in ("id", "incremental_field_lookback_seconds")}
+        for i, item in zip(ids, items, strict=True)
+    }
+    failed = await _fill_sync_defaults(services, source, owned, changes)
+    staged = []
+    # Validate and save each schema under the store lock, from the schema as it is now (a sync
+    # that finished while the body was read is kept). Nothing in here awaits or takes the
     # engine lock (start() takes it before the store lock): syncs start after it is released.
     with store.lock:
-        source = services.get_source(source_id)
-        owned = {s.id: s for s in store.source_schemas(source.id)}
-        if any(i not in owned for i in ids):
-            raise errors.validation_error("One or more schemas could not be found for this source")
-        staged = [
-            (
-                owned[i],
-                validate_settings(
-                    owned[i],
-                    {k: v for k, v in item.items() if k != "id"},
-                    source_type=source.source_type,
-                ),
-            )
-            for i, item in zip(ids, items, strict=True)
-        ]
-        for _, updated in staged:
+        for schema_id, change in changes.items():
+            if schema_id in failed:
+                continue
+            before = services.get_schema(schema_id)
+            try:
+                updated = validate_settings(before, change, source_type=source.source_type)
+            except errors.ApiError as exc:
+                failed[schema_id] = reason_of(exc)
+                continue
             store.save(updated)
+            staged.append((before, updated))
     for before, updated in staged:
         if updated.should_sync and not before.should_sync:
             services.engine.start(updated.id)
+    if failed:
+        reasons = "; ".join(f"{owned[i].name} ({reason})" for i, reason in failed.items())
+        raise errors.ApiError(
+            400,
+            {
+                "type": "server_error",
+                "code": "bulk_schema_save_failed",
+                "detail": f"These schemas in the batch could not be saved: {reasons}. Any other "
+                "schemas in the batch were saved successfully — retry the ones listed here.",
+                "attr": None,
+            },
+        )
     return drf.answer([schema_json(store, store.schemas[before.id]) for before, _ in staged])
+
+
+def reason_of(exc: errors.ApiError) -> str:
+    """A refused change as PostHog names it in a bulk answer: `field: message`, or the message."""
+    detail = str(exc.body.get("detail") or exc.body.get("message") or exc.body)
+    attr = exc.body.get("attr")
+    return f"{attr}: {detail}" if attr else detail
+
+
+async def _fill_sync_defaults(
+    services: Services,
+    source: Source,
+    owned: dict[str, Schema],
+    changes: dict[str, dict[str, Any]],
+) -> dict[str, str]:
+    """PostHog's `apply_sync_defaults`: a schema with no sync method, given none, gets the
+    default settings of its table (the caller's values win; enabling stays the caller's).
+    Return the schemas that could not get them, with why."""
+    needing = [
+        i
+        for i, change in changes.items()
+        if change.pop("apply_sync_defaults", False)
+        and change.get("sync_type") is None
+        and owned[i].sync_type is None
+    ]
+    if not needing:
+        return {}
+    try:
+        found = await services.inspect(source.source_type, source.job_inputs)
+    except SourceError:
+        reason = "could not read the source to pick default sync settings; check the source "
+        return {i: reason + "credentials" for i in needing}
+    defaults = default_schemas(found)
+    failed = {}
+    for schema_id in needing:
+        settings = defaults.get(owned[schema_id].name)
+        if settings is None:
+            failed[schema_id] = (
+                "not found on the source; pull new schemas to refresh the table list"
+            )
+            continue
+        change = changes[schema_id]
+        for key, value in settings.items():
+            if key not in ("name", "should_sync") and change.get(key) is None:
+                change[key] = value
+    return failed
 
 
 async def sources_webhook(request: Request, services: Services) -> Response:
@@ -284,9 +400,10 @@ async def sources_refresh_schemas(request: Request, services: Services) -> Respo
     if not source.job_inputs:
         raise errors.message("Source has no configuration.")
     try:
-        tables = await services.discover(source.source_type, source.job_inputs)
+        found = await services.inspect(source.source_type, source.job_inputs)
     except SourceError as exc:
         raise errors.message(_refresh_error(exc)) from exc
+    tables = [table for table, _ in found]
     seen = {t.name: t for t in tables}
     created = iso(now()) or ""
     with store.lock:
@@ -296,6 +413,8 @@ async def sources_refresh_schemas(request: Request, services: Services) -> Respo
                 id=new_id(), source_id=source.id, name=name, created_at=created
             )
             store.save(with_columns(schema, table))
+    new_names = [name for name in seen if name not in existing]
+    auto_enabled = _auto_enable(services, source, new_names, found)
     gone = [schema for name, schema in existing.items() if name not in seen]
     for schema in gone:
         await services.stop_sync(schema.id, "Sync cancelled because the table no longer exists")
@@ -306,8 +425,56 @@ async def sources_refresh_schemas(request: Request, services: Services) -> Respo
             else:
                 # Keep the synced data queryable; only stop syncing a table that no longer exists.
                 store.save(replace(current, should_sync=False, status="Completed"))
-    added = len(seen.keys() - existing.keys())
-    return drf.answer({"added": added, "deleted": len(gone), "total_tables_seen": len(tables)})
+    return drf.answer(
+        {
+            "added": len(new_names),
+            "deleted": len(gone),
+            "auto_enabled": len(auto_enabled),
+            "total_tables_seen": len(tables),
+        }
+    )
+
+
+def _auto_enable(
+    services: Services, source: Source, names: list[str], found: list[tuple[Table, TableStats]]
+) -> list[str]:
+    """PostHog's `auto_enable_new_schemas`: with the source's auto_sync_new_schemas on, enable
+    the new tables its patterns match (all, without patterns) with the default settings, and
+    start their first syncs; return their names."""
+    if not source.auto_sync_new_schemas or not names:
+        return []
+    defaults = default_schemas([(t, st) for t, st in found if t.name in names])
+    enabled = []
+    with services.store.lock:
+        for schema in services.store.source_schemas(source.id):
+            settings = defaults.get(schema.name)
+            if settings is None or not settings["should_sync"] or schema.sync_type is not None:
+                continue
+            if not matches_auto_sync(schema.name, source.auto_sync_schema_patterns):
+                continue
+            services.store.save(
+                replace(
+                    schema,
+                    should_sync=True,
+                    sync_type=settings["sync_type"],
+                    incremental_field=settings.get("incremental_field"),
+                    incremental_field_type=settings.get("incremental_field_type"),
+                    primary_key_columns=settings.get("primary_key_columns"),
+                )
+            )
+            enabled.append(schema.id)
+    for schema_id in enabled:
+        services.engine.start(schema_id)
+    return enabled
+
+
+def matches_auto_sync(name: str, patterns: list[str] | None) -> bool:
+    """PostHog's glob match of a new table's name (qualified or bare, any case)."""
+    cleaned = [p.strip().lower() for p in patterns or [] if isinstance(p, str) and p.strip()]
+    if not cleaned:
+        return True
+    candidates = {name.lower(), name.rpartition(".")[2].lower()}
+    return any(fnmatch.fnmatchcase(c, p) for p in cleaned for c in candidates)
 
 
 def _refresh_error(exc: SourceError) -> str:

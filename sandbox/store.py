@@ -9,7 +9,7 @@ import re
 import sqlite3
 import threading
 import uuid
-from dataclasses import asdict, astuple, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +47,10 @@ class Source:
     access_method: str = "warehouse"
     status: str | None = None
     revenue_analytics_config: dict[str, bool] = field(default_factory=dict)
+    # Enable tables that refresh_schemas finds later, with default settings (only those whose
+    # names match one of the patterns, when there are patterns).
+    auto_sync_new_schemas: bool = False
+    auto_sync_schema_patterns: list[str] | None = None
     # PostHog's per-source "live queries" toggle; the sandbox never sets it (no direct query).
     direct_query_enabled: bool = False
     deleted: bool = False
@@ -68,6 +72,10 @@ class Schema:
     sync_time_of_day: str | None = None
     primary_key_columns: list[str] | None = None
     enabled_columns: list[str] | None = None
+    # Seconds an incremental sync re-reads before its saved cursor (timestamp/date cursors).
+    incremental_field_lookback_seconds: int | None = None
+    # PostHog's `{column, operator, value}` predicates, ANDed onto the export's WHERE clause.
+    row_filters: list[dict[str, Any]] | None = None
     available_columns: list[dict[str, Any]] = field(default_factory=list)
     detected_primary_keys: list[str] = field(default_factory=list)
     status: str | None = None
@@ -156,6 +164,9 @@ class Store:
         for (doc,) in self._db.execute(f"SELECT doc FROM {_TABLES[kind]} ORDER BY rowid"):
             data = {k: v for k, v in json.loads(doc).items() if k in names}
             obj = kind(**data)
+            if isinstance(obj, Schema) and (current := _as_current_posthog(obj)) is not obj:
+                self.save(current)
+                continue
             into[obj.id] = obj
 
     def save(self, obj: Source | Schema | Job) -> None:
@@ -247,6 +258,17 @@ class Store:
         """Close the database."""
         with self.lock:
             self._db.close()
+
+
+def _as_current_posthog(schema: Schema) -> Schema:
+    """A schema saved by an older sandbox, with the settings current PostHog refuses replaced by
+    what it does instead: `1min` becomes its floor, `5min`; `never` (which it tells you to express
+    as should_sync false) stops the schedule that way, keeping the default interval."""
+    if schema.sync_frequency == "1min":
+        return replace(schema, sync_frequency="5min")
+    if schema.sync_frequency == "never":
+        return replace(schema, sync_frequency="6hour", should_sync=False)
+    return schema
 
 
 def _ilike(pattern: str, value: str) -> bool:

@@ -140,10 +140,17 @@ class ServerState:
 Context = ServerRequestContext[ServerState]
 
 
-def error_result(message: str) -> types.CallToolResult:
-    """A tool error the model can read and act on."""
+def error_result(message: str, details: dict[str, Any] | None = None) -> types.CallToolResult:
+    """A tool error the model can read and act on; ``details`` (what PostHog answered, when part
+    of the work was done) go in the text and as structured content."""
     text = redact_text(message)
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+    if details is not None:
+        text = f"{text}\nPostHog's answer: {dumps(details)}"
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content=details,
+        is_error=True,
+    )
 
 
 def listing_for(settings: Settings) -> types.ListToolsResult:
@@ -219,7 +226,7 @@ async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.
         )
         result = await dispatch.call_tool(row, call)
     except PostHogError as exc:
-        return error_result(exc.describe())
+        return error_result(exc.describe(), exc.details)
     except Exception:
         log.exception("unexpected failure in %s", row.name)
         return error_result(

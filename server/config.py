@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     timeout: float = flagged(30.0, "--timeout", "seconds per request", gt=0, le=600)
 
     # Which tools are offered, and how much a result may say.
-    read_only: bool = flagged(False, "--read-only", "list and allow only read-only tools")
+    read_only: bool = flagged(
+        False, "--read-only", "list and allow only the tools a read-scoped key can call"
+    )
     toolsets: CommaList = flagged([], "--toolsets", f"comma list of {', '.join(TOOLSETS)}")
     tools: CommaList = flagged([], "--tools", "comma list of tool names to allow")
     max_output_bytes: int = flagged(

@@ -8,7 +8,7 @@ from posthog_warehouse_mcp.tools.table import Endpoint
 
 def enabled(settings: Settings, row: Endpoint) -> bool:
     """Whether a tool is listed and callable under the read-only, toolsets and tools filters."""
-    if settings.read_only and not row.is_read_only:
+    if settings.read_only and not row.read_scoped:
         return False
     if settings.tools and not {row.name, *row.aliases} & set(settings.tools):
         return False
@@ -17,10 +17,11 @@ def enabled(settings: Settings, row: Endpoint) -> bool:
 
 def why_disabled(settings: Settings, row: Endpoint) -> str:
     """Explain to the model why a tool is refused and how the user can allow it."""
-    if settings.read_only and not row.is_read_only:
+    if settings.read_only and not row.read_scoped:
         return (
-            f"{row.name} changes data and the server runs read-only; nothing was sent. Ask "
-            "the user to restart it without --read-only (POSTHOG_READ_ONLY=0) to allow it."
+            f"{row.name} needs the scope {' and '.join(row.scopes)} and the server runs "
+            "read-only (only tools a read-scoped key can call); nothing was sent. Ask the user "
+            "to restart it without --read-only (POSTHOG_READ_ONLY=0) to allow it."
         )
     return (
         f"{row.name} is not enabled on this server (--tools/--toolsets); nothing was sent. "

@@ -135,7 +135,7 @@ def expected_tools(flags: list[str], env: dict[str, str]) -> set[str]:
     return {
         row.name
         for row in ENDPOINTS
-        if (row.is_read_only or not read_only) and (not chosen or row.toolset in chosen)
+        if (row.read_scoped or not read_only) and (not chosen or row.toolset in chosen)
     }
 
 

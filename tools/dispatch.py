@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pydantic
 from pydantic import BaseModel
 
-from posthog_warehouse_mcp.tools.errors import BadRequest, MalformedResponse, PermissionDenied
+from posthog_warehouse_mcp.tools.errors import MalformedResponse, NotSucceeded, PermissionDenied
 from posthog_warehouse_mcp.tools.hooks import Progress
 from posthog_warehouse_mcp.tools.models import Ack
 from posthog_warehouse_mcp.tools.redact import redact
@@ -89,17 +89,20 @@ def shape(row: Endpoint, reply: Reply) -> dict[str, Any]:
     """Turn PostHog's answer into the row's response model, always a JSON object.
 
     Raises:
-        BadRequest: a 200 answer with ``"success": false`` (PostHog's webhook endpoints).
+        NotSucceeded: a 200 answer with ``"success": false`` (PostHog's webhook endpoints),
+            which keeps the answer for the model.
         MalformedResponse: an answer that does not fit the documented shape.
     """
     body = reply.body
     if body is None:
         body = {}
     if isinstance(body, dict) and body.get("success") is False:
-        raise BadRequest(
+        failed = NotSucceeded(
             str(body.get("error") or body.get("message") or f"{row.name} did not succeed"),
             status=reply.status_code,
         )
+        failed.details = redact(body)
+        raise failed
     if isinstance(body, list):
         body = {"results": body}
     if row.response is Ack and isinstance(body, dict):

@@ -3,6 +3,7 @@
     PostHogError                      anything that went wrong talking to PostHog
     ├── APIError                      PostHog answered with an error status
     │   ├── BadRequest                400: PostHog's message and field
+    │   ├── NotSucceeded              200 {"success": false}: partly done, answer kept
     │   ├── AuthenticationFailed      401: wrong key, or key for the other region
     │   ├── PermissionDenied          403: missing scope or project access
     │   ├── NotFound                  404: unknown id (or environment)
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 
 class PostHogError(Exception):
-    """Base of every failure the adapter reports."""
+    """Base of every failure the adapter reports; ``details`` is what of PostHog's answer the
+    model should still see (an error result's structured content)."""
 
     hint: ClassVar[str] = ""
 
@@ -39,6 +41,7 @@ class PostHogError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.details: dict[str, Any] | None = None
 
     def describe(self) -> str:
         """Return the text a model reads: what failed and what to do next."""
@@ -74,6 +77,36 @@ class BadRequest(APIError):
     """400: PostHog refused the request; its message says why."""
 
     hint = "Fix the arguments named in the message and call again."
+
+
+class NotSucceeded(APIError):
+    """200 ``{"success": false, ...}``: a webhook action that did part of its work.
+
+    PostHog's answer stays visible (``details``): ``webhook_url`` and ``pending_inputs`` when
+    the webhook exists but the provider could not be told about it, ``external_deleted`` when
+    PostHog's side is gone but the provider's may not be.
+    """
+
+    def next_step(self) -> str:
+        """What is left to do by hand, from the fields PostHog sent."""
+        body = self.details or {}
+        steps = []
+        if body.get("webhook_url"):
+            steps.append(
+                "The webhook exists in PostHog but is not registered at the provider: ask the "
+                "user to add webhook_url in the provider's dashboard"
+            )
+        if body.get("pending_inputs"):
+            steps.append(
+                "then send the fields in pending_inputs with "
+                "external-data-sources-update-webhook-inputs-create"
+            )
+        if body.get("external_deleted") is False:
+            steps.append(
+                "PostHog removed its side of the webhook, but the provider still has it: ask the "
+                "user to delete it in the provider's dashboard"
+            )
+        return "; ".join(steps) + "." if steps else BadRequest.hint
 
 
 class AuthenticationFailed(APIError):

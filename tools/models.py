@@ -7,11 +7,13 @@ PostHog release that adds a field or an enum value never fails a call.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from posthog_warehouse_mcp.tools.json_schema import NULL_MEANS_CLEAR, NULLABLE
 
@@ -42,10 +44,8 @@ class IncrementalFieldType(StrEnum):
 
 
 class SyncFrequency(StrEnum):
-    """How often a table syncs."""
+    """How often a table syncs (current PostHog refuses ``1min`` and ``never``)."""
 
-    never = "never"
-    min1 = "1min"
     min5 = "5min"
     min15 = "15min"
     min30 = "30min"
@@ -70,6 +70,75 @@ class AccessMethod(StrEnum):
 
     warehouse = "warehouse"
     direct = "direct"
+
+
+# ---------------------------------------------------------------- PostHog's input checks
+
+# What PostHog's checks accept, as patterns the tool schemas advertise too: a prefix starts with
+# a letter or underscore and is not only underscores; a time of day is HH:MM:SS.
+PREFIX_PATTERN = r"^(_*[A-Za-z]|_+[0-9])[A-Za-z0-9_]*$"
+TIME_OF_DAY_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TIME_OF_DAY = re.compile(TIME_OF_DAY_PATTERN)
+_CURSOR_SYNC_TYPES = ("incremental", "append")
+
+
+def refuse(message: str) -> PydanticCustomError:
+    """A validation error whose message is exactly ``message`` (PostHog's reason)."""
+    return PydanticCustomError("posthog_refuses", message)
+
+
+def check_prefix(value: Any) -> Any:
+    """PostHog's ``validate_source_prefix``."""
+    if not isinstance(value, str) or not value:
+        return value
+    if not value.strip("_"):
+        raise refuse("Prefix cannot consist of only underscores")
+    if not _PREFIX.match(value):
+        raise refuse(
+            "Prefix must contain only letters, numbers, and underscores, and start with a "
+            "letter or underscore"
+        )
+    return value
+
+
+def check_sync_frequency(value: Any) -> Any:
+    """PostHog's ``sync_frequency`` choices, with its texts for what it refuses."""
+    if value == "never":
+        raise refuse(
+            '"never" is not a sync frequency. To stop syncing this table, set should_sync to '
+            "false."
+        )
+    if isinstance(value, str) and value not in SyncFrequency.__members__.values():
+        raise refuse(
+            f'"{value}" is not a valid sync frequency. The fastest sync frequency is 5 minutes.'
+        )
+    return value
+
+
+def check_time_of_day(value: Any) -> Any:
+    """PostHog parses ``sync_time_of_day`` with ``%H:%M:%S``: ``HH:MM`` is refused."""
+    if isinstance(value, str) and not _TIME_OF_DAY.match(value):
+        raise refuse("Invalid sync time of day: give HH:MM:SS in UTC, e.g. 02:00:00")
+    return value
+
+
+def check_create_schemas(payload: dict[str, Any]) -> None:
+    """PostHog's checks of a create payload's ``schemas`` (tables it lists)."""
+    schemas = payload.get("schemas")
+    if schemas is None:
+        return
+    if not isinstance(schemas, list):
+        raise refuse("The 'schemas' field must be a list of the tables to sync.")
+    for schema in schemas:
+        if not isinstance(schema, dict) or not schema.get("should_sync"):
+            continue
+        if schema.get("sync_type") not in _CURSOR_SYNC_TYPES:
+            continue
+        if not schema.get("incremental_field"):
+            raise refuse("Incremental schemas given do not have an incremental field set")
+        if not schema.get("incremental_field_type"):
+            raise refuse("Incremental schemas given do not have an incremental field type set")
 
 
 # ---------------------------------------------------------------- inputs
@@ -145,12 +214,23 @@ class ExternalDataSourceCreateParams(Params):
         )
     )
     prefix: str | None = Field(
-        None, max_length=100, description="Table-name prefix; needed if the type exists already."
+        None,
+        max_length=100,
+        pattern=PREFIX_PATTERN,
+        description="Table-name prefix; needed if the type exists already.",
     )
     description: str | None = Field(None, max_length=400, description="Free text.")
     access_method: AccessMethod | None = Field(
         None, description="warehouse (import, default) or direct (live query)."
     )
+
+    _prefix = field_validator("prefix", mode="before")(check_prefix)
+
+    @field_validator("payload")
+    @classmethod
+    def _schemas(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        check_create_schemas(payload)
+        return payload
 
 
 class ExternalDataSourcePartialUpdateParams(IdParams):
@@ -178,11 +258,13 @@ class SchemaSettings(Params):
     incremental_field_type: IncrementalFieldType | None = Field(
         None, description="Type of incremental_field."
     )
-    sync_frequency: SyncFrequency | None = Field(None, description="Schedule; 1min is CDC only.")
+    sync_frequency: SyncFrequency | None = Field(
+        None, description="Schedule; to stop syncing, set should_sync false."
+    )
     sync_time_of_day: str | None = Field(
         None,
-        pattern=r"^\d{2}:\d{2}(:\d{2})?$",
-        description="UTC anchor HH:MM:SS for scheduled syncs; null clears it.",
+        pattern=TIME_OF_DAY_PATTERN,
+        description="UTC HH:MM:SS anchor of the schedule; null clears it.",
         json_schema_extra=NULL_MEANS_CLEAR,
     )
     primary_key_columns: list[str] | None = Field(
@@ -194,6 +276,9 @@ class SchemaSettings(Params):
     enabled_columns: list[str] | None = Field(
         None, description="Columns to sync; null = all.", json_schema_extra=NULL_MEANS_CLEAR
     )
+
+    _frequency = field_validator("sync_frequency", mode="before")(check_sync_frequency)
+    _time_of_day = field_validator("sync_time_of_day", mode="before")(check_time_of_day)
 
 
 class SchemaUpdate(SchemaSettings):
@@ -304,9 +389,14 @@ class DataWarehouseSourceSetupParams(Params):
         None, description=CONNECTION + "password, schema); no 'schemas' needed."
     )
     prefix: str | None = Field(
-        None, max_length=100, description="Table-name prefix; needed if the type exists already."
+        None,
+        max_length=100,
+        pattern=PREFIX_PATTERN,
+        description="Table-name prefix; needed if the type exists already.",
     )
     description: str | None = Field(None, max_length=400, description="Free text.")
+
+    _prefix = field_validator("prefix", mode="before")(check_prefix)
 
 
 class ExternalDataSourceUpdateWebhookInputsParams(IdParams):

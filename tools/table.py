@@ -78,6 +78,11 @@ class Endpoint:
         return self.method == "GET" if self.read_only is None else self.read_only
 
     @property
+    def read_scoped(self) -> bool:
+        """Whether a key with only read scopes can call it (what read-only mode offers)."""
+        return all(scope.endswith(":read") for scope in self.scopes)
+
+    @property
     def is_destructive(self) -> bool:
         """Destructive hint: DELETE unless the row says otherwise."""
         return self.method == "DELETE" if self.destructive is None else self.destructive

@@ -8,7 +8,10 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from posthog_warehouse_mcp.sandbox.row_filters import RowFilter
 
 _HOGQL_TYPES = {
     "SMALLINT": "integer",
@@ -126,7 +129,8 @@ Progress = Callable[[int], None]
 class Export:
     """What a sync asks a connector to export: a table's columns, as CSV to `path`.
 
-    With a cursor, only rows past `cursor_value` of `cursor_column` (`>=` if `inclusive`).
+    With a cursor, only rows past `cursor_value` of `cursor_column` (`>=` if `inclusive`); with
+    row filters, only the rows they all match.
     """
 
     namespace: str
@@ -138,6 +142,8 @@ class Export:
     path: Path
     cancelled: threading.Event
     progress: Progress
+    # PostHog's row filters, checked and coerced: ANDed onto the query.
+    row_filters: tuple[RowFilter, ...] = ()
 
     @property
     def past_cursor(self) -> tuple[str, str] | None:

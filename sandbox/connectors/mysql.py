@@ -226,16 +226,25 @@ def export(conn: Connection[Any], export: Export) -> int:
 
     select = ", ".join(c.select_expr for c in export.columns)
     query = f"SELECT {select} FROM {quote(export.namespace)}.{quote(export.table)}"
-    params: tuple[str, ...] = ()
+    conditions: list[str] = []
+    params: list[Any] = []
     if export.past_cursor is not None:
         column, value = export.past_cursor
-        query += f" WHERE {quote(column)} {'>=' if export.inclusive else '>'} %s"
-        params = (value,)
+        conditions.append(f"{quote(column)} {'>=' if export.inclusive else '>'} %s")
+        params.append(value)
+    for row_filter in export.row_filters:
+        values = row_filter.value if row_filter.multi else [row_filter.value]
+        placeholders = ", ".join(["%s"] * len(values))
+        rhs = f"({placeholders})" if row_filter.multi else placeholders
+        conditions.append(f"{quote(row_filter.column)} {row_filter.operator} {rhs}")
+        params.extend(values)
+    if conditions:
+        query += " WHERE " + " AND ".join(conditions)
     rows = 0
     # Unbuffered: rows stream from the server instead of being held in memory.
     cur = conn.cursor(pymysql.cursors.SSCursor)
     try:
-        cur.execute(query, params)
+        cur.execute(query, tuple(params))
         with export.path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as out:
             while batch := cur.fetchmany(2000):
                 chunk = "".join(",".join(map(_csv_field, row)) + "\n" for row in batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from posthog_warehouse_mcp.sandbox.cloud_rules import REQUIRE_TLS, TLS_REQUIRED
 from posthog_warehouse_mcp.sandbox.connectors import config as form
 from posthog_warehouse_mcp.sandbox.connectors.base import (
     Column,
@@ -114,19 +115,38 @@ def column(name: str, data_type: str, nullable: bool) -> Column:
     return Column(name, data_type, nullable, duck, _INCREMENTAL_TYPES.get(base), select)
 
 
+def _host(job_inputs: dict[str, Any]) -> str:
+    """The host field, refused with PostHog's texts when it holds a URL or a port."""
+    host = str(job_inputs.get("host") or "")
+    if "://" in host:
+        raise SourceError(
+            "Enter just the hostname in the host field (for example, db.example.com), not a "
+            "full URL or connection string. Remove any scheme (like http:// or postgres://) and "
+            "any username, password, port, or path."
+        )
+    if host.count(":") == 1:
+        raise SourceError(
+            "Enter just the hostname in the host field (for example, db.example.com). Put the "
+            "port number in the port field instead."
+        )
+    return host
+
+
 def _conninfo(job_inputs: dict[str, Any]) -> dict[str, Any]:
     try:
         port = int(job_inputs.get("port") or 5432)
     except (TypeError, ValueError) as exc:
         raise SourceError("Port must be a number") from exc
     return {
-        "host": str(job_inputs.get("host") or ""),
+        "host": _host(job_inputs),
         "port": port,
         "dbname": str(job_inputs.get("database") or ""),
         "user": str(job_inputs.get("user") or ""),
         "password": str(job_inputs.get("password") or ""),
         "connect_timeout": 5,
         "application_name": "posthog-warehouse-sandbox",
+        # PostHog Cloud's rule for new sources (sandbox --cloud-rules); else TLS when offered.
+        "sslmode": "require" if job_inputs.get(REQUIRE_TLS) else "prefer",
     }
 
 
@@ -138,6 +158,8 @@ def connect(job_inputs: dict[str, Any]) -> psycopg.Connection[Any]:
         conn = psycopg.connect(**_conninfo(job_inputs), autocommit=True)
     except psycopg.OperationalError as exc:
         text = str(exc)
+        if job_inputs.get(REQUIRE_TLS) and "SSL" in text:
+            raise ConnectionFailed(None, TLS_REQUIRED) from exc
         reason = next((r for needle, r in _CONNECT_ERRORS.items() if needle in text), None)
         raise ConnectionFailed(reason, _FALLBACK_ERROR) from exc
     # Text forms DuckDB parses back exactly: UTC offsets, ISO dates, round-trip floats.
@@ -222,10 +244,20 @@ def copy_statement(export: Export) -> str:
 
     select = ", ".join(c.select_expr for c in export.columns)
     query = f"SELECT {select} FROM {quote_ident(export.namespace)}.{quote_ident(export.table)}"
+    conditions = []
     if export.past_cursor is not None:
         column, value = export.past_cursor
         op = ">=" if export.inclusive else ">"
-        query += f" WHERE {quote_ident(column)} {op} {sql.Literal(value).as_string()}"
+        conditions.append(f"{quote_ident(column)} {op} {sql.Literal(value).as_string()}")
+    for row_filter in export.row_filters:
+        if row_filter.multi:
+            values = ", ".join(sql.Literal(v).as_string() for v in row_filter.value)
+            literal = f"({values})"
+        else:
+            literal = sql.Literal(row_filter.value).as_string()
+        conditions.append(f"{quote_ident(row_filter.column)} {row_filter.operator} {literal}")
+    if conditions:
+        query += " WHERE " + " AND ".join(conditions)
     return f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
 
 

@@ -196,7 +196,10 @@ async def test_source_search_matches_type_and_prefix(
         json={"source_type": "Postgres", "payload": upstream.payload([{"name": "orders"}])},
     )
     assert duplicate.status_code == 400
-    assert duplicate.json() == {"message": "Source type already exists. Prefix is required"}
+    assert duplicate.json() == {
+        "message": "You already have a source of this type. Add a table prefix so this "
+        "connection's tables don't clash with your existing source."
+    }
 
 
 async def test_no_password_in_any_response(
@@ -333,17 +336,20 @@ async def test_validation_errors_use_drf_shape(
     assert bad_choice.json()["code"] == "invalid_choice"
     freq = await client.patch(url, json={"sync_frequency": "2hour"})
     assert (freq.status_code, freq.json()["attr"]) == (400, "sync_frequency")
-    no_field = await client.patch(url, json={"sync_type": "incremental"})
-    assert no_field.json()["detail"] == (
-        "Incremental schemas given do not have an incremental field set"
+    assert freq.json()["detail"] == (
+        '"2hour" is not a valid sync frequency. The fastest sync frequency is 5 minutes.'
     )
     tod = await client.patch(url, json={"sync_time_of_day": "25:00"})
-    assert tod.json()["detail"] == "Invalid sync time of day"
+    assert (tod.json()["detail"], tod.json()["attr"]) == (
+        "Time has wrong format. Use one of these formats instead: hh:mm[:ss[.uuuuuu]].",
+        "sync_time_of_day",
+    )
     ok = await client.patch(
         url,
         json={
             "sync_type": "incremental",
             "incremental_field": "updated_at",
+            "incremental_field_type": "timestamp",
             "sync_frequency": "1hour",
             "sync_time_of_day": "03:30:00",
             "enabled_columns": ["id", "updated_at"],
@@ -454,6 +460,9 @@ async def test_source_response_has_posthogs_fields(
         "schemas",
         "job_inputs",
         "revenue_analytics_config",
+        "direct_query_enabled",
+        "auto_sync_new_schemas",
+        "auto_sync_schema_patterns",
         "user_access_level",
         "supports_webhooks",
         "supports_column_selection",
@@ -540,7 +549,7 @@ async def test_unknown_primary_key_columns_are_refused(
     assert response.status_code == 200, response.text
 
 
-async def test_prefixes_differing_only_by_case_are_refused(
+async def test_prefixes_are_compared_exactly(
     sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
 ) -> None:
     _, client = sandbox
@@ -551,5 +560,13 @@ async def test_prefixes_differing_only_by_case_are_refused(
         f"{API}/external_data_sources/",
         json={"source_type": "Postgres", "payload": upstream.payload(schemas), "prefix": "crm_"},
     )
-    assert response.status_code == 400, response.text
-    assert response.json() == {"message": "Prefix already exists"}
+    # Current PostHog compares prefixes exactly: a prefix differing by case is another prefix.
+    assert response.status_code == 201, response.text
+    again = await client.post(
+        f"{API}/external_data_sources/",
+        json={"source_type": "Postgres", "payload": upstream.payload(schemas), "prefix": "crm_"},
+    )
+    assert again.json() == {
+        "message": "Another source of this type already uses the prefix 'crm_'. Choose a "
+        "different prefix so this connection's tables don't clash."
+    }

@@ -87,12 +87,17 @@ async def test_stale_and_stuck_tables_are_issues_newest_first(
 ) -> None:
     app, client = sandbox
     upstream.execute(TABLES_SQL)
-    hourly = {"should_sync": True, "sync_type": "full_refresh", "sync_frequency": "1hour"}
+    enabled = {"should_sync": True, "sync_type": "full_refresh"}
     source = await create_source(
-        client, upstream, [{"name": name, **hourly} for name in ("orders", "events", "tags")]
+        client, upstream, [{"name": name, **enabled} for name in ("orders", "events", "tags")]
     )
     await wait_for_jobs(client, source["id"], 3)
     orders, events, tags = (schema_by_name(source, n)["id"] for n in ("orders", "events", "tags"))
+    for schema_id in (orders, events, tags):
+        hourly = await client.patch(
+            f"{API}/external_data_schemas/{schema_id}/", json={"sync_frequency": "1hour"}
+        )
+        assert hourly.status_code == 200, hourly.text
     moment = now()
     # Within twice the frequency is on time; beyond it is stale.
     edit_schema(app, orders, last_synced_at=iso(moment - timedelta(minutes=110)))
@@ -113,6 +118,6 @@ async def test_stale_and_stuck_tables_are_issues_newest_first(
         f"Stale: last synced at {three_hours}, but set to sync every 1hour"
     )
     assert body["results"][0]["error"] == "Marked Running, but no sync of this table is running"
-    # A table that never syncs on a schedule is never stale.
-    edit_schema(app, orders, sync_frequency="never")
+    # A disabled table is never stale.
+    edit_schema(app, orders, should_sync=False)
     assert [i["name"] for i in (await health(client))["results"]] == ["tags", "events"]

@@ -60,6 +60,7 @@ async def test_mysql_full_refresh_then_incremental_merge(
                 "should_sync": True,
                 "sync_type": "incremental",
                 "incremental_field": "updated_at",
+                "incremental_field_type": "timestamp",
             }
         ],
     )

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from posthog_warehouse_mcp.sandbox.setup_routes import RLS_WARNING_MESSAGE
+from posthog_warehouse_mcp.sandbox.discovery import RLS_WARNING_MESSAGE
 from tests.sandbox.support import (
     API,
     MySQLUpstream,
@@ -264,13 +264,15 @@ async def test_setup_enables_every_table_with_default_sync_types(
 
     clash = await client.post(
         SETUP,
-        json={"source_type": "Postgres", "payload": upstream.creds.job_inputs(), "prefix": "SHOP_"},
+        json={"source_type": "Postgres", "payload": upstream.creds.job_inputs(), "prefix": "shop_"},
     )
-    assert (clash.status_code, clash.json()) == (400, {"message": "Prefix already exists"})
-    missing = await client.post(
-        SETUP, json={"source_type": "Postgres", "payload": upstream.creds.job_inputs()}
+    assert (clash.status_code, clash.json()) == (
+        400,
+        {
+            "message": "Another source of this type already uses the prefix 'shop_'. Choose a "
+            "different prefix so this connection's tables don't clash."
+        },
     )
-    assert missing.json() == {"message": "Source type already exists. Prefix is required"}
     assert len(app.state.services.store.sources) == 1
 
 

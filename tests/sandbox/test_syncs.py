@@ -79,8 +79,8 @@ async def test_create_discovers_tables_and_full_refresh_loads_them(
         [{"name": "orders", "should_sync": True, "sync_type": "full_refresh"}],
         prefix="shop_",
     )
-    assert sorted(s["name"] for s in source["schemas"]) == ["customers", "orders"]
-    assert schema_by_name(source, "customers")["should_sync"] is False
+    # As in PostHog, only the listed tables become schemas; refresh_schemas adds the others.
+    assert [s["name"] for s in source["schemas"]] == ["orders"]
     jobs = await wait_for_jobs(client, source["id"], 1)
     assert [(j["status"], j["rows_synced"], j["schema"]["name"]) for j in jobs] == [
         ("Completed", 1000, "orders")
@@ -98,8 +98,12 @@ async def test_create_discovers_tables_and_full_refresh_loads_them(
     assert source["status"] == "Completed"
     assert source["last_run_at"] == jobs[0]["created_at"]
 
-    # Enabling the second schema with a PATCH starts its first sync.
+    # The unlisted table appears with refresh_schemas, not enabled; enabling it starts a sync.
+    refreshed = await client.post(f"{API}/external_data_sources/{source['id']}/refresh_schemas/")
+    assert refreshed.json() == {"added": 1, "deleted": 0, "auto_enabled": 0, "total_tables_seen": 2}
+    source = (await client.get(f"{API}/external_data_sources/{source['id']}/")).json()
     customers = schema_by_name(source, "customers")
+    assert (customers["should_sync"], customers["sync_type"]) == (False, None)
     patched = await client.patch(
         f"{API}/external_data_schemas/{customers['id']}/",
         json={"should_sync": True, "sync_type": "full_refresh"},
@@ -245,12 +249,17 @@ async def test_refresh_schemas_sees_added_and_dropped_tables(
     _, client = sandbox
     upstream.execute(ORDERS_SQL)
     source = await create_source(
-        client, upstream, [{"name": "orders", "should_sync": False, "sync_type": "full_refresh"}]
+        client,
+        upstream,
+        [
+            {"name": "orders", "should_sync": False, "sync_type": "full_refresh"},
+            {"name": "customers", "should_sync": False},
+        ],
     )
     upstream.execute("CREATE TABLE refunds (id int PRIMARY KEY); DROP TABLE customers;")
     response = await client.post(f"{API}/external_data_sources/{source['id']}/refresh_schemas/")
     assert response.status_code == 200
-    assert response.json() == {"added": 1, "deleted": 1, "total_tables_seen": 2}
+    assert response.json() == {"added": 1, "deleted": 1, "auto_enabled": 0, "total_tables_seen": 2}
     source = (await client.get(f"{API}/external_data_sources/{source['id']}/")).json()
     assert sorted(s["name"] for s in source["schemas"]) == ["orders", "refunds"]
 
@@ -366,9 +375,8 @@ async def test_schedules_start_syncs_when_due(
     anchor = datetime.combine(last.date() + timedelta(days=1), time(3), tzinfo=UTC)
     assert engine.due(anchor - timedelta(minutes=1)) == []
     assert [s.id for s in engine.due(anchor)] == [schema_id]
-    await client.patch(
-        f"{API}/external_data_schemas/{schema_id}/", json={"sync_frequency": "never"}
-    )
+    # Current PostHog has no "never": stopping a schedule is should_sync false.
+    await client.patch(f"{API}/external_data_schemas/{schema_id}/", json={"should_sync": False})
     assert engine.due(anchor + timedelta(days=30)) == []
 
 
@@ -389,6 +397,7 @@ async def test_enabled_columns_and_chosen_primary_key_shape_the_table(
                 "should_sync": True,
                 "sync_type": "incremental",
                 "incremental_field": "seen_at",
+                "incremental_field_type": "timestamp",
                 "primary_key_columns": ["id"],
                 "enabled_columns": ["page"],
             }
@@ -451,6 +460,7 @@ async def test_changing_the_incremental_field_does_not_reuse_the_old_cursor(
                 "should_sync": True,
                 "sync_type": "incremental",
                 "incremental_field": "id",
+                "incremental_field_type": "integer",
             }
         ],
     )
@@ -469,6 +479,9 @@ async def test_changing_the_incremental_field_does_not_reuse_the_old_cursor(
         assert response.json()["attr"] == "incremental_field"
     response = await client.patch(url, json={"incremental_field": "updated_at"})
     assert response.status_code == 200, response.text
+    # PostHog never infers the type: it stays what was stored until the request sets it.
+    assert response.json()["incremental_field_type"] == "integer"
+    response = await client.patch(url, json={"incremental_field_type": "timestamp"})
     assert response.json()["incremental_field_type"] == "timestamp"
     # Both are below the old cursor's column values as numbers, and 10 is no timestamp.
     upstream.execute(
@@ -502,7 +515,15 @@ async def test_append_switching_cursor_column_replaces_instead_of_skipping(
     source = await create_source(
         client,
         upstream,
-        [{"name": "logs", "should_sync": True, "sync_type": "append", "incremental_field": "seq"}],
+        [
+            {
+                "name": "logs",
+                "should_sync": True,
+                "sync_type": "append",
+                "incremental_field": "seq",
+                "incremental_field_type": "integer",
+            }
+        ],
     )
     schema_id = schema_by_name(source, "logs")["id"]
     await wait_for_jobs(client, source["id"], 1)
@@ -698,13 +719,18 @@ async def _append_source(client: httpx.AsyncClient, upstream: Upstream) -> tuple
         "INSERT INTO events SELECT g, 'e' || g FROM generate_series(1, 100) g;"
     )
     source, schema_id = await synced(
-        client, upstream, "events", sync_type="append", incremental_field="id"
+        client,
+        upstream,
+        "events",
+        sync_type="append",
+        incremental_field="id",
+        incremental_field_type="integer",
     )
     upstream.execute("INSERT INTO events SELECT g, 'e' || g FROM generate_series(101, 120) g")
     return source["id"], schema_id
 
 
-async def test_delete_data_during_a_sync_cancels_it_and_leaves_no_table(
+async def test_delete_data_during_a_sync_lets_it_run_and_resets_the_table(
     sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
 ) -> None:
     app, client = sandbox
@@ -714,18 +740,21 @@ async def test_delete_data_during_a_sync_cancels_it_and_leaves_no_table(
         await held.reached()
         deleted = await client.delete(f"{API}/external_data_schemas/{schema_id}/delete_data/")
         assert deleted.status_code == 200
+        # As in PostHog: the table, its status and last sync are reset; the sync is not cancelled.
+        schema = (await client.get(f"{API}/external_data_schemas/{schema_id}/")).json()
+        assert (schema["table"], schema["status"], schema["last_synced_at"]) == (None, None, None)
+        assert services_of(app).engine.is_running(schema_id)
     jobs = await wait_for_jobs(client, source_id, 2)
-    assert jobs[0]["status"] == "Failed"
-    assert jobs[0]["latest_error"] == "Sync cancelled because the table's data was deleted"
+    # It read the deleted table's cursor: its 20 rows alone would be a wrong table.
+    assert (jobs[0]["status"], jobs[0]["latest_error"]) == ("Failed", DATA_DELETED)
     await assert_schema_matches_warehouse(app, client, schema_id, "postgres_events")
     assert warehouse_rows(
         app, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'postgres_events'"
     ) == [(0,)]
 
 
-# PostHog's delete_data does not cancel a running sync; the sandbox's clear_data is that
-# delete without the cancel, and also what follows a reload landing between delete_data's
-# cancel and its drop. Either way the held sync read the table's cursor before the drop.
+# clear_data is the drop that delete_data, destroy and source deletion share; a sync that read
+# the table's cursor before it must not publish.
 
 
 async def test_rows_past_a_deleted_cursor_are_not_published_and_the_next_sync_has_them_all(
