@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
 from posthog_warehouse_mcp.sandbox.runtime import DEFAULT_DIRECTORY, open_sandbox
 
 
@@ -30,22 +31,32 @@ class _Deferred:
 
 
 def create_app(
-    directory: Path | None = None, *, api_key: str | None = None, demo: bool | None = None
+    directory: Path | None = None,
+    *,
+    api_key: str | None = None,
+    demo: bool | None = None,
+    cloud_rules: bool | None = None,
 ) -> Starlette:
     """A Starlette app that starts the sandbox in its lifespan.
 
-    Without arguments it reads SANDBOX_DIR (default `./sandbox-data`), SANDBOX_API_KEY and
-    SANDBOX_DEMO (`0` turns the demo off).
+    Without arguments it reads SANDBOX_DIR (default `./sandbox-data`), SANDBOX_API_KEY,
+    SANDBOX_DEMO (`0` turns the demo off) and SANDBOX_CLOUD_RULES (`1` enforces PostHog
+    Cloud's host and TLS rules on new sources).
     """
     directory = Path(directory or os.environ.get("SANDBOX_DIR") or DEFAULT_DIRECTORY)
     api_key = api_key if api_key is not None else os.environ.get("SANDBOX_API_KEY") or None
     if demo is None:
         demo = os.environ.get("SANDBOX_DEMO", "1") not in ("0", "false", "no")
+    if cloud_rules is None:
+        cloud_rules = os.environ.get("SANDBOX_CLOUD_RULES", "0") in ("1", "true", "yes")
+    rules = CloudRules() if cloud_rules else None
     inner = _Deferred()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_sandbox(directory, api_key=api_key, demo=bool(demo)) as sandbox_app:
+        async with open_sandbox(
+            directory, api_key=api_key, demo=bool(demo), cloud_rules=rules
+        ) as sandbox_app:
             inner.app = sandbox_app
             try:
                 yield

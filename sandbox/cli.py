@@ -1,4 +1,4 @@
-"""`sandbox --host 127.0.0.1 --port 8010 --dir DIR [--api-key KEY] [--no-demo]`."""
+"""`sandbox --host 127.0.0.1 --port 8010 --dir DIR [--api-key KEY] [--no-demo] [--cloud-rules]`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="state folder")
     parser.add_argument("--api-key", default=None, help="require this bearer key")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo database")
+    parser.add_argument(
+        "--cloud-rules",
+        action="store_true",
+        help="refuse new sources as PostHog Cloud does: non-public hosts, Postgres without TLS",
+    )
     parser.add_argument("--log-level", default="info", help="log level (stderr)")
     return parser
 
@@ -37,7 +42,9 @@ def main(argv: list[str]) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(args.dir, api_key=args.api_key, demo=not args.no_demo)
+    app = create_app(
+        args.dir, api_key=args.api_key, demo=not args.no_demo, cloud_rules=args.cloud_rules
+    )
     # uvicorn sends access logs to stdout by default; everything goes to stderr here.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     for handler in log_config["handlers"].values():

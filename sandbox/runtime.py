@@ -11,6 +11,7 @@ import anyio
 from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox.api import build_app
+from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
 from posthog_warehouse_mcp.sandbox.demo import register_demo_source, start_demo_database
 from posthog_warehouse_mcp.sandbox.engine import SyncEngine
 from posthog_warehouse_mcp.sandbox.services import Services
@@ -22,6 +23,11 @@ logger = logging.getLogger(__name__)
 # Where the standalone sandbox (CLI, app factory) keeps its state unless told otherwise.
 DEFAULT_DIRECTORY = Path("sandbox-data")
 SCHEDULER_TICK_SECONDS = 15.0
+DEMO_UNDER_CLOUD_RULES = (
+    "cloud rules on: new sources must have a public host and, for Postgres, TLS. The demo "
+    "database (127.0.0.1, no TLS) is already registered; a create with its credentials is "
+    "refused, as PostHog Cloud would refuse it."
+)
 
 
 @asynccontextmanager
@@ -31,11 +37,13 @@ async def open_sandbox(
     api_key: str | None = None,
     demo: bool = True,
     scheduler_tick: float = SCHEDULER_TICK_SECONDS,
+    cloud_rules: CloudRules | None = None,
 ) -> AsyncIterator[Starlette]:
     """Start a sandbox in `directory` and yield its ASGI app; stop everything on exit.
 
     `api_key=None` accepts any bearer (or none). The app's `state.services` holds the store,
-    warehouse and engine.
+    warehouse and engine. `cloud_rules` makes new sources meet PostHog Cloud's host and TLS
+    rules (the demo database, on loopback without TLS, would not).
 
     Raises:
         DirectoryInUse: another process serves `directory`.
@@ -62,7 +70,10 @@ async def open_sandbox(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_schedule, engine, scheduler_tick)
             try:
-                yield build_app(Services(store, warehouse, engine), api_key=api_key)
+                services = Services(store, warehouse, engine, cloud_rules=cloud_rules)
+                if cloud_rules is not None and demo:
+                    logger.info(DEMO_UNDER_CLOUD_RULES)
+                yield build_app(services, api_key=api_key)
             finally:
                 tg.cancel_scope.cancel()
     finally:

@@ -108,7 +108,10 @@ async def open_backend(settings: Settings) -> AsyncIterator[httpx.AsyncBaseTrans
         return
     from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
 
-    async with SandboxTransport(settings.sandbox_dir, demo=settings.demo).running() as sandbox:
+    backend = SandboxTransport(
+        settings.sandbox_dir, demo=settings.demo, cloud_rules=settings.sandbox_cloud_rules
+    )
+    async with backend.running() as sandbox:
         yield sandbox
 
 

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     )
     sandbox_dir: Path | None = flagged(None, "--sandbox-dir", "sandbox data directory")
     demo: bool = flagged(True, "--no-demo", "start the sandbox's demo Postgres (--no-demo: don't)")
+    sandbox_cloud_rules: bool = flagged(
+        False,
+        "--sandbox-cloud-rules",
+        "the sandbox refuses new sources as PostHog Cloud does (public host, Postgres TLS)",
+    )
 
     # Serving.
     mcp_transport: Transport = flagged(

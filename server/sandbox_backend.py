@@ -31,11 +31,13 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         directory: Path | None,
         *,
         demo: bool,
+        cloud_rules: bool = False,
         startup_timeout: float = 180.0,
         grace: float = 0.5,
     ):
         self.directory = directory or DEFAULT_SANDBOX_DIR
         self.demo = demo
+        self.cloud_rules = cloud_rules
         self.startup_timeout = startup_timeout
         self.grace = grace
         self._wanted = anyio.Event()
@@ -59,6 +61,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             await self._wanted.wait()
         try:
             from posthog_warehouse_mcp.sandbox import open_sandbox
+            from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
         except ImportError:
             self._failure = (
                 "the sandbox is not installed; install it with "
@@ -69,7 +72,8 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            async with open_sandbox(self.directory, demo=self.demo) as app:
+            rules = CloudRules() if self.cloud_rules else None
+            async with open_sandbox(self.directory, demo=self.demo, cloud_rules=rules) as app:
                 self._inner = httpx.ASGITransport(app=app)
                 log.info("sandbox ready in %s", self.directory)
                 self._ready.set()

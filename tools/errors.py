@@ -74,9 +74,37 @@ class APIError(PostHogError):
 
 
 class BadRequest(APIError):
-    """400: PostHog refused the request; its message says why."""
+    """400: PostHog refused the request; its message says why (and, for PostHog Cloud's
+    preconditions on a new source, what they are)."""
 
     hint = "Fix the arguments named in the message and call again."
+
+    def next_step(self) -> str:
+        """The general hint, or what to do about one of Cloud's source preconditions."""
+        for needle, step in CLOUD_PRECONDITIONS:
+            if needle in self.message:
+                return step
+        return self.hint
+
+
+# What PostHog Cloud requires of a new source's connection, by a phrase of its refusal.
+CLOUD_PRECONDITIONS = (
+    (
+        "internal or private IP",
+        "PostHog Cloud connects over the internet: localhost and private-network hosts cannot "
+        "be reached. Ask the user for a public host (with PostHog's egress IPs allowed), or an "
+        "SSH tunnel (ssh_tunnel in the payload).",
+    ),
+    (
+        "encrypted connection",
+        "PostHog requires TLS for new Postgres sources: the user must enable SSL on the server, "
+        "or connect through an SSH tunnel.",
+    ),
+    (
+        "Couldn't resolve the host",
+        "Check the host name with the user; it must resolve on the public internet.",
+    ),
+)
 
 
 class NotSucceeded(APIError):

@@ -106,8 +106,7 @@ def check_sync_frequency(value: Any) -> Any:
     """PostHog's ``sync_frequency`` choices, with its texts for what it refuses."""
     if value == "never":
         raise refuse(
-            '"never" is not a sync frequency. To stop syncing this table, set should_sync to '
-            "false."
+            '"never" is not a sync frequency. To stop syncing this table, set should_sync to false.'
         )
     if isinstance(value, str) and value not in SyncFrequency.__members__.values():
         raise refuse(
@@ -208,9 +207,9 @@ class ExternalDataSourceCreateParams(Params):
     )
     payload: dict[str, Any] = Field(
         description=(
-            "Credentials plus 'schemas'. Postgres/MySQL: host, port, database, user, password, "
-            "schema. schemas: [{name, should_sync, sync_type, incremental_field, "
-            "incremental_field_type, primary_key_columns}]."
+            "Connection fields (wizard) plus schemas: [{name, should_sync, sync_type, "
+            "incremental_field, incremental_field_type, primary_key_columns}]. Postgres: public "
+            "host, TLS; blank schema = all schemas, tables named schema.table."
         )
     )
     prefix: str | None = Field(
@@ -243,6 +242,23 @@ class ExternalDataSourcePartialUpdateParams(IdParams):
     job_inputs: dict[str, Any] | None = Field(
         None, description="Connection settings to merge in; omitted secrets are kept."
     )
+    auto_sync_new_schemas: bool | None = Field(
+        None, description="Enable tables found later (refresh-schemas) with defaults."
+    )
+    auto_sync_schema_patterns: list[str] | None = Field(
+        None,
+        max_length=100,
+        description="Globs limiting which new tables auto-sync, e.g. raw_*; null = all.",
+        json_schema_extra=NULL_MEANS_CLEAR,
+    )
+
+
+class RowFilter(Params):
+    """One predicate ANDed onto the table's source query."""
+
+    column: str
+    operator: Literal[">", ">=", "<", "<=", "=", "!=", "IN", "NOT IN"]
+    value: Any = Field(description="Of the column's type; a list for IN.")
 
 
 class SchemaSettings(Params):
@@ -276,21 +292,37 @@ class SchemaSettings(Params):
     enabled_columns: list[str] | None = Field(
         None, description="Columns to sync; null = all.", json_schema_extra=NULL_MEANS_CLEAR
     )
+    row_filters: list[RowFilter] | None = Field(
+        None,
+        max_length=20,
+        description="Sync only matching rows, from the next sync; null = all.",
+        json_schema_extra=NULL_MEANS_CLEAR,
+    )
 
     _frequency = field_validator("sync_frequency", mode="before")(check_sync_frequency)
     _time_of_day = field_validator("sync_time_of_day", mode="before")(check_time_of_day)
 
 
 class SchemaUpdate(SchemaSettings):
-    """One schema's changes in a bulk update."""
+    """One schema's changes in a bulk update (PostHog's bulk endpoint takes no lookback)."""
 
     id: UUID = Field(description="Schema id.")
+    apply_sync_defaults: bool | None = Field(
+        None, description="Fill PostHog's default sync method if none is set."
+    )
 
 
 class ExternalDataSchemaPartialUpdateParams(SchemaSettings):
     """Arguments of external-data-schemas-partial-update."""
 
     id: UUID = Field(description="Schema id from a list call.")
+    incremental_field_lookback_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=5_184_000,
+        description="Incremental only: re-read this many seconds before the cursor (late rows).",
+        json_schema_extra=NULL_MEANS_CLEAR,
+    )
 
 
 class ExternalDataSourceBulkUpdateSchemasParams(IdParams):

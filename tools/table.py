@@ -137,9 +137,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.ExternalDataSourceCreated,
         title="Create data warehouse source",
         description=(
-            "Connect a new source: PostHog checks the credentials, discovers its tables and starts "
-            "syncing the tables marked should_sync. Returns {id}. Each call creates another "
-            "source."
+            "'Connect my Postgres/Stripe': run db-schema first, then send payload.schemas with "
+            "the tables the user chose; omitting schemas enables EVERY table. Each call creates "
+            "another source. Returns {id}."
         ),
         toolset="sources",
         scopes=WRITE,
@@ -165,8 +165,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.ExternalDataSource,
         title="Update data warehouse source",
         description=(
-            "Change a source's description or connection settings (job_inputs, merged; a new host "
-            "needs the password again). Table settings: schemas-partial-update."
+            "Change a source's description, connection settings (job_inputs, merged; a new host "
+            "needs the password) or auto-sync of new tables. Table settings: "
+            "schemas-partial-update."
         ),
         toolset="sources",
         scopes=WRITE,
@@ -193,8 +194,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.ExternalDataSchemaList,
         title="Update many table schemas",
         description=(
-            "Change sync settings of several tables of one source in one call (e.g. enable five "
-            "tables). Returns the updated schemas."
+            "Change several tables of one source in one call (e.g. enable five). Tables PostHog "
+            "refuses are named in the error; the others are saved."
         ),
         toolset="schemas",
         scopes=WRITE,
@@ -253,8 +254,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.RefreshSchemasResult,
         title="Refresh available schemas",
         description=(
-            "Rediscover the source's tables (new ones appear as schemas, not syncing); moves no "
-            "data. Returns {added, deleted, total_tables_seen}."
+            "'A new table is missing': rediscover the source's tables; new ones are added, not "
+            "syncing (unless auto-sync is on). Moves no data."
         ),
         toolset="sync",
         scopes=WRITE,
@@ -269,8 +270,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.Ack,
         title="Sync a source now",
         description=(
-            "Start a sync of every enabled table of a source now, without waiting for the "
-            "schedule. Returns at once; watch sources-jobs."
+            "Sync every enabled table of a source now with its sync type. Returns at once; "
+            "watch sources-jobs."
         ),
         toolset="sync",
         scopes=WRITE,
@@ -321,8 +322,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.ExternalDataSchema,
         title="Update table schema",
         description=(
-            "Enable or pause a table and set its sync type, cursor, key and frequency. For "
-            "incremental, pick the cursor with incremental-fields first."
+            "Change one table: enable or pause, sync type, cursor, key, frequency, row filters. "
+            "Send sync_type with cursor changes. A new cursor column or key needs a resync; "
+            "frequency and pause don't."
         ),
         toolset="schemas",
         scopes=WRITE,
@@ -349,8 +351,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.Ack,
         title="Cancel running sync",
         description=(
-            "Stop a table's running sync (job becomes Failed); the previous data stays. Errors if "
-            "no sync is running."
+            "Stop a table's running sync, or clear a status stuck in Running with no sync; then "
+            "reload. The previous data stays."
         ),
         toolset="sync",
         scopes=WRITE,
@@ -395,8 +397,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.Ack,
         title="Sync a table now",
         description=(
-            "Sync one table now with its sync type (incremental adds/merges new rows). Returns at "
-            "once. To rebuild from scratch use resync."
+            "'My orders table is stale': sync it now with its sync type (new rows only for "
+            "incremental). Try this before resync. Returns at once."
         ),
         toolset="sync",
         scopes=WRITE,
@@ -412,8 +414,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.Ack,
         title="Resync table from scratch",
         description=(
-            "Drop the table's synced data and re-import every row (cancels a running sync). Use "
-            "when data is wrong; costly on big tables."
+            "Only for wrong data (duplicates, missing rows) or after a new cursor column or "
+            "key: drops the table and re-imports every row, billed again. Never a first fix."
         ),
         toolset="sync",
         scopes=WRITE,
@@ -472,8 +474,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.PaginatedSyncLogList,
         title="Get sync job logs",
         description=(
-            "A table's sync log, newest first: what each sync did and the driver's error when "
-            "one failed. Filter by job (workflow_run_id from sources-jobs), level and text."
+            "'Why did my sync fail?': a table's sync log, newest first, with the driver's "
+            "error. Filter by job (workflow_run_id from sources-jobs), level and text."
         ),
         toolset="diagnose",
         scopes=READ,
@@ -487,9 +489,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.DiscoveredTableList,
         title="Discover tables and sync methods for a source",
         description=(
-            "Check credentials and list the tables a source would import, before creating it: "
-            "columns, detected primary keys, incremental candidates, row estimate, permission "
-            "and RLS warnings. Creates nothing. Then create with an explicit schemas list."
+            "List the tables a source would import before creating it: columns, primary keys, "
+            "cursor candidates, row estimates, permission and RLS warnings. Checks credentials, "
+            "creates nothing."
         ),
         toolset="setup",
         scopes=WRITE,
@@ -505,9 +507,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.SourceSetupResult,
         title="Set up a data warehouse source (one step)",
         description=(
-            "Check credentials, discover the tables and create the source with EVERY table "
-            "enabled (incremental where a cursor exists), starting their syncs. For a large "
-            "database or chosen tables use db-schema, then create. Returns {id}."
+            "Create a source with EVERY table enabled (incremental where a cursor exists) and "
+            "start syncing. For chosen tables use db-schema, then create. Returns {id}."
         ),
         toolset="setup",
         scopes=WRITE,
@@ -570,9 +571,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.DataHealthIssueList,
         title="List data pipeline health issues",
         description=(
-            "One-call audit of what is broken: table syncs Failed or at the billing limit, "
-            "sources in Error, failed materialized views, batch exports and transformations, "
-            "each with its error, failed_at and url. The key needs warehouse_view:read too."
+            "'What is broken?': failed or billing-limited table syncs, sources in Error, failed "
+            "views, exports and transformations, each with its error. Needs warehouse_view:read "
+            "too."
         ),
         toolset="diagnose",
         scopes=HEALTH,
