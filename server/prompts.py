@@ -40,69 +40,129 @@ def _arg(name: str, description: str, *, required: bool = False) -> types.Prompt
     return types.PromptArgument(name=name, description=description, required=required)
 
 
+# Rewritten in our words from PostHog's own agent guidance for the data warehouse
+# (`products/warehouse_sources/skills/*/SKILL.md`), for these tools.
 PROMPTS: tuple[Prompt, ...] = (
     Prompt(
         "connect-postgres",
         "Connect a Postgres database",
-        "Connect a Postgres database and choose a sync type for each table.",
+        "Connect a Postgres database with only the tables the user chooses, each with a fitting "
+        "sync type.",
         (
             _arg("host", "Database host", required=True),
             _arg("database", "Database name", required=True),
             _arg("prefix", "Table-name prefix in PostHog, e.g. app_"),
         ),
         """Connect the Postgres database {database} on {host} to PostHog's data warehouse \
-(prefix {prefix}) and choose how each table syncs.
-1. Ask the user for the port, user, password and schema; never guess credentials, and never \
-repeat the password back.
-2. external-data-sources-create with source_type "Postgres", the prefix, and payload {{host, \
-port, database, user, password, schema, schemas: []}} with every table should_sync false. \
-Note the returned id.
-3. external-data-sources-retrieve with that id to see the discovered tables (schemas).
-4. For each table the user wants: external-data-schemas-incremental-fields-create to see its \
-cursor columns. Choose: incremental (a reliably increasing updated_at or id, plus a primary \
-key) for large tables that change; append for insert-only logs/events; full_refresh for small \
-tables or when no cursor exists.
-5. external-data-sources-bulk-update-schemas-partial-update to set should_sync, sync_type, \
-incremental_field, incremental_field_type, primary_key_columns and sync_frequency in one call.
-6. external-data-sources-reload, then external-data-sources-jobs until every job is Completed \
-or Failed; report rows_synced and any latest_error.""",
+(prefix {prefix}), syncing only the tables the user chooses.
+1. Before asking for anything: PostHog Cloud connects over the internet, so the host must be \
+public (not localhost or a private network; otherwise an SSH tunnel), allow PostHog's egress \
+IPs, and accept TLS. A blank schema means every schema, with tables named schema.table.
+2. external-data-sources-wizard with source_type "Postgres": ask the user only for the \
+required fields it lists (port, user, password, schema). Never guess credentials and never \
+repeat a password back.
+3. external-data-sources-db-schema with those fields: it checks the credentials and lists the \
+tables with row estimates, detected_primary_keys, incremental_fields and warnings, creating \
+nothing. Show the error verbatim if it fails. Summarise the tables (do not dump JSON) and ask \
+which to sync; large row counts cost more.
+4. For each chosen table, from its db-schema entry: incremental when it has an \
+updated_at-like column in incremental_fields and a primary key (incremental_field and its \
+field_type as incremental_field_type, primary_key_columns = detected_primary_keys); append for \
+insert-only logs or events with an increasing column; full_refresh for small tables or when \
+nothing fits. Confirm the prefix with the user: every table name depends on it.
+5. external-data-sources-create with source_type "Postgres", the prefix, and payload = the \
+connection fields plus schemas: one entry per chosen table (name, should_sync true, sync_type \
+and, for incremental or append, incremental_field and incremental_field_type). Never omit \
+schemas: PostHog then enables EVERY table. Only the listed tables become schemas; others can \
+be added later with external-data-sources-refresh-schemas. (data-warehouse-source-setup \
+enables every table on purpose: use it only when the user wants them all.)
+6. The first syncs start by themselves: external-data-sources-jobs until every job is \
+Completed or Failed; report rows_synced, and for a failure read external-data-sync-logs.""",
     ),
     Prompt(
         "diagnose-failing-sync",
         "Diagnose a failing sync",
-        "Find why a source's table fails to sync and propose a fix.",
+        "Find why a table's sync fails and recover without losing data.",
         (_arg("source", "Source id, prefix or type", required=True), _arg("table", "Table name")),
-        """Find out why the sync of {table} in source {source} fails, and propose a fix.
-1. external-data-sources-list (search by type or prefix) to find the source id; \
-external-data-sources-retrieve for its status, latest_error and each schema's status.
-2. external-data-sources-jobs with schemas=[the table] for the recent runs: status, \
-rows_synced, latest_error, and when failures started.
-3. external-data-schemas-retrieve for the table's sync settings.
-4. If the error mentions the cursor or merge key: \
-external-data-schemas-incremental-fields-create to check the incremental field still exists \
-and has the type configured.
-5. Explain the cause in one paragraph. Propose the fix (credentials: \
-external-data-sources-partial-update; settings: external-data-schemas-partial-update) and ask \
-before changing anything. After a fix, external-data-schemas-reload and watch \
-external-data-sources-jobs.""",
+        """Find out why the sync of {table} in source {source} fails, and recover.
+1. data-warehouse-data-health-issues-retrieve for what PostHog reports broken; then \
+external-data-sources-list / external-data-sources-retrieve: check the source and each table, \
+since a source can look fine while a table failed. A table Running whose last_synced_at is \
+hours old is stuck, not busy.
+2. external-data-sync-logs for the table with level ERROR (job_id from \
+external-data-sources-jobs to pick one run): the driver's own error says the cause.
+3. Recover by cause, and never start with a resync:
+   - temporary error (timeout, connection reset): external-data-schemas-reload;
+   - credentials rotated: the user gives new ones, external-data-sources-partial-update with \
+job_inputs, then external-data-sources-reload;
+   - a column renamed, dropped or retyped: external-data-schemas-incremental-fields-create, \
+then external-data-schemas-partial-update (sync_type with the new incremental_field), then \
+reload;
+   - a new table at the source: external-data-sources-refresh-schemas;
+   - stuck in Running: external-data-schemas-cancel, then external-data-schemas-reload;
+   - CDC errors (slot, publication, wal_level): external-data-sources-check-cdc-prerequisites-\
+create;
+   - billing limits: no technical fix; tell the user.
+4. Only when the data itself is wrong (duplicates, missing rows) propose \
+external-data-schemas-resync or external-data-schemas-delete-data then reload: both discard \
+synced data and re-imported rows are billed. Explain, and wait for an explicit yes.
+5. After the fix, external-data-sources-jobs until Completed, and report.""",
     ),
     Prompt(
         "switch-to-incremental",
         "Switch a table to incremental sync",
-        "Move a table from full refresh to incremental sync without losing or duplicating rows.",
+        "Change a table's sync method or cursor safely, resyncing only when the change needs it.",
         (_arg("schema_id", "Schema id of the table", required=True),),
         """Switch table schema {schema_id} to incremental sync safely.
-1. external-data-schemas-retrieve: note sync_type, status, primary_key_columns. If a sync is \
-Running, wait (external-data-sources-jobs) or ask before external-data-schemas-cancel.
-2. external-data-schemas-incremental-fields-create: if incremental_available is false, stop \
-and explain (suggest append for insert-only tables). Pick a cursor that only increases when a \
-row changes (updated_at over created_at; an integer id only for insert-only tables).
-3. Confirm the primary key with the user: rows merge on it, and it cannot be changed after \
-data has synced without deleting the data first.
+1. external-data-schemas-retrieve: note sync_type, incremental_field, primary_key_columns, \
+status and last_synced_at. Do not change a table while it is Running: wait, or ask before \
+external-data-schemas-cancel.
+2. external-data-schemas-incremental-fields-create (it only reads): if incremental_available \
+is false, stop and explain (append suits insert-only tables). Pick a cursor that changes \
+whenever a row changes: updated_at over created_at; an increasing id only for insert-only tables.
+3. Confirm the primary key with the user: rows merge on it.
 4. external-data-schemas-partial-update with sync_type "incremental", incremental_field, \
-incremental_field_type and primary_key_columns.
-5. external-data-schemas-reload, then external-data-sources-jobs until it is Completed. Only \
-if the data is wrong, suggest external-data-schemas-resync (it deletes and re-imports).""",
+incremental_field_type and primary_key_columns in the same call (cursor fields without \
+sync_type are refused).
+5. Does the data need rebuilding? No for sync frequency, time of day, pausing, or full_refresh \
+to incremental; yes for a different cursor column on a synced incremental table, a different \
+primary key, or switching between full_refresh and append. If no: \
+external-data-schemas-reload. If yes: explain, get an explicit yes, then \
+external-data-schemas-resync (or external-data-schemas-delete-data then reload).
+6. external-data-sources-jobs until Completed; report rows_synced.""",
+    ),
+    Prompt(
+        "audit-data-health",
+        "Audit data-warehouse health",
+        "Report what is broken or stale across the sources, and recommend fixes without acting.",
+        (),
+        """Audit the health of this project's data-warehouse imports, and only report.
+1. data-warehouse-data-health-issues-retrieve: sources in Error first (every table of the \
+source is affected), then tables at a billing limit, then failed tables. Empty means healthy: \
+say so and stop unless the user asks for more.
+2. If asked for more: external-data-schemas-list for enabled tables whose last_synced_at is \
+older than twice their sync_frequency (stale though Completed), and sources whose tables are \
+all paused; external-data-sources-webhook-info-retrieve for sources with webhook tables.
+3. Report grouped by urgency, each item with its cause and the safe next step \
+(diagnose-failing-sync for failures; should_sync false to stop a table at a billing limit). \
+Do not call anything that changes data from the audit; fixes wait for the user's yes.""",
+    ),
+    Prompt(
+        "suggest-imports",
+        "Suggest data to import",
+        "Find what the user's question needs that is not in PostHog yet, and offer to import it.",
+        (_arg("question", "What the user wants to analyse"),),
+        """The user wants to analyse: {question}. Check whether the data is in PostHog, and if \
+not, suggest an import.
+1. external-data-sources-list and external-data-schemas-list: what is connected already, \
+under which prefix (tables are named with it, e.g. stripe_charges).
+2. If it is missing, pick the source type: revenue (Stripe, Chargebee, Shopify), CRM \
+(Hubspot, Salesforce), support (Zendesk), the product's own database (Postgres, MySQL, \
+BigQuery, Snowflake, Redshift). external-data-sources-wizard with that source_type says what \
+connecting needs (Stripe takes a restricted key nested as auth_method {{selection: "api_key", \
+stripe_secret_key}}).
+3. Suggest it in a few lines: the source, the tables it brings, the analysis it enables. Offer \
+to set it up (the connect-postgres prompt for Postgres); do not collect credentials unasked.""",
     ),
     Prompt(
         "remove-source",

@@ -14,7 +14,10 @@ from tests.support import MODES, Recorder, connect
 
 pytestmark = pytest.mark.anyio
 
-TOOL = re.compile(r"external-data-[a-z-]+[a-z]")
+# A tool name is any token that starts as one of the table's tools does (its first two words:
+# external-data-, data-warehouse-, ...), so a tool with a new prefix is recognised too.
+PREFIXES = sorted({"-".join(name.split("-")[:2]) for name in BY_NAME}, key=len, reverse=True)
+TOOL = re.compile(rf"\b(?:{'|'.join(map(re.escape, PREFIXES))})-[a-z-]*[a-z]")
 
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: p.name)
@@ -35,19 +38,40 @@ def test_workflows_name_their_tools_in_order() -> None:
 
     order(
         "connect-postgres",
+        "external-data-sources-wizard",
+        "external-data-sources-db-schema",
         "external-data-sources-create",
-        "external-data-schemas-incremental-fields-create",
-        "external-data-sources-bulk-update-schemas-partial-update",
-        "external-data-sources-reload",
         "external-data-sources-jobs",
+    )
+    order(
+        "diagnose-failing-sync",
+        "data-warehouse-data-health-issues-retrieve",
+        "external-data-sync-logs",
+        "external-data-schemas-cancel",
+        "external-data-schemas-resync",
     )
     order(
         "switch-to-incremental",
         "external-data-schemas-incremental-fields-create",
         "external-data-schemas-partial-update",
         "external-data-schemas-reload",
+        "external-data-schemas-resync",
     )
+    assert "Never omit schemas: PostHog then enables EVERY table" in text["connect-postgres"]
+    assert "never start with a resync" in text["diagnose-failing-sync"]
     assert "cannot be undone" in text["remove-source"]
+
+
+def test_the_audit_only_reads() -> None:
+    audit = next(p for p in PROMPTS if p.name == "audit-data-health").render({})
+    named = set(TOOL.findall(audit))
+    assert "data-warehouse-data-health-issues-retrieve" in named
+    assert all(BY_NAME[n].is_read_only for n in named), named
+
+
+def test_the_pattern_finds_every_tool_of_the_table() -> None:
+    names = set(BY_NAME)
+    assert set(TOOL.findall(" ".join(sorted(names)))) == names
 
 
 @MODES

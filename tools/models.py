@@ -410,7 +410,10 @@ class ExternalDataSourcesDbSchemaParams(Params):
     """Arguments of external-data-sources-db-schema."""
 
     source_type: str = SOURCE_TYPE
-    payload: dict[str, Any] = Field(description=CONNECTION + "password, schema).")
+    payload: dict[str, Any] = Field(
+        description=CONNECTION + "password, schema; Stripe: auth_method {selection: 'api_key', "
+        "stripe_secret_key})."
+    )
 
 
 class DataWarehouseSourceSetupParams(Params):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mcp_types as types
 import pytest
 
 from tests.sandbox.support import (
@@ -20,6 +21,7 @@ from tests.sandbox.support import (
     schema_by_name,
     warehouse_rows,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -186,3 +188,100 @@ async def test_agent_cancels_a_running_sync_and_finds_everything_after_a_restart
         assert jobs["results"][0]["latest_error"] == "Sync cancelled by user"
         # The cancelled sync never touched the published table.
         assert warehouse_rows(app, "SELECT count(*) FROM postgres_big") == [(40000,)]
+
+
+async def test_agent_following_the_connect_postgres_prompt_syncs_only_the_chosen_tables(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    upstream.execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, total int, updated_at timestamptz NOT NULL);"
+        "INSERT INTO orders SELECT g, g, now() FROM generate_series(1, 40) g;"
+        "CREATE TABLE page_views (seq bigint, url text, seen_at timestamptz NOT NULL);"
+        "INSERT INTO page_views SELECT g, '/p', now() FROM generate_series(1, 25) g;"
+        "CREATE TABLE audit_log (line text);"
+        "CREATE TABLE users (id int PRIMARY KEY, name text);"
+        "INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 5) g;"
+    )
+    creds = upstream.creds
+    chosen = {"orders", "page_views"}  # what the user answers at step 3
+    async with agent(tmp_path) as (client, app):
+        prompt = await client.get_prompt(
+            "connect-postgres", {"host": creds.host, "database": creds.database, "prefix": "app_"}
+        )
+        content = prompt.messages[0].content
+        assert isinstance(content, types.TextContent)
+        steps = content.text
+        # Step 2: the wizard says which fields to ask for; the user gives exactly those.
+        assert "external-data-sources-wizard" in steps
+        wizard = await call(client, "external-data-sources-wizard", {"source_type": "Postgres"})
+        given = creds.job_inputs()
+        fields = wizard["Postgres"]["fields"]
+        connection = {f["name"]: given[f["name"]] for f in fields if f["name"] in given}
+        assert {f["name"] for f in fields if f.get("required")} <= set(connection)
+        # Step 3: discovery, nothing created.
+        assert "external-data-sources-db-schema" in steps
+        discovered = await call(
+            client,
+            "external-data-sources-db-schema",
+            {"source_type": "Postgres", "payload": connection},
+        )
+        tables = {t["table"]: t for t in discovered["results"]}
+        assert set(tables) == {"orders", "page_views", "audit_log", "users"}
+        assert (await call(client, "external-data-sources-list", {}))["count"] == 0
+        # Step 4: a sync type per chosen table, from its discovery entry.
+        schemas = []
+        for name in sorted(chosen):
+            table = tables[name]
+            cursor = next(
+                (f for f in table["incremental_fields"] if f["field"].endswith("_at")), None
+            )
+            entry: dict[str, object] = {"name": name, "should_sync": True}
+            if cursor and table["detected_primary_keys"]:
+                entry |= {
+                    "sync_type": "incremental",
+                    "incremental_field": cursor["field"],
+                    "incremental_field_type": cursor["field_type"],
+                    "primary_key_columns": table["detected_primary_keys"],
+                }
+            elif cursor:
+                entry |= {
+                    "sync_type": "append",
+                    "incremental_field": cursor["field"],
+                    "incremental_field_type": cursor["field_type"],
+                }
+            else:
+                entry["sync_type"] = "full_refresh"
+            schemas.append(entry)
+        # Step 5: create with the chosen tables listed.
+        assert "Never omit schemas" in steps
+        created = await call(
+            client,
+            "external-data-sources-create",
+            {
+                "source_type": "Postgres",
+                "prefix": "app_",
+                "payload": {**connection, "schemas": schemas},
+            },
+        )
+
+        # Step 6: the first syncs start by themselves; watch the jobs.
+        async def settled() -> list[dict[str, object]] | None:
+            jobs = (await call(client, "external-data-sources-jobs", {"id": created["id"]}))[
+                "results"
+            ]
+            done = len(jobs) == len(chosen) and all(j["status"] != "Running" for j in jobs)
+            return jobs if done else None
+
+        jobs = await eventually(settled, within=60)
+        assert {j["status"] for j in jobs} == {"Completed"}
+        listed = await call(client, "external-data-schemas-list", {})
+        syncing = {s["name"]: s["sync_type"] for s in listed["results"] if s["should_sync"]}
+        assert syncing == {"orders": "incremental", "page_views": "append"}
+        assert {s["name"] for s in listed["results"]} == chosen
+        warehouse = {
+            name
+            for (name,) in warehouse_rows(
+                app, "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'app_%'"
+            )
+        }
+        assert warehouse == {"app_postgres_orders", "app_postgres_page_views"}
