@@ -115,7 +115,10 @@ def register_demo_source(store: Store, creds: PostgresCredentials) -> Source:
         id=new_id(),
         source_type="Postgres",
         prefix=DEMO_PREFIX,
-        description="Demo shop database (embedded PostgreSQL started by the sandbox)",
+        description=(
+            "Demo shop database (embedded PostgreSQL started by the sandbox, on 127.0.0.1 "
+            "without TLS: PostHog Cloud would refuse this host and connection)"
+        ),
         job_inputs=inputs,
         created_at=created,
         created_via="api",

@@ -62,11 +62,11 @@ def main(cmd, *args):
         sys.exit(f"no answer from {url} within {timeout:.0f}s")
     elif cmd == "tool-names":
         print("\n".join(sorted(t["name"] for t in result(args[0])["tools"])))
-    elif cmd == "expected-tools":  # read_only(true|false) -> names from tools/table.py
+    elif cmd == "expected-tools":  # read_only(true|false) -> read-scoped names from the table
         from posthog_warehouse_mcp.tools.table import ENDPOINTS
 
         only = args[0] == "true"
-        print("\n".join(sorted(r.name for r in ENDPOINTS if r.is_read_only or not only)))
+        print("\n".join(sorted(r.name for r in ENDPOINTS if r.read_scoped or not only)))
     elif cmd == "call-ok":  # path: a tools/call answer; prints a one-line digest
         res = result(args[0])
         if res.get("isError"):

@@ -49,9 +49,13 @@ external-data-schemas-partial-update or external-data-sources-bulk-update-schema
 (should_sync, sync_type, incremental_field) -> external-data-schemas-reload or \
 external-data-sources-reload (start a sync; returns at once) -> external-data-sources-jobs \
 (watch status, rows_synced, latest_error).
-reload syncs new data with the table's sync type; resync drops the table and re-imports \
-everything; refresh-schemas only discovers new source tables; incremental-fields only inspects \
-columns. destroy, delete-data and resync delete synced data: confirm with the user first.
+reload syncs new data with the table's sync type and is the first fix for a stale or failed \
+table (stuck in Running: cancel, then reload); resync drops the table and re-imports every row, \
+only for wrong data; refresh-schemas only discovers new source tables; incremental-fields only \
+inspects columns. destroy, delete-data and resync delete synced data: confirm with the user first.
+To connect a source: external-data-sources-db-schema lists its tables; then \
+external-data-sources-create with payload.schemas listing the tables the user chose \
+(omitting schemas enables every table).
 When something is broken: data-warehouse-data-health-issues-retrieve lists what failed, and \
 external-data-sync-logs shows what a table's sync did and its error."""
 
