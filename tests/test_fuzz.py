@@ -113,6 +113,8 @@ def valid_of_type(kind: str, node: Mapping[str, Any], defs: Mapping[str, Any]) -
     if kind == "integer":
         low = node.get("minimum", -(2**31))
         return st.integers(min_value=low, max_value=node.get("maximum", 2**31))
+    if kind == "number":
+        return st.integers(-(2**31), 2**31) | st.floats(allow_nan=False, allow_infinity=False)
     if kind == "string":
         if node.get("format") == "uuid":
             return st.uuids().flatmap(
@@ -165,7 +167,7 @@ def wrong_value(node: Mapping[str, Any], defs: Mapping[str, Any]) -> st.SearchSt
     ]
     if "null" not in kinds:
         choices.append(st.none())
-    if not kinds & {"integer", "boolean"}:
+    if not kinds & {"integer", "number", "boolean"}:
         choices.append(st.booleans() | st.integers())
     if "string" not in kinds or "enum" in node or "format" in node or "pattern" in node:
         choices.append(st.sampled_from(TRAVERSAL) | st.text(max_size=40))

@@ -258,7 +258,28 @@ class RowFilter(Params):
 
     column: str
     operator: Literal[">", ">=", "<", "<=", "=", "!=", "IN", "NOT IN"]
-    value: Any = Field(description="Of the column's type; a list for IN.")
+    value: Any = Field(
+        description="Of the column's type; a list for IN.",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string"},
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "number"}]}},
+            ]
+        },
+    )
+
+    @field_validator("value")
+    @classmethod
+    def _scalar_or_list(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [value]
+        scalars = (str, int, float) if isinstance(value, list) else (str, int, float, bool)
+        if not all(isinstance(v, scalars) for v in items) or any(
+            isinstance(v, bool) for v in items if isinstance(value, list)
+        ):
+            raise refuse("value must be a string, number or boolean, or a list of strings/numbers")
+        return value
 
 
 class SchemaSettings(Params):
