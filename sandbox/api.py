@@ -19,6 +19,7 @@ from starlette.routing import Route
 from posthog_warehouse_mcp.sandbox import drf, errors
 from posthog_warehouse_mcp.sandbox.errors import ApiError
 from posthog_warehouse_mcp.sandbox.health_routes import data_health_issues
+from posthog_warehouse_mcp.sandbox.query_routes import query
 from posthog_warehouse_mcp.sandbox.schema_routes import (
     schemas_cancel,
     schemas_create,
@@ -97,6 +98,7 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_schemas/{id}/reload/", {"POST": schemas_reload}),
     ("external_data_schemas/{id}/resync/", {"POST": schemas_resync}),
     ("data_warehouse/data_health_issues/", {"GET": data_health_issues}),
+    ("query/", {"POST": query}),
 ]
 
 

@@ -53,7 +53,7 @@ async def open_sandbox(
     store = Store(directory / "metadata.sqlite3")
     try:
         warehouse = await anyio.to_thread.run_sync(
-            lambda: Warehouse(directory / "warehouse.duckdb")
+            lambda: Warehouse(directory / "warehouse.duckdb", staging_dir=directory / "staging")
         )
     except BaseException:
         store.close()

@@ -3,6 +3,7 @@ side effects that combine them."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from posthog_warehouse_mcp.sandbox.connectors import (
 from posthog_warehouse_mcp.sandbox.connectors import config as form
 from posthog_warehouse_mcp.sandbox.engine import SyncEngine
 from posthog_warehouse_mcp.sandbox.errors import ApiError
+from posthog_warehouse_mcp.sandbox.queries import Queries
 from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store, iso, new_id, now
 from posthog_warehouse_mcp.sandbox.validation import create_settings, validate_prefix
 from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
@@ -67,6 +69,11 @@ class Services:
     engine: SyncEngine
     # PostHog Cloud's host and TLS rules for new sources, when the sandbox enforces them.
     cloud_rules: CloudRules | None = None
+
+    @functools.cached_property
+    def queries(self) -> Queries:
+        """Queries over the warehouse (`query/`)."""
+        return Queries(self.store, self.warehouse)
 
     def get_source(self, source_id: str) -> Source:
         """A live source.

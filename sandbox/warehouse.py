@@ -34,8 +34,14 @@ class Warehouse:
     publishes. Generations live in memory; after a restart no sync is running.
     """
 
-    def __init__(self, path: Path, *, memory_limit: str = "256MB") -> None:
+    def __init__(
+        self, path: Path, *, staging_dir: Path | None = None, memory_limit: str = "256MB"
+    ) -> None:
         """Open (or create) the warehouse file.
+
+        File access is then locked for good: DuckDB may read and write only its own files, the
+        spill folder and `staging_dir` (where syncs stage their CSV files), so no query can read
+        or write anything else, attach a database or load an extension.
 
         Raises:
             DirectoryInUse: another process has the file open.
@@ -55,6 +61,16 @@ class Warehouse:
         # Bounded memory: the sandbox's peak during a 1M-row sync must stay well under 500 MB.
         self._con.execute(f"SET memory_limit = '{memory_limit}'")
         self._con.execute("SET preserve_insertion_order = false")
+        spill = path.with_name(path.name + ".tmp")
+        allowed = [spill, *([staging_dir] if staging_dir is not None else [])]
+        for folder in allowed:
+            folder.mkdir(parents=True, exist_ok=True)
+        self._con.execute(f"SET temp_directory = '{spill}'")
+        listed = ", ".join("'" + str(f).replace("'", "''") + "/'" for f in allowed)
+        self._con.execute(f"SET allowed_directories = [{listed}]")
+        # Irreversible for this process: DuckDB refuses to turn it back on.
+        self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET lock_configuration = true")
         # DuckDB resolves concurrent writers optimistically and aborts on conflict; one writer at a
         # time keeps every publication deterministic, and the slow part (COPY) runs outside it.
         self._write_lock = threading.Lock()

@@ -77,7 +77,9 @@ schemas: PostHog then enables EVERY table. Only the listed tables become schemas
 be added later with external-data-sources-refresh-schemas. (data-warehouse-source-setup \
 enables every table on purpose: use it only when the user wants them all.)
 6. The first syncs start by themselves: external-data-sources-jobs until every job is \
-Completed or Failed; report rows_synced, and for a failure read external-data-sync-logs.""",
+Completed or Failed; report rows_synced, and for a failure read external-data-sync-logs.
+7. Verify: read-data-warehouse-schema for each table's name in SQL, then execute-sql with a \
+count() per table and, for incremental tables, a check that no primary key appears twice.""",
     ),
     Prompt(
         "diagnose-failing-sync",

@@ -201,6 +201,27 @@ CASES: dict[str, Case] = {
     "data-warehouse-data-health-issues-retrieve": Case(
         {}, "GET", f"{BASE}data_warehouse/data_health_issues/", [], None
     ),
+    # The query goes inside an outer SELECT asking one row more than the caller's limit.
+    "execute-sql": Case(
+        {"query": "SELECT count() FROM postgres.app.orders;", "limit": 20},
+        "POST",
+        f"{BASE}query/",
+        [],
+        {
+            "query": {
+                "kind": "HogQLQuery",
+                "query": "SELECT * FROM (\nSELECT count() FROM postgres.app.orders\n) LIMIT 21",
+            },
+            "name": "execute-sql",
+        },
+    ),
+    "read-data-warehouse-schema": Case(
+        {"search": "orders"},
+        "POST",
+        f"{BASE}query/",
+        [],
+        {"query": {"kind": "DatabaseSchemaQuery"}},
+    ),
     # PostHog's tool turns a minimum level into the list from it up and a job id into
     # instance_id, and always sends its own limit.
     "external-data-sync-logs": Case(
@@ -237,6 +258,8 @@ READ_SCOPED = {
     "external-data-schemas-list",
     "external-data-schemas-retrieve",
     "data-warehouse-data-health-issues-retrieve",
+    "execute-sql",
+    "read-data-warehouse-schema",
 }
 # Annotated read-only: those, and four that change nothing yet need write.
 READ_ONLY = READ_SCOPED | {

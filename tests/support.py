@@ -99,6 +99,29 @@ SAMPLE_BODIES: dict[type, tuple[int, Any]] = {
             "count": 1,
         },
     ),
+    m.QueryResult: (
+        200,
+        {
+            "columns": ["count()"],
+            "types": [["count()", "UInt64"]],
+            "results": [[3]],
+            "hogql": "SELECT count() FROM t",
+        },
+    ),
+    m.WarehouseSchema: (
+        200,
+        {
+            "tables": {
+                "postgres.app.orders": {
+                    "type": "data_warehouse",
+                    "name": "postgres.app.orders",
+                    "fields": {"id": {"name": "id", "type": "integer"}},
+                    "source": {"id": SOURCE_ID, "source_type": "Postgres", "prefix": "app_"},
+                }
+            },
+            "joins": [],
+        },
+    ),
     m.PaginatedSyncLogList: (
         200,
         {

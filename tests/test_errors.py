@@ -172,6 +172,8 @@ async def test_a_403_names_the_scope_the_tool_needs(tool: str) -> None:
     assert result.is_error is True
     if tool == "data-warehouse-data-health-issues-retrieve":
         needs = "the scopes warehouse_view:read and external_data_source:read,"
+    elif tool in ("execute-sql", "read-data-warehouse-schema"):
+        needs = "the scope query:read,"
     else:
         needs = f"the scope external_data_source:{'read' if tool in READ_SCOPED else 'write'},"
     assert f"needs a key with {needs}" in text_of(result)

@@ -15,9 +15,14 @@ from tests.support import MODES, Recorder, connect
 pytestmark = pytest.mark.anyio
 
 # A tool name is any token that starts as one of the table's tools does (its first two words:
-# external-data-, data-warehouse-, ...), so a tool with a new prefix is recognised too.
+# external-data-, data-warehouse-, ...) and goes on, or is a two-word tool name (execute-sql), so
+# a tool with a new prefix is recognised too.
 PREFIXES = sorted({"-".join(name.split("-")[:2]) for name in BY_NAME}, key=len, reverse=True)
-TOOL = re.compile(rf"\b(?:{'|'.join(map(re.escape, PREFIXES))})-[a-z-]*[a-z]")
+SHORT = sorted(name for name in BY_NAME if name.count("-") == 1)
+TOOL = re.compile(
+    rf"\b(?:(?:{'|'.join(map(re.escape, PREFIXES))})(?:-[a-z]+)+"
+    rf"|{'|'.join(map(re.escape, SHORT))})\b"
+)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: p.name)

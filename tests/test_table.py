@@ -53,8 +53,11 @@ def test_each_tool_needs_the_scopes_posthog_requires() -> None:
     # Data health is on PostHog's warehouse-view API, and its tool asks for both read scopes.
     health = "data-warehouse-data-health-issues-retrieve"
     assert scopes.pop(health) == ("warehouse_view:read", "external_data_source:read")
+    # The query endpoint needs query:read, whatever the query kind.
+    queries = {"execute-sql", "read-data-warehouse-schema"}
+    assert {scopes.pop(name) for name in queries} == {("query:read",)}
     read = {name for name, needs in scopes.items() if needs == ("external_data_source:read",)}
-    assert read == READ_SCOPED - {health}
+    assert read == READ_SCOPED - {health} - queries
     others = {scopes[name] for name in scopes.keys() - READ_SCOPED}
     assert others == {("external_data_source:write",)}
 

@@ -79,6 +79,7 @@ class AccessMethod(StrEnum):
 PREFIX_PATTERN = r"^(_*[A-Za-z]|_+[0-9])[A-Za-z0-9_]*$"
 TIME_OF_DAY_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LEADING_COMMENTS = re.compile(r"^(\s*(--[^\n]*(\n|$)|/\*.*?\*/))*", re.DOTALL)
 _TIME_OF_DAY = re.compile(TIME_OF_DAY_PATTERN)
 _CURSOR_SYNC_TYPES = ("incremental", "append")
 
@@ -494,6 +495,43 @@ class ExternalDataSourcesCheckCdcPrerequisitesParams(ExternalDataSourcesDbSchema
     )
 
 
+class ExecuteSqlParams(Params):
+    """Arguments of execute-sql."""
+
+    query: str = Field(
+        min_length=1,
+        max_length=20_000,
+        pattern=r"^[ \t\r\n(]*([Ss][Ee][Ll][Ee][Cc][Tt]|[Ww][Ii][Tt][Hh])[ \t\r\n]",
+        description="One HogQL (ClickHouse SQL) SELECT; tables named as read-data-warehouse-schema "
+        "lists them.",
+    )
+    limit: int = Field(100, ge=1, le=500, description="Rows at most (up to 500).")
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _one_select(cls, query: Any) -> Any:
+        if not isinstance(query, str):
+            return query
+        words = _LEADING_COMMENTS.sub("", query).lstrip("( \t\r\n").split(None, 1)
+        first = words[0].upper() if words else ""
+        if first not in ("SELECT", "WITH"):
+            raise refuse(
+                f"execute-sql runs one read-only SELECT (or WITH ... SELECT); this query starts "
+                f"with {first or 'nothing'}."
+            )
+        return query
+
+
+class ReadDataWarehouseSchemaParams(Params):
+    """Arguments of read-data-warehouse-schema."""
+
+    search: str | None = Field(None, max_length=200, description="Only tables whose name has this.")
+    source: str | None = Field(
+        None, max_length=200, description="Only this source: id, prefix or type (e.g. Stripe)."
+    )
+    details: bool = Field(False, description="Add row count, source, table status, last sync.")
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -726,6 +764,21 @@ class DataHealthIssueList(Response):
 
     results: list[DataHealthIssue]
     count: int | None = None
+
+
+class QueryResult(Response):
+    """A HogQL query's answer: columns, [name, type] pairs and rows (arrays)."""
+
+    columns: list[str]
+    types: list[list[str]] | None = None
+    results: list[list[Any]]
+    truncated: bool | None = None
+
+
+class WarehouseSchema(Response):
+    """The warehouse's tables by the name to use in SQL."""
+
+    tables: dict[str, dict[str, Any]]
 
 
 class Ack(Response):

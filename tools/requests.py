@@ -11,6 +11,7 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools.models import (
+    ExecuteSqlParams,
     ExternalDataSourcesDbSchemaParams,
     ExternalDataSyncLogsParams,
     LogLevel,
@@ -48,3 +49,20 @@ def flat_body(params: BaseModel) -> dict[str, Any]:
     assert isinstance(params, ExternalDataSourcesDbSchemaParams)
     given = params.model_dump(mode="json", exclude_unset=True, exclude={"payload"})
     return {**params.payload, **given}
+
+
+def hogql_query_body(params: BaseModel) -> dict[str, Any]:
+    """The query endpoint's body for execute-sql: the query inside an outer SELECT whose LIMIT
+    is one row more than the caller's, so the answer shows whether rows were left out.
+
+    The query goes on its own lines, so a trailing `--` comment cannot swallow the bracket.
+    """
+    assert isinstance(params, ExecuteSqlParams)
+    text = params.query.strip().rstrip(";").rstrip()
+    wrapped = f"SELECT * FROM (\n{text}\n) LIMIT {params.limit + 1}"
+    return {"query": {"kind": "HogQLQuery", "query": wrapped}, "name": "execute-sql"}
+
+
+def schema_query_body(params: BaseModel) -> dict[str, Any]:
+    """The query endpoint's body for read-data-warehouse-schema (filters apply to the answer)."""
+    return {"query": {"kind": "DatabaseSchemaQuery"}}

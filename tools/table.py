@@ -16,11 +16,17 @@ from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools import models as m
 from posthog_warehouse_mcp.tools.hooks import Hook
-from posthog_warehouse_mcp.tools.requests import flat_body, sync_logs_query
+from posthog_warehouse_mcp.tools.requests import (
+    flat_body,
+    hogql_query_body,
+    schema_query_body,
+    sync_logs_query,
+)
+from posthog_warehouse_mcp.tools.results import query_rows, warehouse_tables
 from posthog_warehouse_mcp.tools.waiting import wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
-Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue", "setup", "diagnose"]
+Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue", "setup", "diagnose", "query"]
 TOOLSETS: tuple[Toolset, ...] = (
     "sources",
     "schemas",
@@ -29,6 +35,7 @@ TOOLSETS: tuple[Toolset, ...] = (
     "revenue",
     "setup",
     "diagnose",
+    "query",
 )
 
 DESTRUCTIVE_WARNING = "DESTRUCTIVE: confirm with the user before calling. "
@@ -38,6 +45,8 @@ READ = ("external_data_source:read",)
 WRITE = ("external_data_source:write",)
 # PostHog's data-health endpoint lives on the warehouse-view API and needs its scope too.
 HEALTH = ("warehouse_view:read", "external_data_source:read")
+# PostHog's query endpoint (a read, though it is a POST).
+QUERY = ("query:read",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -577,6 +586,43 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="diagnose",
         scopes=HEALTH,
+    ),
+    Endpoint(
+        "execute-sql",
+        "POST",
+        "query/",
+        params=m.ExecuteSqlParams,
+        response=m.QueryResult,
+        title="Execute SQL query",
+        description=(
+            "Check what a sync loaded: one read-only HogQL SELECT over the warehouse (e.g. "
+            "count() and a duplicate-key check after a sync; a new column after "
+            "refresh-schemas). Returns columns, types and rows."
+        ),
+        toolset="query",
+        scopes=QUERY,
+        read_only=True,
+        idempotent=True,
+        build_body=hogql_query_body,
+        hook=query_rows,
+    ),
+    Endpoint(
+        "read-data-warehouse-schema",
+        "POST",
+        "query/",
+        params=m.ReadDataWarehouseSchemaParams,
+        response=m.WarehouseSchema,
+        title="Read data warehouse schema",
+        description=(
+            "The synced tables as SQL sees them: the name to query and column types; with "
+            "details, row count, source and last sync."
+        ),
+        toolset="query",
+        scopes=QUERY,
+        read_only=True,
+        idempotent=True,
+        build_body=schema_query_body,
+        hook=warehouse_tables,
     ),
 )
 

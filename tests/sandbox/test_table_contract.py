@@ -118,6 +118,12 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         assert "wal_level must be set to 'logical'" in cdc["errors"][0]
         # The setup source's tables are syncing or synced; none is broken.
         assert (await use("data-warehouse-data-health-issues-retrieve", {}))["results"] == []
+        counted = await use(
+            "execute-sql", {"query": "SELECT count() AS n FROM postgres.orders", "limit": 5}
+        )
+        assert counted["results"] == [[50]]
+        listed_tables = await use("read-data-warehouse-schema", {"search": "orders"})
+        assert "postgres.orders" in listed_tables["tables"]
         wizard = await use("external-data-sources-wizard", {"source_type": "Postgres"})
         assert "password" in {f["name"] for f in wizard["Postgres"]["fields"]}
         webhook = await use("external-data-sources-webhook-info-retrieve", {"id": source_id})

@@ -1,0 +1,40 @@
+"""`query/`: PostHog's query endpoint, for the two kinds the warehouse can answer."""
+
+from __future__ import annotations
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from posthog_warehouse_mcp.sandbox import drf, errors
+from posthog_warehouse_mcp.sandbox.hogql import QueryError
+from posthog_warehouse_mcp.sandbox.services import Services
+
+# The query kinds the sandbox runs; PostHog has many more (trends, funnels...).
+KINDS = ("HogQLQuery", "DatabaseSchemaQuery")
+
+
+async def query(request: Request, services: Services) -> Response:
+    """POST query/: `{"query": {"kind": "HogQLQuery", "query": "SELECT ..."}}` answers rows,
+    columns and types; `{"kind": "DatabaseSchemaQuery"}` the warehouse tables. A query PostHog
+    would refuse gets its `hogql_query_error` body."""
+    data = await drf.body(request)
+    spec = data.get("query")
+    if not isinstance(spec, dict):
+        raise errors.required("query")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise errors.validation_error(
+            f"The sandbox runs only these query kinds: {', '.join(KINDS)}.", "query"
+        )
+    queries = services.queries
+    if kind == "DatabaseSchemaQuery":
+        return drf.answer(await anyio.to_thread.run_sync(queries.database_schema))
+    hogql = spec.get("query")
+    if not isinstance(hogql, str) or not hogql.strip():
+        raise errors.validation_error("This field is required.", "query", "required")
+    try:
+        answer = await anyio.to_thread.run_sync(lambda: queries.run_hogql(hogql))
+    except QueryError as exc:
+        raise errors.validation_error(str(exc), None, "hogql_query_error") from None
+    return drf.answer(answer)

@@ -1,0 +1,177 @@
+"""`query/` over the DuckDB warehouse: HogQL translated to DuckDB, PostHog's answers and error
+bodies, and the locks: nothing but one SELECT over the warehouse's own tables runs, nothing
+outside the warehouse is read or written, and a query never disturbs a running sync."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import duckdb
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from tests.sandbox.support import API, Upstream, gate, synced, wait_for_jobs, warehouse_rows
+
+pytestmark = pytest.mark.anyio
+
+QUERY = f"{API}/query/"
+ORDERS_SQL = """
+CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(12,2), big bigint,
+                     updated_at timestamptz NOT NULL);
+INSERT INTO orders SELECT g, CASE WHEN g % 4 = 0 THEN 'refunded' ELSE 'paid' END, g * 1.25,
+       9007199254740993 + g, timestamptz '2025-01-01 00:00:00+00' + g * interval '1 minute'
+FROM generate_series(1, 200) g;
+"""
+
+
+async def hogql(client: httpx.AsyncClient, query: str) -> httpx.Response:
+    return await client.post(QUERY, json={"query": {"kind": "HogQLQuery", "query": query}})
+
+
+async def test_hogql_runs_translated_and_answers_as_posthog(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    _, client = sandbox
+    upstream.execute(ORDERS_SQL)
+    await synced(client, upstream, "orders")
+    counted = await hogql(
+        client, "SELECT count(), countIf(status = 'refunded') AS refunded FROM postgres.orders"
+    )
+    assert counted.status_code == 200, counted.text
+    body = counted.json()
+    assert body["columns"] == ["count()", "refunded"]
+    assert body["results"] == [[200, 50]]
+    # Without a LIMIT of its own, PostHog pages the answer: 100 rows and hasMore.
+    paged = (await hogql(client, "SELECT id FROM postgres_orders ORDER BY id")).json()
+    assert (len(paged["results"]), paged["hasMore"], paged["limit"]) == (100, True, 100)
+    limited = (await hogql(client, "SELECT * FROM postgres.orders ORDER BY id LIMIT 2")).json()
+    assert "hasMore" not in limited
+    types = dict(limited["types"])
+    assert types["amount"] == "Decimal(12, 2)"
+    assert types["updated_at"] == "DateTime64(6, 'UTC')"
+    row = dict(zip(limited["columns"], limited["results"][0], strict=True))
+    assert row["updated_at"] == "2025-01-01T00:01:00Z"
+    assert row["big"] == 9007199254740994  # JSON numbers, exact in Python
+    assert row["amount"] == 1.25
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("SELECT nope FROM postgres.orders", "Unable to resolve field: nope"),
+        (
+            "SELECT * FROM postgres.order",
+            "Unknown table `postgres.order`. Did you mean: postgres.orders, postgres_orders?",
+        ),
+        ("INSERT INTO postgres_orders VALUES (1)", "Only SELECT queries are allowed, not INSERT."),
+        ("UPDATE postgres_orders SET status = 'x'", "Only SELECT queries are allowed, not UPDATE."),
+        ("DELETE FROM postgres_orders", "Only SELECT queries are allowed, not DELETE."),
+        ("DROP TABLE postgres_orders", "Only SELECT queries are allowed, not DROP."),
+        ("ATTACH '/tmp/x.db' AS x", "Only SELECT queries are allowed"),
+        ("COPY postgres_orders TO '/tmp/out.csv'", "Only SELECT queries are allowed, not COPY."),
+        ("PRAGMA database_list", "Only SELECT queries are allowed"),
+        ("SELECT 1; DROP TABLE postgres_orders", "Only one statement is allowed per query."),
+        ("SELECT * FROM read_csv('/etc/passwd')", "Table functions are not allowed"),
+        ("SELECT * FROM read_text('/etc/hostname')", "Table functions are not allowed"),
+        ("SELECT * FROM query('SELECT 1')", "Table functions are not allowed"),
+        (
+            "SELECT (SELECT count() FROM read_csv('/etc/passwd')) AS n",
+            "Table functions are not allowed",
+        ),
+        ("SELECT * FROM generate_series(1, 3)", "Table functions are not allowed"),
+        ("SELEC 1", "Syntax error"),
+    ],
+)
+async def test_what_is_refused_changes_and_reads_nothing(
+    sandbox: tuple[Starlette, httpx.AsyncClient],
+    upstream: Upstream,
+    query: str,
+    detail: str,
+) -> None:
+    app, client = sandbox
+    upstream.execute(ORDERS_SQL)
+    await synced(client, upstream, "orders")
+    response = await hogql(client, query)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert (body["type"], body["code"], body["attr"]) == (
+        "validation_error",
+        "hogql_query_error",
+        None,
+    )
+    assert body["detail"].startswith(detail), body["detail"]
+    assert warehouse_rows(app, "SELECT count(*) FROM postgres_orders") == [(200,)]
+    assert not await anyio.Path("/tmp/out.csv").exists()
+
+
+async def test_duckdb_itself_refuses_files_and_writes(
+    sandbox: tuple[Starlette, httpx.AsyncClient],
+) -> None:
+    """The locks behind the parse check: what a query could still try is refused by DuckDB."""
+    app, _ = sandbox
+    cursor = app.state.services.warehouse.cursor()
+    for statement in (
+        "SELECT * FROM read_text('/etc/hostname')",
+        "COPY (SELECT 1) TO '/tmp/sandbox-escape.csv'",
+        "ATTACH '/tmp/sandbox-escape.db'",
+        "SET enable_external_access = true",
+        "SET allowed_directories = ['/']",
+        "INSTALL httpfs",
+    ):
+        with pytest.raises(duckdb.Error):
+            cursor.execute(statement)
+    cursor.execute("BEGIN TRANSACTION READ ONLY")
+    with pytest.raises(duckdb.Error, match="read-only"):
+        cursor.execute("CREATE TABLE sneaky (x int)")
+    cursor.execute("ROLLBACK")
+    assert not await anyio.Path("/tmp/sandbox-escape.csv").exists()
+
+
+async def test_a_query_during_a_sync_neither_blocks_it_nor_sees_half_a_table(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    upstream.execute(ORDERS_SQL)
+    source, schema_id = await synced(client, upstream, "orders")
+    upstream.execute(
+        "INSERT INTO orders SELECT g, 'paid', 1, 1, now() FROM generate_series(201, 300) g"
+    )
+    with gate(app, "publish") as held:
+        reload = await client.post(f"{API}/external_data_schemas/{schema_id}/reload/")
+        assert reload.status_code == 200
+        await held.reached()
+        # The sync has its rows and waits to publish: a query sees the table as it was.
+        with anyio.fail_after(10):
+            during = await hogql(client, "SELECT count() FROM postgres.orders")
+        assert during.json()["results"] == [[200]]
+    jobs = await wait_for_jobs(client, source["id"], 2)
+    assert jobs[0]["status"] == "Completed"
+    after = await hogql(client, "SELECT count() FROM postgres.orders")
+    assert after.json()["results"] == [[300]]
+
+
+async def test_database_schema_lists_the_synced_tables(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    _, client = sandbox
+    upstream.execute(ORDERS_SQL)
+    await synced(client, upstream, "orders")
+    response = await client.post(QUERY, json={"query": {"kind": "DatabaseSchemaQuery"}})
+    tables: dict[str, Any] = response.json()["tables"]
+    assert list(tables) == ["postgres.orders"]
+    orders = tables["postgres.orders"]
+    assert orders["type"] == "data_warehouse"
+    assert orders["search_aliases"] == ["postgres_orders"]
+    assert orders["row_count"] == 200
+    assert {k: f["type"] for k, f in orders["fields"].items()} == {
+        "id": "integer",
+        "status": "string",
+        "amount": "decimal",
+        "big": "integer",
+        "updated_at": "datetime",
+    }
+    assert orders["source"]["source_type"] == "Postgres"
+    unknown = await client.post(QUERY, json={"query": {"kind": "TrendsQuery"}})
+    assert unknown.status_code == 400
