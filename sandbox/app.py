@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from posthog_warehouse_mcp.sandbox.access import Access, remove
 from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
 from posthog_warehouse_mcp.sandbox.runtime import DEFAULT_DIRECTORY, open_sandbox
 
@@ -36,12 +37,14 @@ def create_app(
     api_key: str | None = None,
     demo: bool | None = None,
     cloud_rules: bool | None = None,
+    advertise: str | None = None,
 ) -> Starlette:
     """A Starlette app that starts the sandbox in its lifespan.
 
     Without arguments it reads SANDBOX_DIR (default `./sandbox-data`), SANDBOX_API_KEY,
     SANDBOX_DEMO (`0` turns the demo off) and SANDBOX_CLOUD_RULES (`1` enforces PostHog
-    Cloud's host and TLS rules on new sources).
+    Cloud's host and TLS rules on new sources). `advertise` is the URL it is served at, written
+    with the API key to the directory's access file for `posthog-warehouse-mcp sql`.
     """
     directory = Path(directory or os.environ.get("SANDBOX_DIR") or DEFAULT_DIRECTORY)
     api_key = api_key if api_key is not None else os.environ.get("SANDBOX_API_KEY") or None
@@ -58,9 +61,13 @@ def create_app(
             directory, api_key=api_key, demo=bool(demo), cloud_rules=rules
         ) as sandbox_app:
             inner.app = sandbox_app
+            if advertise is not None:
+                Access(advertise, api_key, os.getpid()).write(directory)
             try:
                 yield
             finally:
                 inner.app = None
+                if advertise is not None:
+                    remove(directory, os.getpid())
 
     return Starlette(routes=[Mount("/", app=inner)], lifespan=lifespan)

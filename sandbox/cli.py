@@ -43,7 +43,11 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(
-        args.dir, api_key=args.api_key, demo=not args.no_demo, cloud_rules=args.cloud_rules
+        args.dir,
+        api_key=args.api_key,
+        demo=not args.no_demo,
+        cloud_rules=args.cloud_rules,
+        advertise=f"http://{_url_host(args.host)}:{args.port}",
     )
     # uvicorn sends access logs to stdout by default; everything goes to stderr here.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
@@ -61,6 +65,15 @@ def main(argv: list[str]) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
     return 0
+
+
+def _url_host(host: str) -> str:
+    """The host to reach the server at: a wildcard address means this machine's loopback."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
         prog="posthog-warehouse-mcp",
         description="MCP server for PostHog data-warehouse sources, schemas and sync jobs. "
         "The API key is read from POSTHOG_PERSONAL_API_KEY only (never a flag, so it stays "
-        "out of process lists). Run 'posthog-warehouse-mcp sandbox --help' for the sandbox.",
+        "out of process lists). Run 'posthog-warehouse-mcp sandbox --help' for the sandbox, "
+        "and 'posthog-warehouse-mcp sql --help' to query a running sandbox's warehouse.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for name, flag in Settings.flags().items():
@@ -115,6 +116,10 @@ async def _run(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sql"]:
+        from posthog_warehouse_mcp.server.sql_cli import main as sql_main
+
+        return sql_main(argv[1:])
     if argv[:1] == ["sandbox"]:
         try:
             from posthog_warehouse_mcp.sandbox.cli import main as sandbox_main

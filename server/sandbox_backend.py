@@ -61,6 +61,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             await self._wanted.wait()
         try:
             from posthog_warehouse_mcp.sandbox import open_sandbox
+            from posthog_warehouse_mcp.sandbox.access import loopback
             from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
         except ImportError:
             self._failure = (
@@ -73,7 +74,10 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             rules = CloudRules() if self.cloud_rules else None
-            async with open_sandbox(self.directory, demo=self.demo, cloud_rules=rules) as app:
+            async with (
+                open_sandbox(self.directory, demo=self.demo, cloud_rules=rules) as app,
+                loopback(app, self.directory),
+            ):
                 self._inner = httpx.ASGITransport(app=app)
                 log.info("sandbox ready in %s", self.directory)
                 self._ready.set()

@@ -74,21 +74,22 @@ class APIError(PostHogError):
 
 
 class BadRequest(APIError):
-    """400: PostHog refused the request; its message says why (and, for PostHog Cloud's
-    preconditions on a new source, what they are)."""
+    """400: PostHog refused the request; its message says why (and, for a few known refusals,
+    what to do next)."""
 
     hint = "Fix the arguments named in the message and call again."
 
     def next_step(self) -> str:
         """The general hint, or what to do about one of Cloud's source preconditions."""
-        for needle, step in CLOUD_PRECONDITIONS:
+        for needle, step in KNOWN_REFUSALS:
             if needle in self.message:
                 return step
         return self.hint
 
 
-# What PostHog Cloud requires of a new source's connection, by a phrase of its refusal.
-CLOUD_PRECONDITIONS = (
+# What to do about a refusal, by a phrase of PostHog's text: Cloud's preconditions for a new
+# source's connection, and a query naming what does not exist.
+KNOWN_REFUSALS = (
     (
         "internal or private IP",
         "PostHog Cloud connects over the internet: localhost and private-network hosts cannot "
@@ -103,6 +104,14 @@ CLOUD_PRECONDITIONS = (
     (
         "Couldn't resolve the host",
         "Check the host name with the user; it must resolve on the public internet.",
+    ),
+    (
+        "Unknown table",
+        "Use a table name that read-data-warehouse-schema lists (synced tables only).",
+    ),
+    (
+        "Unable to resolve field",
+        "read-data-warehouse-schema with search set to the table lists its columns.",
     ),
 )
 

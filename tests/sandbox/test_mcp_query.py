@@ -104,6 +104,7 @@ async def test_agent_verifies_an_incremental_sync_and_finds_a_new_column(
         assert "nothing was sent" in text_of(refused)
         unknown = await client.call_tool("execute-sql", {"query": "SELECT * FROM shop_orders"})
         assert "Unknown table" in text_of(unknown)
+        assert "read-data-warehouse-schema lists" in text_of(unknown)
 
         upstream.execute(
             "ALTER TABLE orders ADD COLUMN coupon text; UPDATE orders SET coupon = 'x'"
