@@ -27,6 +27,7 @@ from posthog_warehouse_mcp.tools.dispatch import ArgumentError, Call, validate
 from posthog_warehouse_mcp.tools.errors import PostHogError
 from posthog_warehouse_mcp.tools.output import cap, dumps
 from posthog_warehouse_mcp.tools.redact import redact_text, remember_secrets
+from posthog_warehouse_mcp.tools.secrets import SecretRefused
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint, lookup
 
 if TYPE_CHECKING:
@@ -233,11 +234,18 @@ async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.
     api_key = forwarded_key(ctx.request) if settings.forward_key else None
     try:
         call = Call(
-            args, state.client.get(), settings.base_path(), api_key, ctx.session.report_progress
+            args,
+            state.client.get(),
+            settings.base_path(),
+            api_key,
+            ctx.session.report_progress,
+            secrets=settings.secret_policy,
         )
         result = await dispatch.call_tool(row, call)
     except PostHogError as exc:
         return error_result(exc.describe(), exc.details)
+    except SecretRefused as exc:
+        return error_result(str(exc))
     except Exception:
         log.exception("unexpected failure in %s", row.name)
         return error_result(

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from posthog_warehouse_mcp.tools.output import DEFAULT_MAX_OUTPUT_BYTES
+from posthog_warehouse_mcp.tools.secrets import SecretPolicy
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, TOOLSETS
 
 HOST_SHORTCUTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
@@ -80,6 +81,19 @@ class Settings(BaseSettings):
         False,
         "--sandbox-cloud-rules",
         "the sandbox refuses new sources as PostHog Cloud does (public host, Postgres TLS)",
+    )
+
+    # Credentials in calls.
+    secret_refs: Literal["auto", "on", "off"] = flagged(
+        "auto",
+        "--secret-refs",
+        'resolve {"env": "POSTHOG_SECRET_<NAME>"} in source credentials (auto: on for stdio, '
+        "off for HTTP)",
+    )
+    strict_secrets: bool = flagged(
+        False,
+        "--strict-secrets",
+        "refuse literal values in credential fields (pass references or use the connect link)",
     )
 
     # Serving.
@@ -181,6 +195,15 @@ class Settings(BaseSettings):
                 "--forward-key uses each caller's own key; unset POSTHOG_PERSONAL_API_KEY so "
                 "no server-wide key can be used by someone else."
             )
+
+    @property
+    def secret_policy(self) -> SecretPolicy:
+        """How credential fields of a call are treated: references resolve on stdio by default
+        (the user's own machine), on the HTTP transports only when the operator says so."""
+        references = self.secret_refs == "on" or (
+            self.secret_refs == "auto" and self.mcp_transport == "stdio"
+        )
+        return SecretPolicy(references=references, strict=self.strict_secrets)
 
     @property
     def api_key(self) -> str | None:

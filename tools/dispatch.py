@@ -7,7 +7,7 @@ send(row, call)        validated arguments -> prepare() -> PostHogClient.request
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -18,6 +18,7 @@ from posthog_warehouse_mcp.tools.errors import MalformedResponse, NotSucceeded, 
 from posthog_warehouse_mcp.tools.hooks import Progress
 from posthog_warehouse_mcp.tools.models import Ack
 from posthog_warehouse_mcp.tools.redact import redact
+from posthog_warehouse_mcp.tools.secrets import SecretPolicy, resolve
 from posthog_warehouse_mcp.tools.table import BY_NAME, Endpoint
 
 if TYPE_CHECKING:
@@ -131,6 +132,8 @@ class Call:
     base_path: str
     api_key: str | None = None
     progress: Progress | None = None
+    # How credential fields are treated (secret references, strict mode); None: sent as given.
+    secrets: SecretPolicy | None = None
 
     async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""
@@ -160,8 +163,11 @@ async def send(row: Endpoint, call: Call) -> dict[str, Any]:
 
     Raises:
         PostHogError: from the adapter or :func:`shape`.
+        SecretRefused: a secret reference or literal the call's policy refuses (nothing sent).
     """
     req = prepare(row, call.params, base_path=call.base_path)
+    if call.secrets is not None and req.body is not None:
+        req = replace(req, body=resolve(req.body, call.secrets, tool=row.name))
     try:
         reply = await call.client.request(
             req.method,

@@ -534,6 +534,18 @@ class ReadDataWarehouseSchemaParams(Params):
 
 # ---------------------------------------------------------------- outputs
 
+# Any JSON value, spelled with a type keyword (a bare {} is not portable across clients).
+ANY: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array"},
+        {"type": "object"},
+    ]
+}
+
 
 class Response(BaseModel):
     """Base of every result: unknown upstream fields pass through."""
@@ -771,7 +783,7 @@ class QueryResult(Response):
 
     columns: list[str]
     types: list[list[str]] | None = None
-    results: list[list[Any]]
+    results: list[list[Any]] = Field(json_schema_extra={"items": {"type": "array", "items": ANY}})
     truncated: bool | None = None
 
 
