@@ -22,6 +22,7 @@ import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from posthog_warehouse_mcp.sandbox import errors
+from posthog_warehouse_mcp.sandbox.connect import PAGE_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class TokenGuard:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if headers.get("host", "") not in self.hosts:
             await _refuse(send, 400, errors.validation_error("Invalid Host header.").body)
+            return
+        if str(scope.get("path", "")).startswith(PAGE_PREFIX):
+            # A browser's page, guarded by its own one-time token and Origin check.
+            await self.app(scope, receive, send)
             return
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), self.token):

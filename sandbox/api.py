@@ -17,6 +17,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from posthog_warehouse_mcp.sandbox import drf, errors
+from posthog_warehouse_mcp.sandbox.connect import (
+    PAGE_PREFIX,
+    connect_page,
+    sources_connect_link,
+    sources_stored_credentials,
+)
 from posthog_warehouse_mcp.sandbox.errors import ApiError
 from posthog_warehouse_mcp.sandbox.health_routes import data_health_issues
 from posthog_warehouse_mcp.sandbox.query_routes import query
@@ -69,6 +75,8 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("external_data_sources/", {"GET": sources_list, "POST": sources_create}),
     ("external_data_sources/connections/", {"GET": sources_connections}),
     ("external_data_sources/wizard/", {"GET": sources_wizard}),
+    ("external_data_sources/connect_link/", {"GET": sources_connect_link}),
+    ("external_data_sources/stored_credentials/", {"GET": sources_stored_credentials}),
     ("external_data_sources/database_schema/", {"POST": sources_database_schema}),
     ("external_data_sources/setup/", {"POST": sources_setup}),
     ("external_data_sources/preview_resource/", {"POST": sources_preview_resource}),
@@ -137,6 +145,13 @@ def _endpoint(
     return endpoint
 
 
+def _page(services: Services) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await connect_page(request, services)
+
+    return endpoint
+
+
 # Starlette's routing answers 404 (no route) and 405 (a method no route takes) itself.
 async def _not_found(request: Request, exc: Exception) -> Response:
     return drf.answer(errors.not_found().body, 404)
@@ -170,6 +185,8 @@ def build_app(services: Services, *, api_key: str | None = None) -> Starlette:
         for prefix in ("environments", "projects")
         for path, methods in ROUTES
     ]
+    # The connect page: for a browser, behind its own one-time token, not the API key.
+    routes.append(Route(PAGE_PREFIX + "{token}", _page(services), methods=["GET", "POST"]))
     app = Starlette(
         routes=routes,
         exception_handlers={404: _not_found, 405: _method_not_allowed, Exception: _server_error},

@@ -62,6 +62,7 @@ def create_app(
         ) as sandbox_app:
             inner.app = sandbox_app
             if advertise is not None:
+                sandbox_app.state.services.public_url = advertise
                 Access(advertise, api_key, os.getpid()).write(directory)
             try:
                 yield

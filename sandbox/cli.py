@@ -12,6 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from posthog_warehouse_mcp.sandbox.app import create_app
+from posthog_warehouse_mcp.sandbox.connect import PAGE_PREFIX
 from posthog_warehouse_mcp.sandbox.runtime import DEFAULT_DIRECTORY
 
 
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> int:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     for handler in log_config["handlers"].values():
         handler["stream"] = "ext://sys.stderr"
+    logging.getLogger("uvicorn.access").addFilter(_HideConnectTokens())
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -65,6 +67,17 @@ def main(argv: list[str]) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
     return 0
+
+
+class _HideConnectTokens(logging.Filter):
+    """Access-log lines show a connect page's path without its one-time token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        path = args[2] if isinstance(args, tuple) and len(args) >= 3 else None
+        if isinstance(args, tuple) and isinstance(path, str) and path.startswith(PAGE_PREFIX):
+            record.args = (*args[:2], PAGE_PREFIX + "[token]", *args[3:])
+        return True
 
 
 def _url_host(host: str) -> str:

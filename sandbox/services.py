@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -26,6 +26,9 @@ from posthog_warehouse_mcp.sandbox.errors import ApiError
 from posthog_warehouse_mcp.sandbox.queries import Queries
 from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store, iso, new_id, now
 from posthog_warehouse_mcp.sandbox.validation import create_settings, validate_prefix
+
+if TYPE_CHECKING:
+    from posthog_warehouse_mcp.sandbox.connect import ConnectLinks
 from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
 
 
@@ -69,6 +72,15 @@ class Services:
     engine: SyncEngine
     # PostHog Cloud's host and TLS rules for new sources, when the sandbox enforces them.
     cloud_rules: CloudRules | None = None
+    # The address a browser reaches the sandbox at (its connect page), once it listens on one.
+    public_url: str | None = None
+
+    @functools.cached_property
+    def connect_links(self) -> ConnectLinks:
+        """The connect page's one-time tokens."""
+        from posthog_warehouse_mcp.sandbox.connect import ConnectLinks
+
+        return ConnectLinks()
 
     @functools.cached_property
     def queries(self) -> Queries:

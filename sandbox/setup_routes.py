@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from posthog_warehouse_mcp.sandbox import drf, errors
+from posthog_warehouse_mcp.sandbox.connect import take_credential
 from posthog_warehouse_mcp.sandbox.connectors import (
     SourceError,
     known_source_type,
@@ -87,10 +88,7 @@ async def sources_setup(request: Request, services: Services) -> Response:
     if drf.boolean(data.get("direct_query_enabled") or False, "direct_query_enabled"):
         raise errors.message("The sandbox does not support direct query.")
     unresolved_secrets(payload)
-    credential_id = payload.get("credential_id")
-    if credential_id:
-        # The sandbox has no connect-link page, so no stored credentials.
-        raise errors.message(f"Stored credential '{credential_id}' not found or expired")
+    credential = take_credential(services, source_type, payload)
     check_prefix(prefix)
     validate_prefix(services.store, source_type, prefix)
     job_inputs = job_inputs_of(payload, "credential_id")
@@ -100,6 +98,8 @@ async def sources_setup(request: Request, services: Services) -> Response:
     wanted = default_schemas(found)
     new = NewSource(source_type, job_inputs, prefix, description, "mcp")
     source = services.create_source(new, [table for table, _ in found], wanted)
+    if credential is not None:  # single use: the source owns the details now
+        services.store.delete_credential(credential.id)
     return drf.answer({"id": source.id}, 201)
 
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from posthog_warehouse_mcp.sandbox import drf, errors
+from posthog_warehouse_mcp.sandbox.connect import take_credential
 from posthog_warehouse_mcp.sandbox.connectors import (
     SUPPORTED_SOURCE_TYPES,
     ConnectionFailed,
@@ -89,6 +90,7 @@ async def sources_create(request: Request, services: Services) -> Response:
         raise errors.message("The sandbox supports only the warehouse access method.")
     check_prefix(prefix)
     validate_prefix(services.store, source_type, prefix)
+    credential = take_credential(services, source_type, payload)
     job_inputs = job_inputs_of(payload)
     found = await services.inspect_new(source_type, job_inputs)
     tables = [table for table, _ in found]
@@ -100,6 +102,8 @@ async def sources_create(request: Request, services: Services) -> Response:
         source_type, job_inputs, prefix, data.get("description"), created_via, access_method
     )
     source = services.create_source(new, tables, wanted)
+    if credential is not None:  # single use: the source owns the details now
+        services.store.delete_credential(credential.id)
     return drf.answer({"id": source.id}, 201)
 
 

@@ -104,6 +104,18 @@ class Job:
     workflow_run_id: str | None = None
 
 
+@dataclass
+class Credential:
+    """Connection details a person typed on the connect page, for one source's setup: single
+    use, expiring (PostHog's `PendingSourceCredential`). Kept only in this 0600 store."""
+
+    id: str
+    source_type: str
+    job_inputs: dict[str, Any]
+    created_at: str
+    expires_at: str
+
+
 @dataclass(frozen=True)
 class LogEntry:
     """One line of a sync's log (PostHog's `log_entries` row of source `external_data_jobs`)."""
@@ -127,9 +139,14 @@ class LogFilter:
     search: str | None = None  # an ILIKE pattern inside %...%
 
 
-T = TypeVar("T", Source, Schema, Job)
+T = TypeVar("T", Source, Schema, Job, Credential)
 
-_TABLES: dict[type[Any], str] = {Source: "sources", Schema: "schemas", Job: "jobs"}
+_TABLES: dict[type[Any], str] = {
+    Source: "sources",
+    Schema: "schemas",
+    Job: "jobs",
+    Credential: "credentials",
+}
 
 
 class Store:
@@ -147,6 +164,7 @@ class Store:
         self.sources: dict[str, Source] = {}
         self.schemas: dict[str, Schema] = {}
         self.jobs: dict[str, Job] = {}
+        self.credentials: dict[str, Credential] = {}
         for table in _TABLES.values():
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, doc TEXT)")
         self._db.execute(
@@ -158,6 +176,7 @@ class Store:
         self._load(Source, self.sources)
         self._load(Schema, self.schemas)
         self._load(Job, self.jobs)
+        self._load(Credential, self.credentials)
 
     def _load(self, kind: type[T], into: dict[str, T]) -> None:
         names = {f.name for f in fields(kind)}
@@ -169,7 +188,7 @@ class Store:
                 continue
             into[obj.id] = obj
 
-    def save(self, obj: Source | Schema | Job) -> None:
+    def save(self, obj: Source | Schema | Job | Credential) -> None:
         """Persist one object (insert or replace) and keep it in the cache."""
         with self.lock:
             self._db.execute(
@@ -180,8 +199,16 @@ class Store:
                 self.sources[obj.id] = obj
             elif isinstance(obj, Schema):
                 self.schemas[obj.id] = obj
+            elif isinstance(obj, Credential):
+                self.credentials[obj.id] = obj
             else:
                 self.jobs[obj.id] = obj
+
+    def delete_credential(self, credential_id: str) -> None:
+        """Forget a stored credential for good (used, or expired)."""
+        with self.lock:
+            self._db.execute("DELETE FROM credentials WHERE id = ?", (credential_id,))
+            self.credentials.pop(credential_id, None)
 
     def live_sources(self) -> list[Source]:
         """Sources not deleted, newest first."""

@@ -7,6 +7,7 @@ call_tool(ctx, params)   look up the row, refuse what the settings refuse (prefl
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from posthog_warehouse_mcp.tools import dispatch
 from posthog_warehouse_mcp.tools.definitions import definitions
 from posthog_warehouse_mcp.tools.dispatch import ArgumentError, Call, validate
 from posthog_warehouse_mcp.tools.errors import PostHogError
+from posthog_warehouse_mcp.tools.hooks import OpenUrl
 from posthog_warehouse_mcp.tools.output import cap, dumps
 from posthog_warehouse_mcp.tools.redact import redact_text, remember_secrets
 from posthog_warehouse_mcp.tools.secrets import SecretRefused
@@ -152,6 +154,27 @@ class ServerState:
 Context = ServerRequestContext[ServerState]
 
 
+def url_opener(ctx: Context) -> OpenUrl | None:
+    """Shows a URL to the person through the client (URL-mode elicitation), when the client
+    declared it; None otherwise (or where there is no channel back, stateless HTTP)."""
+    capabilities = ctx.session.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None or elicitation.url is None:
+        return None
+
+    async def open_url(message: str, url: str) -> str:
+        try:
+            answer = await ctx.session.elicit_url(
+                message, url, elicitation_id=str(uuid.uuid4()), related_request_id=ctx.request_id
+            )
+        except Exception:  # no back channel, or the client failed: the URL is in the result
+            log.info("URL elicitation was not possible", exc_info=True)
+            return "not shown"
+        return str(answer.action)
+
+    return open_url
+
+
 def error_result(message: str, details: dict[str, Any] | None = None) -> types.CallToolResult:
     """A tool error the model can read and act on; ``details`` (what PostHog answered, when part
     of the work was done) go in the text and as structured content."""
@@ -240,6 +263,7 @@ async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.
             api_key,
             ctx.session.report_progress,
             secrets=settings.secret_policy,
+            open_url=url_opener(ctx),
         )
         result = await dispatch.call_tool(row, call)
     except PostHogError as exc:

@@ -76,8 +76,9 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             rules = CloudRules() if self.cloud_rules else None
             async with (
                 open_sandbox(self.directory, demo=self.demo, cloud_rules=rules) as app,
-                loopback(app, self.directory),
+                loopback(app, self.directory) as access,
             ):
+                app.state.services.public_url = access.url  # the connect page's address
                 self._inner = httpx.ASGITransport(app=app)
                 log.info("sandbox ready in %s", self.directory)
                 self._ready.set()

@@ -201,6 +201,20 @@ CASES: dict[str, Case] = {
     "data-warehouse-data-health-issues-retrieve": Case(
         {}, "GET", f"{BASE}data_warehouse/data_health_issues/", [], None
     ),
+    "data-warehouse-source-connect-link": Case(
+        {"source_type": "Postgres"},
+        "GET",
+        f"{BASE}external_data_sources/connect_link/",
+        [("source_type", "Postgres")],
+        None,
+    ),
+    "data-warehouse-stored-credentials-list": Case(
+        {"source_type": "Postgres"},
+        "GET",
+        f"{BASE}external_data_sources/stored_credentials/",
+        [("source_type", "Postgres")],
+        None,
+    ),
     # The query goes inside an outer SELECT asking one row more than the caller's limit.
     "execute-sql": Case(
         {"query": "SELECT count() FROM postgres.app.orders;", "limit": 20},
@@ -260,6 +274,8 @@ READ_SCOPED = {
     "data-warehouse-data-health-issues-retrieve",
     "execute-sql",
     "read-data-warehouse-schema",
+    "data-warehouse-source-connect-link",
+    "data-warehouse-stored-credentials-list",
 }
 # Annotated read-only: those, and four that change nothing yet need write.
 READ_ONLY = READ_SCOPED | {

@@ -99,6 +99,26 @@ SAMPLE_BODIES: dict[type, tuple[int, Any]] = {
             "count": 1,
         },
     ),
+    m.ConnectLink: (
+        200,
+        {
+            "source_type": "Postgres",
+            "auth_method": "credentials",
+            "connect_url": "http://127.0.0.1:9/connect/t",
+            "instructions": "Share this link with the user.",
+        },
+    ),
+    m.StoredCredentialList: (
+        200,
+        [
+            {
+                "credential_id": SOURCE_ID,
+                "source_type": "Postgres",
+                "created_at": "2026-01-01T00:00:00Z",
+                "expires_at": "2026-01-02T00:00:00Z",
+            }
+        ],
+    ),
     m.QueryResult: (
         200,
         {

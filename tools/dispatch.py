@@ -15,7 +15,7 @@ import pydantic
 from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools.errors import MalformedResponse, NotSucceeded, PermissionDenied
-from posthog_warehouse_mcp.tools.hooks import Progress
+from posthog_warehouse_mcp.tools.hooks import OpenUrl, Progress
 from posthog_warehouse_mcp.tools.models import Ack
 from posthog_warehouse_mcp.tools.redact import redact
 from posthog_warehouse_mcp.tools.secrets import SecretPolicy, resolve
@@ -134,6 +134,7 @@ class Call:
     progress: Progress | None = None
     # How credential fields are treated (secret references, strict mode); None: sent as given.
     secrets: SecretPolicy | None = None
+    open_url: OpenUrl | None = None
 
     async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""

@@ -14,6 +14,9 @@ from pydantic import BaseModel
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 Send = Callable[[], Awaitable[dict[str, Any]]]
+# Asks the client to show the person a URL (MCP URL-mode elicitation), with a message; returns
+# the person's answer (accept, decline, cancel).
+OpenUrl = Callable[[str, str], Awaitable[str]]
 
 
 class Caller(Protocol):
@@ -27,6 +30,11 @@ class Caller(Protocol):
     @property
     def progress(self) -> Progress | None:
         """Reports MCP progress, when the client asked for it."""
+        ...
+
+    @property
+    def open_url(self) -> OpenUrl | None:
+        """Shows the person a URL, when the client supports URL-mode elicitation."""
         ...
 
     async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:

@@ -532,6 +532,18 @@ class ReadDataWarehouseSchemaParams(Params):
     details: bool = Field(False, description="Add row count, source, table status, last sync.")
 
 
+class DataWarehouseSourceConnectLinkParams(Params):
+    """Arguments of data-warehouse-source-connect-link."""
+
+    source_type: str = SOURCE_TYPE
+
+
+class DataWarehouseStoredCredentialsListParams(Params):
+    """Arguments of data-warehouse-stored-credentials-list."""
+
+    source_type: str | None = Field(None, max_length=100, description="Only this type.")
+
+
 # ---------------------------------------------------------------- outputs
 
 # Any JSON value, spelled with a type keyword (a bare {} is not portable across clients).
@@ -791,6 +803,21 @@ class WarehouseSchema(Response):
     """The warehouse's tables by the name to use in SQL."""
 
     tables: dict[str, dict[str, Any]]
+
+
+class ConnectLink(Response):
+    """A page where the person types the credentials; the model never sees them."""
+
+    source_type: str | None = None
+    auth_method: str | None = None
+    connect_url: str
+    instructions: str | None = None
+
+
+class StoredCredentialList(Response):
+    """Stored credentials awaiting setup: ids and times, never values."""
+
+    results: list[dict[str, Any]]
 
 
 class Ack(Response):

@@ -28,10 +28,17 @@ SECRET_KEY_PARTS = (
 _known_secrets: set[str] = set()
 
 
+# Keys that match a part above but name a reference, not a secret: a stored credential's id
+# (PostHog's connect page) is what the agent must pass on.
+NOT_SECRET_KEYS = frozenset({"credential_id"})
+
+
 @functools.lru_cache(maxsize=4096)  # results repeat the same few dozen key names
 def is_secret_key(key: str) -> bool:
     """Whether a mapping key names a credential."""
     lowered = key.lower().replace("-", "_")
+    if lowered in NOT_SECRET_KEYS:
+        return False
     return any(part in lowered for part in SECRET_KEY_PARTS)
 
 

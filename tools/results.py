@@ -96,3 +96,19 @@ async def warehouse_tables(call: Caller, send: Send) -> dict[str, Any]:
             }
         tables[name] = entry
     return {"tables": tables}
+
+
+async def offer_link(call: Caller, send: Send) -> dict[str, Any]:
+    """data-warehouse-source-connect-link's hook: where the client can show a URL to the person
+    itself (URL-mode elicitation), it does, and the result says what the person answered."""
+    result = await send()
+    url = result.get("connect_url")
+    if call.open_url is not None and isinstance(url, str):
+        source_type = result.get("source_type") or "the source"
+        action = await call.open_url(
+            f"Open this page to enter the {source_type} connection details; they are never "
+            "shown to the assistant.",
+            url,
+        )
+        result["shown_to_user"] = action
+    return result

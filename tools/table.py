@@ -22,7 +22,7 @@ from posthog_warehouse_mcp.tools.requests import (
     schema_query_body,
     sync_logs_query,
 )
-from posthog_warehouse_mcp.tools.results import query_rows, warehouse_tables
+from posthog_warehouse_mcp.tools.results import offer_link, query_rows, warehouse_tables
 from posthog_warehouse_mcp.tools.waiting import wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
@@ -586,6 +586,34 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="diagnose",
         scopes=HEALTH,
+    ),
+    Endpoint(
+        "data-warehouse-source-connect-link",
+        "GET",
+        SOURCES + "connect_link/",
+        params=m.DataWarehouseSourceConnectLinkParams,
+        response=m.ConnectLink,
+        title="Get a secure connect link for a source",
+        description=(
+            "Instead of asking for a password in chat: a page where the user types the "
+            "credentials. Then stored-credentials-list and setup with {credential_id}."
+        ),
+        toolset="setup",
+        scopes=READ,
+        hook=offer_link,
+    ),
+    Endpoint(
+        "data-warehouse-stored-credentials-list",
+        "GET",
+        SOURCES + "stored_credentials/",
+        params=m.DataWarehouseStoredCredentialsListParams,
+        response=m.StoredCredentialList,
+        title="List stored source credentials awaiting setup",
+        description=(
+            "Credentials typed on the connect page, newest first (ids only; single use, 24 h)."
+        ),
+        toolset="setup",
+        scopes=READ,
     ),
     Endpoint(
         "execute-sql",

@@ -26,6 +26,9 @@ EXPECTED_ERRORS = {
     "external-data-schemas-cancel": "No running sync to cancel.",
     "external-data-sources-update-webhook-inputs-create": "does not support webhooks",
     "external-data-sources-preview-resource": "Preview is not supported for source type 'Postgres'",
+    # This sandbox is reached in memory, with no address a browser can open; the MCP server's
+    # in-process sandbox and the standalone one have one (tests/sandbox/test_connect_page.py).
+    "data-warehouse-source-connect-link": "no address a browser can open",
 }
 
 
@@ -124,6 +127,9 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         assert counted["results"] == [[50]]
         listed_tables = await use("read-data-warehouse-schema", {"search": "orders"})
         assert "postgres.orders" in listed_tables["tables"]
+        await use("data-warehouse-source-connect-link", {"source_type": "Postgres"})
+        stored = await use("data-warehouse-stored-credentials-list", {})
+        assert stored["results"] == []
         wizard = await use("external-data-sources-wizard", {"source_type": "Postgres"})
         assert "password" in {f["name"] for f in wizard["Postgres"]["fields"]}
         webhook = await use("external-data-sources-webhook-info-retrieve", {"id": source_id})
