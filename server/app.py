@@ -264,6 +264,7 @@ async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.
             ctx.session.report_progress,
             secrets=settings.secret_policy,
             open_url=url_opener(ctx),
+            wait_cap=settings.wait_cap_seconds,
         )
         result = await dispatch.call_tool(row, call)
     except PostHogError as exc:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from posthog_warehouse_mcp.tools.output import DEFAULT_MAX_OUTPUT_BYTES
 from posthog_warehouse_mcp.tools.secrets import SecretPolicy
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, TOOLSETS
+from posthog_warehouse_mcp.tools.waiting import DEFAULT_WAIT_CAP
 
 HOST_SHORTCUTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
 SANDBOX_BASE_URL = "http://sandbox"
@@ -81,6 +82,15 @@ class Settings(BaseSettings):
         False,
         "--sandbox-cloud-rules",
         "the sandbox refuses new sources as PostHog Cloud does (public host, Postgres TLS)",
+    )
+
+    # Waiting for syncs.
+    wait_cap_seconds: float = flagged(
+        DEFAULT_WAIT_CAP,
+        "--wait-cap",
+        "longest a call waits for syncs (keep it below the client's tool-call timeout)",
+        gt=0,
+        le=600,
     )
 
     # Credentials in calls.

@@ -201,6 +201,13 @@ CASES: dict[str, Case] = {
     "data-warehouse-data-health-issues-retrieve": Case(
         {}, "GET", f"{BASE}data_warehouse/data_health_issues/", [], None
     ),
+    "external-data-sources-jobs-wait": Case(
+        {"id": SOURCE_ID, "schemas": ["orders"], "wait_seconds": 5},
+        "GET",
+        f"{SRC}jobs/",
+        [("schemas", "orders")],
+        None,
+    ),
     "data-warehouse-source-connect-link": Case(
         {"source_type": "Postgres"},
         "GET",
@@ -276,6 +283,7 @@ READ_SCOPED = {
     "read-data-warehouse-schema",
     "data-warehouse-source-connect-link",
     "data-warehouse-stored-credentials-list",
+    "external-data-sources-jobs-wait",
 }
 # Annotated read-only: those, and four that change nothing yet need write.
 READ_ONLY = READ_SCOPED | {

@@ -37,6 +37,7 @@ WRITES = [row for row in ENDPOINTS if row.name not in READ_SCOPED]
 # changes nothing).
 READ_ONLY_SCHEMAS_AND_SYNC = {
     "external-data-sources-jobs",
+    "external-data-sources-jobs-wait",
     "external-data-schemas-list",
     "external-data-schemas-retrieve",
 }
@@ -129,7 +130,10 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
                 "external-data-sources-update-webhook-inputs-create",
             },
         ),
-        ({"read_only": True, "toolsets": ["sync"]}, {"external-data-sources-jobs"}),
+        (
+            {"read_only": True, "toolsets": ["sync"]},
+            {"external-data-sources-jobs", "external-data-sources-jobs-wait"},
+        ),
         ({"read_only": True, "toolsets": ["schemas", "sync"]}, READ_ONLY_SCHEMAS_AND_SYNC),
         (
             {"tools": ["external-data-sources-list", "external-data-schemas-resync"]},

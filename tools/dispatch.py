@@ -20,6 +20,7 @@ from posthog_warehouse_mcp.tools.models import Ack
 from posthog_warehouse_mcp.tools.redact import redact
 from posthog_warehouse_mcp.tools.secrets import SecretPolicy, resolve
 from posthog_warehouse_mcp.tools.table import BY_NAME, Endpoint
+from posthog_warehouse_mcp.tools.waiting import DEFAULT_WAIT_CAP
 
 if TYPE_CHECKING:
     # The adapter imports httpx; nothing here needs it until a call is made.
@@ -135,6 +136,7 @@ class Call:
     # How credential fields are treated (secret references, strict mode); None: sent as given.
     secrets: SecretPolicy | None = None
     open_url: OpenUrl | None = None
+    wait_cap: float = DEFAULT_WAIT_CAP
 
     async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""

@@ -33,6 +33,11 @@ class Caller(Protocol):
         ...
 
     @property
+    def wait_cap(self) -> float:
+        """The longest a call may wait for syncs (below the clients' own call timeouts)."""
+        ...
+
+    @property
     def open_url(self) -> OpenUrl | None:
         """Shows the person a URL, when the client supports URL-mode elicitation."""
         ...

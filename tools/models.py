@@ -180,7 +180,7 @@ class SyncParams(IdParams):
         ge=0,
         le=600,
         exclude=True,  # handled by the server, never sent to PostHog
-        description="Wait up to this long for the sync to finish and return its jobs; 0 = "
+        description="Wait up to this long (capped, ~45 s) for the sync and return its jobs; 0 = "
         "return at once.",
     )
 
@@ -369,6 +369,15 @@ class ExternalDataSourceJobsParams(IdParams):
     after: str | None = Field(None, max_length=40, description="ISO time; jobs created after it.")
     before: str | None = Field(None, max_length=40, description="ISO time; jobs created before it.")
     schemas: list[str] | None = Field(None, description="Only these table names.")
+
+
+class ExternalDataSourceJobsWaitParams(IdParams):
+    """Arguments of external-data-sources-jobs-wait."""
+
+    schemas: list[str] | None = Field(None, description="Tables to follow; default: those running.")
+    wait_seconds: int = Field(
+        45, ge=0, le=600, exclude=True, description="At most (capped); 0 = as they are now."
+    )
 
 
 class ExternalDataSourceRevenueAnalyticsConfigParams(IdParams):

@@ -23,7 +23,7 @@ from posthog_warehouse_mcp.tools.requests import (
     sync_logs_query,
 )
 from posthog_warehouse_mcp.tools.results import offer_link, query_rows, warehouse_tables
-from posthog_warehouse_mcp.tools.waiting import wait_for_sync
+from posthog_warehouse_mcp.tools.waiting import wait_for_jobs, wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue", "setup", "diagnose", "query"]
@@ -586,6 +586,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="diagnose",
         scopes=HEALTH,
+    ),
+    Endpoint(
+        "external-data-sources-jobs-wait",
+        "GET",
+        SOURCE + "jobs/",
+        params=m.ExternalDataSourceJobsWaitParams,
+        response=m.ExternalDataJobList,
+        title="Wait for running syncs",
+        description="Keep following a source's running syncs after a capped wait ran out.",
+        toolset="sync",
+        scopes=READ,
+        hook=wait_for_jobs,
     ),
     Endpoint(
         "data-warehouse-source-connect-link",

@@ -8,12 +8,15 @@ out, reporting MCP progress on the way. It calls other rows of the table by tool
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import anyio
 
 from posthog_warehouse_mcp.tools.hooks import Caller, Hook, Send
 
+# The longest a call waits for syncs: below the ~60 s a desktop client allows a tool call.
+DEFAULT_WAIT_CAP = 45.0
 POLL_FIRST = 0.5
 POLL_MAX = 3.0
 FINISHED = frozenset(
@@ -98,8 +101,23 @@ async def _start_and_follow(
     # enabled) is a sync of this table that PostHog will not start twice, so it is followed.
     history = {job.get("id") for job in await jobs() if job.get("status") in FINISHED}
     result = await start()
+    result["wait"] = await follow(call, jobs, names, history, source_id, wait)
+    return result
+
+
+async def follow(
+    call: Caller,
+    jobs: Callable[[], Awaitable[list[dict[str, Any]]]],
+    names: list[str],
+    history: set[Any],
+    source_id: str,
+    wait: float,
+) -> dict[str, Any]:
+    """Poll the tables' newest jobs (not those in `history`) until all have finished or the
+    wait, capped by the server's wait cap, runs out; report progress on the way."""
+    cap = min(wait, call.wait_cap)
     began = time.monotonic()
-    deadline = began + wait
+    deadline = began + cap
     delay = POLL_FIRST
     latest: list[dict[str, Any]] = []
     while True:
@@ -107,21 +125,52 @@ async def _start_and_follow(
         done = [job for job in latest if job.get("status") in FINISHED]
         finished = len(latest) >= len(names) and len(done) == len(latest)
         if call.progress is not None:
+            rows = sum(int(job.get("rows_synced") or 0) for job in latest)
             await call.progress(
-                float(len(done)), float(len(names)), f"{len(done)}/{len(names)} syncs finished"
+                float(len(done)),
+                float(len(names)),
+                f"{len(done)}/{len(names)} syncs finished, {rows} rows so far",
             )
         if finished or time.monotonic() >= deadline:
             break
         await anyio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, POLL_MAX)
-    result["wait"] = {
+    outcome: dict[str, Any] = {
         "finished": finished,
         "waited_seconds": round(time.monotonic() - began, 1),
         "jobs": [_job_view(job) for job in latest],
     }
     if not finished:
-        result["wait"]["hint"] = (
-            "Still running; call external-data-sources-jobs later, or again with a longer "
-            "wait_seconds."
+        capped = f" (this server waits at most {call.wait_cap:g} s per call)" if wait > cap else ""
+        outcome["hint"] = (
+            f"Still running{capped}. To keep waiting, call external-data-sources-jobs-wait "
+            f'with id "{source_id}" and schemas {names}.'
         )
-    return result
+    return outcome
+
+
+async def wait_for_jobs(call: Caller, send: Send) -> dict[str, Any]:
+    """external-data-sources-jobs-wait's hook: follow the tables' running syncs (the newest
+    job of each named table, or of every table with one running) for another capped period;
+    at once when none is running."""
+    params = call.params
+
+    async def jobs() -> list[dict[str, Any]]:
+        listed = await send()
+        return list(listed.get("results", []))
+
+    listed = await jobs()
+    current = _newest_per_table(listed)
+    wanted = list(getattr(params, "schemas", None) or []) or [
+        str(_job_view(job)["schema"]) for job in current if job.get("status") not in FINISHED
+    ]
+    if all(job.get("status") in FINISHED for job in current):
+        outcome: dict[str, Any] = {"finished": True, "waited_seconds": 0.0}
+        return {"results": [_job_view(job) for job in current], "wait": outcome}
+    # Jobs older than the newest of their table are history.
+    newest = {job.get("id") for job in current}
+    history = {job.get("id") for job in listed if job.get("id") not in newest}
+    wait = float(getattr(params, "wait_seconds", 0) or 0)
+    source_id = str(params.id)  # type: ignore[attr-defined]
+    outcome = await follow(call, jobs, wanted, history, source_id, wait)
+    return {"results": outcome.pop("jobs"), "wait": outcome}

@@ -86,6 +86,10 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         await use("external-data-schemas-reload", {"id": ids["orders"], "wait_seconds": 60})
         await use("external-data-sources-reload", {"id": source_id, "wait_seconds": 60})
         jobs = await use("external-data-sources-jobs", {"id": source_id, "schemas": ["orders"]})
+        followed = await use(
+            "external-data-sources-jobs-wait", {"id": source_id, "wait_seconds": 5}
+        )
+        assert followed["wait"]["finished"] is True
         logs = await use(
             "external-data-sync-logs",
             {"schema_id": ids["orders"], "job_id": jobs["results"][0]["workflow_run_id"]},
