@@ -208,6 +208,10 @@ CASES: dict[str, Case] = {
         [("schemas", "orders")],
         None,
     ),
+    # The audit starts from the sources list; its other reads depend on what that shows.
+    "external-data-sources-audit": Case(
+        {}, "GET", f"{BASE}external_data_sources/", [("limit", "100")], None
+    ),
     "data-warehouse-source-connect-link": Case(
         {"source_type": "Postgres"},
         "GET",
@@ -284,6 +288,7 @@ READ_SCOPED = {
     "data-warehouse-source-connect-link",
     "data-warehouse-stored-credentials-list",
     "external-data-sources-jobs-wait",
+    "external-data-sources-audit",
 }
 # Annotated read-only: those, and four that change nothing yet need write.
 READ_ONLY = READ_SCOPED | {
@@ -301,6 +306,10 @@ NEVER_RETRIED = {
     "external-data-schemas-reload",
     "external-data-schemas-resync",
 }
+
+
+# Tools that read more than once (all GETs): the first request is the documented one.
+SEVERAL_READS = {"external-data-sources-audit"}
 
 
 def arguments(tool: str) -> dict[str, Any]:

@@ -221,7 +221,10 @@ class Recorder:
         )
 
     def answer_as(self, row: Endpoint) -> None:
-        self.default = SAMPLE_BODIES[row.response]
+        # A hooked row whose result is not PostHog's answer (the audit) reads the sources list.
+        self.default = (
+            SAMPLE_BODIES.get(row.response) or SAMPLE_BODIES[m.PaginatedExternalDataSourceList]
+        )
 
 
 def settings(**overrides: Any) -> Settings:

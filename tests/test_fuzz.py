@@ -26,6 +26,7 @@ from mcp import Client
 
 from posthog_warehouse_mcp.tools.definitions import definition
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint
+from tests.cases import SEVERAL_READS
 from tests.support import Recorder, connect, text_of
 
 EXAMPLES = 25  # per tool, per kind (valid, invalid), per protocol mode
@@ -270,11 +271,16 @@ def check(session: Session, row: Endpoint, arguments: dict[str, Any]) -> bool:
         return False
     assert result.is_error is False, texts
     assert result.structured_content is not None
-    assert [s.method for s in seen] == [row.method]
+    if row.name in SEVERAL_READS:
+        assert {s.method for s in seen} == {"GET"}
+    else:
+        assert [s.method for s in seen] == [row.method]
     path = seen[0].path
     assert path_pattern(row).match(path), path
     assert path == BASE + row.path.format(**params.model_dump(include=set(row.path_fields)))
     allowed = set(row.params.model_fields) | set(row.inject_body)
+    if row.name in SEVERAL_READS:  # its reads go through other rows, checked there
+        return True
     if row.build_query is not None:  # the query PostHog's own tool sends, not the arguments
         assert {k for k, _ in seen[0].query} == set(row.build_query(params))
     else:

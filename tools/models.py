@@ -829,6 +829,13 @@ class StoredCredentialList(Response):
     results: list[dict[str, Any]]
 
 
+class AuditReport(Response):
+    """What the audit found: each finding's kind, where, cause, what it affects, next step."""
+
+    findings: list[dict[str, Any]]
+    checked: dict[str, Any]
+
+
 class Ack(Response):
     """An accepted action that PostHog answers without a body."""
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools import models as m
+from posthog_warehouse_mcp.tools.audit import audit
 from posthog_warehouse_mcp.tools.hooks import Hook
 from posthog_warehouse_mcp.tools.requests import (
     flat_body,
@@ -626,6 +627,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="setup",
         scopes=READ,
+    ),
+    Endpoint(
+        "external-data-sources-audit",
+        "GET",
+        SOURCES,
+        params=m.NoParams,
+        response=m.AuditReport,
+        title="Audit data warehouse health",
+        description=(
+            "'Is anything broken?': failed, stuck, stale and billing-limited tables, source and "
+            "webhook errors, data health; each with cause and safe next step. Only reads."
+        ),
+        toolset="diagnose",
+        scopes=READ,
+        hook=audit,
     ),
     Endpoint(
         "execute-sql",

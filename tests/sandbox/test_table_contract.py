@@ -123,6 +123,8 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         )
         assert cdc["valid"] is False  # the shared server runs with wal_level replica
         assert "wal_level must be set to 'logical'" in cdc["errors"][0]
+        audit = await use("external-data-sources-audit", {})
+        assert audit["checked"]["sources"] == 2
         # The setup source's tables are syncing or synced; none is broken.
         assert (await use("data-warehouse-data-health-issues-retrieve", {}))["results"] == []
         counted = await use(

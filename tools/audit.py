@@ -1,0 +1,191 @@
+"""The health audit (external-data-sources-audit): every source and table checked in one call,
+each finding with its cause, what it affects and the safe next step (PostHog's recovery rules:
+reload first, cancel then reload when stuck, resync only for bad data). It only reads: it never
+acts, and it talks to the configured host only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from posthog_warehouse_mcp.tools.errors import PermissionDenied
+from posthog_warehouse_mcp.tools.hooks import Caller, Send
+
+INTERVALS = {
+    "5min": timedelta(minutes=5),
+    "15min": timedelta(minutes=15),
+    "30min": timedelta(minutes=30),
+    "1hour": timedelta(hours=1),
+    "6hour": timedelta(hours=6),
+    "12hour": timedelta(hours=12),
+    "24hour": timedelta(hours=24),
+    "7day": timedelta(days=7),
+    "30day": timedelta(days=30),
+}
+_CREDENTIAL_WORDS = ("password", "credential", "authentication", "permission denied", "401", "403")
+_BILLING = ("Billing limits", "Billing limits too low", "BillingLimitReached", "BillingLimitTooLow")
+MAX_PAGES = 10
+
+
+def _when(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _finding(kind: str, where: str, cause: str, affects: str, next_step: str) -> dict[str, Any]:
+    return {"kind": kind, "where": where, "cause": cause, "affects": affects, "next": next_step}
+
+
+def _table_findings(
+    source: dict[str, Any], schema: dict[str, Any], running_jobs: set[str], at: datetime
+) -> list[dict[str, Any]]:
+    where = f"{source.get('source_type')} {source.get('prefix') or ''} {schema.get('name')}"
+    where = " ".join(where.split())
+    status = schema.get("status")
+    error = schema.get("latest_error")
+    if not schema.get("should_sync"):
+        return []
+    if status in _BILLING:
+        return [
+            _finding(
+                "billing_limit",
+                where,
+                f"The table's sync stopped at a billing limit ({status}).",
+                "This table stays stale until the limit changes.",
+                "No technical fix: raise the billing limit, or set should_sync false on tables "
+                "that matter less.",
+            )
+        ]
+    if status == "Failed":
+        credentials = any(word in str(error).lower() for word in _CREDENTIAL_WORDS)
+        step = (
+            "The credentials are refused: get new ones from the user "
+            "(data-warehouse-source-connect-link), send them with "
+            "external-data-sources-partial-update (job_inputs), then external-data-sources-reload."
+            if credentials
+            else "Read external-data-sync-logs (level ERROR) for the table, fix the cause, then "
+            "external-data-schemas-reload. Resync only if the data itself is wrong, and only "
+            "with the user's yes."
+        )
+        return [_finding("failed", where, f"The last sync failed: {error}", "This table.", step)]
+    if status == "Running" and str(schema.get("id")) not in running_jobs:
+        return [
+            _finding(
+                "stuck",
+                where,
+                "Marked Running, but no sync of the table is running.",
+                "This table syncs no more until the status is cleared.",
+                "external-data-schemas-cancel (it clears the status), then "
+                "external-data-schemas-reload. Not resync.",
+            )
+        ]
+    interval = INTERVALS.get(str(schema.get("sync_frequency")))
+    last = _when(schema.get("last_synced_at"))
+    if (
+        interval is not None
+        and status != "Running"
+        and last is not None
+        and at - last > 2 * interval
+    ):
+        return [
+            _finding(
+                "stale",
+                where,
+                f"Last synced {schema.get('last_synced_at')}, more than twice its "
+                f"{schema.get('sync_frequency')} frequency ago.",
+                "Queries on this table see old data.",
+                "external-data-schemas-reload; if it fails or stays stale, read "
+                "external-data-sync-logs for the table.",
+            )
+        ]
+    return []
+
+
+async def audit(call: Caller, send: Send) -> dict[str, Any]:
+    """external-data-sources-audit's hook. Its own request is the sources list, made through
+    that row so the page is read as a page (the row's response is the report)."""
+    at = datetime.now(UTC)
+    findings: list[dict[str, Any]] = []
+    checked = {"sources": 0, "tables": 0}
+    # The sources list proves the key, its read scope and the environment on the configured host;
+    # when it fails, the error (naming the scope or the key's region) is the audit's answer.
+    page = await call.call_tool("external-data-sources-list", limit=100)
+    sources = list(page.get("results") or [])
+    offset = len(sources)
+    for _ in range(MAX_PAGES - 1):
+        if not page.get("next"):
+            break
+        page = await call.call_tool("external-data-sources-list", limit=100, offset=offset)
+        sources += list(page.get("results") or [])
+        offset += len(page.get("results") or [])
+    for source in sources:
+        checked["sources"] += 1
+        schemas = [s for s in source.get("schemas") or [] if isinstance(s, dict)]
+        checked["tables"] += len(schemas)
+        if source.get("status") == "Error":
+            findings.append(
+                _finding(
+                    "source_error",
+                    f"{source.get('source_type')} {source.get('prefix') or ''}".strip(),
+                    f"The source is in error: {source.get('latest_error')}",
+                    "Every table of the source.",
+                    "Check the connection details with the user (data-warehouse-source-"
+                    "connect-link), external-data-sources-partial-update, then "
+                    "external-data-sources-reload.",
+                )
+            )
+        running: set[str] = set()
+        if any(s.get("status") == "Running" for s in schemas):
+            jobs = await call.call_tool("external-data-sources-jobs", id=str(source["id"]))
+            for job in jobs.get("results") or []:
+                target = job.get("schema")
+                if job.get("status") == "Running" and isinstance(target, dict):
+                    running.add(str(target.get("id")))
+        for schema in schemas:
+            findings += _table_findings(source, schema, running, at)
+        if any(s.get("sync_type") == "webhook" and s.get("should_sync") for s in schemas):
+            info = await call.call_tool(
+                "external-data-sources-webhook-info-retrieve", id=str(source["id"])
+            )
+            external = info.get("external_status") or {}
+            if not info.get("exists") or external.get("error"):
+                findings.append(
+                    _finding(
+                        "webhook",
+                        f"{source.get('source_type')} {source.get('prefix') or ''}".strip(),
+                        "Tables sync by webhook, but "
+                        + (external.get("error") or "no webhook is registered."),
+                        "The webhook tables receive no new rows.",
+                        "external-data-sources-create-webhook-create (once), or register "
+                        "webhook_info's URL at the provider by hand.",
+                    )
+                )
+    health: dict[str, Any] = {"checked": True}
+    try:
+        issues = await call.call_tool("data-warehouse-data-health-issues-retrieve")
+    except PermissionDenied:
+        health = {
+            "checked": False,
+            "why": "the key lacks warehouse_view:read (views, exports and transformations "
+            "are not checked)",
+        }
+    else:
+        for issue in issues.get("results") or []:
+            if issue.get("type") in ("external_data_sync", "source"):
+                continue  # found above, from the tables themselves
+            findings.append(
+                _finding(
+                    str(issue.get("type")),
+                    str(issue.get("name")),
+                    f"{issue.get('status')}: {issue.get('error')}",
+                    "What reads from it.",
+                    f"Open {issue.get('url')} in PostHog; it is outside these tools.",
+                )
+            )
+    return {"findings": findings, "checked": checked | {"data_health": health}}
