@@ -6,6 +6,7 @@ call_tool(ctx, params)   look up the row, refuse what the settings refuse (prefl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError, NoBackChannelError
 
 from posthog_warehouse_mcp import __version__
 from posthog_warehouse_mcp.server.auth import bearer
@@ -23,6 +24,7 @@ from posthog_warehouse_mcp.server.config import Settings
 from posthog_warehouse_mcp.server.filters import enabled, why_disabled
 from posthog_warehouse_mcp.server.prompts import PROMPTS, PROMPTS_BY_NAME
 from posthog_warehouse_mcp.tools import dispatch
+from posthog_warehouse_mcp.tools.confirm import Ask, ConfirmationRefused, Confirmations
 from posthog_warehouse_mcp.tools.definitions import definitions
 from posthog_warehouse_mcp.tools.dispatch import ArgumentError, Call, validate
 from posthog_warehouse_mcp.tools.errors import PostHogError
@@ -149,9 +151,45 @@ class ServerState:
     settings: Settings
     client: LazyClient
     listing: types.ListToolsResult
+    # Confirmation tokens of destructive calls (None: confirmations are off).
+    confirmations: Confirmations | None = None
 
 
 Context = ServerRequestContext[ServerState]
+
+
+CONFIRM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "confirm": {"type": "boolean", "title": "Go ahead", "description": "Yes, do it."}
+    },
+    "required": ["confirm"],
+}
+
+
+def asker(ctx: Context) -> Ask | None:
+    """Asks the person to confirm through the client (form-mode elicitation), when the client
+    declared it; None otherwise, and on stateless HTTP, which has no channel to ask on."""
+    capabilities = ctx.session.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None or ctx.lifespan_context.settings.mcp_stateless:
+        return None
+    if elicitation.form is None and elicitation.url is not None:
+        return None  # a client that declared URL mode only
+
+    async def ask(message: str, preview: dict[str, Any]) -> tuple[str, bool] | None:
+        try:
+            answer = await ctx.session.elicit_form(
+                message, CONFIRM_SCHEMA, related_request_id=ctx.request_id
+            )
+        except NoBackChannelError:
+            # The 2026-07-28 protocol has no server-to-client requests on a tool call; the
+            # person is asked through the token flow instead.
+            return None
+        agreed = bool((answer.content or {}).get("confirm"))
+        return str(answer.action), agreed
+
+    return ask
 
 
 def url_opener(ctx: Context) -> OpenUrl | None:
@@ -265,12 +303,19 @@ async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.
             secrets=settings.secret_policy,
             open_url=url_opener(ctx),
             wait_cap=settings.wait_cap_seconds,
+            confirmations=state.confirmations,
+            ask=asker(ctx),
         )
         result = await dispatch.call_tool(row, call)
     except PostHogError as exc:
         return error_result(exc.describe(), exc.details)
     except SecretRefused as exc:
         return error_result(str(exc))
+    except ConfirmationRefused as exc:
+        return error_result(
+            f"{row.name}: {exc}; nothing was sent. Call it again without confirmation_token to "
+            "see what it will do and get a new token."
+        )
     except Exception:
         log.exception("unexpected failure in %s", row.name)
         return error_result(
@@ -333,17 +378,31 @@ def create_server(
     with ``transport``.
     """
     settings.check()
-    remember_secrets([settings.api_key, settings.auth_token])
+    remember_secrets(
+        [
+            settings.api_key,
+            settings.auth_token,
+            settings.confirm_secret.get_secret_value() if settings.confirm_secret else None,
+        ]
+    )
     listing = listing_for(settings)
     schemas: Mapping[str, Mapping[str, Any]] = {t.name: t.input_schema for t in listing.tools}
+    confirmations = None
+    if settings.confirm_destructive:
+        shared = settings.confirm_secret.get_secret_value() if settings.confirm_secret else None
+        confirmations = (
+            Confirmations(key=hashlib.sha256(shared.encode()).digest())
+            if shared
+            else Confirmations()
+        )
 
     @asynccontextmanager
     async def lifespan(_: Server[ServerState]) -> AsyncIterator[ServerState]:
         if client is not None:
-            yield ServerState(settings, client, listing)
+            yield ServerState(settings, client, listing, confirmations)
             return
         async with open_client(settings, transport=transport) as own:
-            yield ServerState(settings, own, listing)
+            yield ServerState(settings, own, listing, confirmations)
 
     return Server(
         NAME,

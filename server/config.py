@@ -93,6 +93,17 @@ class Settings(BaseSettings):
         le=600,
     )
 
+    # Destructive calls.
+    confirm_destructive: bool = flagged(
+        True,
+        "--no-confirm",
+        "ask the person before destroy, delete-data, resync and delete-webhook act "
+        "(--no-confirm: act at once, for unattended automation)",
+    )
+    confirm_secret: SecretStr | None = Field(
+        None, description="HTTP: key signing confirmation tokens, shared by every instance"
+    )
+
     # Credentials in calls.
     secret_refs: Literal["auto", "on", "off"] = flagged(
         "auto",

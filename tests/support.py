@@ -237,6 +237,9 @@ def settings(**overrides: Any) -> Settings:
         "toolsets": [],
         "tools": [],
         "sandbox": False,
+        # As for unattended automation: destructive calls act at once. The confirmation tests
+        # (tests/test_confirm.py) turn it on.
+        "confirm_destructive": False,
     }
     return Settings(**{**base, **overrides})
 

@@ -13,7 +13,7 @@ from posthog_warehouse_mcp.tools.table import BY_NAME
 from tests.support import SOURCE_ID, Recorder, connect, settings, text_of, use_env
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRETS = {"personal_api_key", "mcp_auth_token"}
+SECRETS = {"personal_api_key", "mcp_auth_token", "confirm_secret"}
 
 
 def flags_of_fields() -> dict[str, str | None]:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pydantic
 from pydantic import BaseModel
 
+from posthog_warehouse_mcp.tools.confirm import Ask, Confirmations, caller_of, gate
 from posthog_warehouse_mcp.tools.errors import MalformedResponse, NotSucceeded, PermissionDenied
 from posthog_warehouse_mcp.tools.hooks import OpenUrl, Progress
 from posthog_warehouse_mcp.tools.models import Ack
@@ -137,6 +138,9 @@ class Call:
     secrets: SecretPolicy | None = None
     open_url: OpenUrl | None = None
     wait_cap: float = DEFAULT_WAIT_CAP
+    # Destructive rows ask first (tools/confirm.py); None: they act at once.
+    confirmations: Confirmations | None = None
+    ask: Ask | None = None
 
     async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""
@@ -151,11 +155,17 @@ async def call_tool(row: Endpoint, call: Call) -> dict[str, Any]:
 
     Raises:
         PostHogError: from the adapter or :func:`shape`.
+        ConfirmationRefused: a confirmation token that cannot be used (nothing sent).
     """
 
     async def send_this() -> dict[str, Any]:
         return await send(row, call)
 
+    if row.preview is not None and call.confirmations is not None:
+        caller = caller_of(call.api_key)
+        instead = await gate(row.name, row.preview, call, call.confirmations, call.ask, caller)
+        if instead is not None:
+            return instead
     if row.hook is not None:
         return await row.hook(call, send_this)
     return await send_this()

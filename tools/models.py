@@ -180,9 +180,28 @@ class SyncParams(IdParams):
         ge=0,
         le=600,
         exclude=True,  # handled by the server, never sent to PostHog
-        description="Wait up to this long (capped, ~45 s) for the sync and return its jobs; 0 = "
-        "return at once.",
+        description="Seconds to wait for the sync (capped); 0 = none.",
     )
+
+
+CONFIRMATION = Field(
+    None,
+    max_length=1000,
+    exclude=True,  # checked by the server, never sent
+    description="From the first call's answer, once the user agreed.",
+)
+
+
+class ConfirmedIdParams(IdParams):
+    """A destructive call on one object, confirmed by the person first."""
+
+    confirmation_token: str | None = CONFIRMATION
+
+
+class ConfirmedSyncParams(SyncParams):
+    """A destructive sync (resync), confirmed by the person first."""
+
+    confirmation_token: str | None = CONFIRMATION
 
 
 class ListParams(Params):
@@ -290,24 +309,24 @@ class SchemaSettings(Params):
     sync_type: SyncType | None = Field(None, description="How to sync.")
     incremental_field: str | None = Field(
         None,
-        description="Cursor column for incremental/append, e.g. updated_at; null clears it.",
+        description="Cursor column, e.g. updated_at; null clears.",
         json_schema_extra=NULL_MEANS_CLEAR,
     )
     incremental_field_type: IncrementalFieldType | None = Field(
         None, description="Type of incremental_field."
     )
     sync_frequency: SyncFrequency | None = Field(
-        None, description="Schedule; to stop syncing, set should_sync false."
+        None, description="To stop, set should_sync false."
     )
     sync_time_of_day: str | None = Field(
         None,
         pattern=TIME_OF_DAY_PATTERN,
-        description="UTC HH:MM:SS anchor of the schedule; null clears it.",
+        description="UTC HH:MM:SS; null clears.",
         json_schema_extra=NULL_MEANS_CLEAR,
     )
     primary_key_columns: list[str] | None = Field(
         None,
-        description="Merge key for incremental; fixed once data synced.",
+        description="Merge key; fixed once synced.",
         json_schema_extra=NULL_MEANS_CLEAR,
     )
     cdc_table_mode: CdcTableMode | None = Field(None, description="CDC output tables.")
@@ -317,7 +336,7 @@ class SchemaSettings(Params):
     row_filters: list[RowFilter] | None = Field(
         None,
         max_length=20,
-        description="Sync only matching rows, from the next sync; null = all.",
+        description="Only matching rows; null = all.",
         json_schema_extra=NULL_MEANS_CLEAR,
     )
 
@@ -416,19 +435,15 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # least severe first
 class ExternalDataSyncLogsParams(Params):
     """Arguments of external-data-sync-logs."""
 
-    schema_id: UUID = Field(description="Id of the table schema whose sync logs to read.")
+    schema_id: UUID = Field(description="Schema (table) id.")
     job_id: str | None = Field(
         None,
         max_length=100,
         description="Only this sync: a job's workflow_run_id (sources-jobs).",
     )
-    level: LogLevel = Field(
-        "INFO", description="Minimum level; INFO (the default) leaves out DEBUG."
-    )
-    search: str | None = Field(
-        None, max_length=200, description="Only messages containing this (any case)."
-    )
-    limit: int = Field(100, ge=1, le=500, description="At most this many entries, newest first.")
+    level: LogLevel = Field("INFO", description="Minimum level.")
+    search: str | None = Field(None, max_length=200, description="Text to find.")
+    limit: int = Field(100, ge=1, le=500, description="Newest first.")
 
 
 SOURCE_TYPE = Field(
@@ -663,7 +678,16 @@ class RefreshSchemasResult(Response):
     total_tables_seen: int | None = None
 
 
-class WebhookResult(Response):
+class Confirmable(Response):
+    """A destructive call's answer, or, before the person confirmed, what it would do."""
+
+    confirmation_required: bool | None = None
+    confirmation_token: str | None = None
+    confirmed: bool | None = None
+    preview: dict[str, Any] | None = None
+
+
+class WebhookResult(Confirmable):
     """Outcome of a webhook change; ``success`` false carries ``error``."""
 
     success: bool | None = None
@@ -836,9 +860,9 @@ class AuditReport(Response):
     checked: dict[str, Any]
 
 
-class Ack(Response):
+class Ack(Confirmable):
     """An accepted action that PostHog answers without a body."""
 
     ok: bool = True
-    status_code: int
+    status_code: int | None = None
     detail: str | None = None

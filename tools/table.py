@@ -16,6 +16,12 @@ from pydantic import BaseModel
 
 from posthog_warehouse_mcp.tools import models as m
 from posthog_warehouse_mcp.tools.audit import audit
+from posthog_warehouse_mcp.tools.confirm import (
+    Preview,
+    schema_preview,
+    source_preview,
+    webhook_preview,
+)
 from posthog_warehouse_mcp.tools.hooks import Hook
 from posthog_warehouse_mcp.tools.requests import (
     flat_body,
@@ -76,6 +82,8 @@ class Endpoint:
     # as given (tools/requests.py).
     build_query: Callable[[BaseModel], dict[str, Any]] | None = None
     build_body: Callable[[BaseModel], dict[str, Any]] | None = None
+    # What a destructive call will do, read before it is confirmed (tools/confirm.py).
+    preview: Preview | None = None
 
     @property
     def path_fields(self) -> tuple[str, ...]:
@@ -186,7 +194,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-sources-destroy",
         "DELETE",
         SOURCE,
-        params=m.IdParams,
+        params=m.ConfirmedIdParams,
         response=m.Ack,
         title="Delete data warehouse source",
         description=(
@@ -195,6 +203,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="sources",
         scopes=WRITE,
+        preview=source_preview(
+            "delete the source, cancel its syncs and drop every table below.",
+            "none: create the source again and re-import every table (billed again).",
+        ),
     ),
     Endpoint(
         "external-data-sources-bulk-update-schemas-partial-update",
@@ -229,7 +241,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-sources-delete-webhook-create",
         "POST",
         SOURCE + "delete_webhook/",
-        params=m.IdParams,
+        params=m.ConfirmedIdParams,
         response=m.WebhookResult,
         title="Delete source webhook",
         description=(
@@ -240,6 +252,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         scopes=WRITE,
         destructive=True,
         idempotent=True,
+        preview=webhook_preview(
+            "remove the webhook at the provider and in PostHog; webhook tables get no rows.",
+            "external-data-sources-create-webhook-create registers a new one.",
+        ),
     ),
     Endpoint(
         "external-data-sources-jobs",
@@ -343,7 +359,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-schemas-destroy",
         "DELETE",
         SCHEMA,
-        params=m.IdParams,
+        params=m.ConfirmedIdParams,
         response=m.Ack,
         title="Delete table schema",
         description=(
@@ -352,6 +368,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="schemas",
         scopes=WRITE,
+        preview=schema_preview(
+            "remove the table from its source and drop its synced rows.",
+            "refresh-schemas brings the table back (not enabled); its rows are re-imported "
+            "(billed) once enabled.",
+        ),
     ),
     Endpoint(
         "external-data-schemas-cancel",
@@ -373,7 +394,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-schemas-delete-data",
         "DELETE",
         SCHEMA + "delete_data/",
-        params=m.IdParams,
+        params=m.ConfirmedIdParams,
         response=m.Ack,
         title="Delete synced table data",
         description=(
@@ -382,6 +403,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         toolset="schemas",
         scopes=WRITE,
         aliases=("external-data-schemas-delete-data-destroy",),
+        preview=schema_preview(
+            "drop the table's synced rows; the table and its settings stay.",
+            "the next reload re-imports every row (billed again).",
+        ),
     ),
     Endpoint(
         "external-data-schemas-incremental-fields-create",
@@ -420,7 +445,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "external-data-schemas-resync",
         "POST",
         SCHEMA + "resync/",
-        params=m.SyncParams,
+        params=m.ConfirmedSyncParams,
         response=m.Ack,
         title="Resync table from scratch",
         description=(
@@ -433,6 +458,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         idempotent=False,
         hook=wait_for_sync("schema"),
         aliases=("external-data-schemas-resync-create",),
+        preview=schema_preview(
+            "cancel a running sync, drop the table and re-import every row (billed again).",
+            "none: the re-import replaces the table; rows deleted at the source are gone.",
+        ),
     ),
     Endpoint(
         "external-data-sources-wizard",

@@ -1,0 +1,165 @@
+"""Destructive calls ask first, counting requests against the recording stand-in: nothing that
+changes anything is sent before the person agreed, and exactly one request after. A client
+that can ask (form elicitation) gets the question; one that cannot gets a preview and a token,
+which is refused when wrong, expired, spent or used for another call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import mcp_types as types
+import pytest
+from mcp import Client
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.tools import confirm
+from tests.cases import DESTRUCTIVE, arguments
+from tests.support import MODES, SCHEMA, SCHEMA_ID, SOURCE, Recorder, Seen, settings, text_of
+
+pytestmark = pytest.mark.anyio
+
+OTHER_SCHEMA = "6f1c0b5e-3f0a-4c55-9a57-5d4f4a0c2b11"
+SCHEMA_WITH_TABLE = {**SCHEMA, "table": {"name": "app_postgres_orders", "row_count": 1234}}
+
+
+def posthog(request: Request, seen: Seen) -> Response:
+    """Reads answer the sample source and schema; a change answers 204."""
+    if request.method != "GET":
+        return Response(status_code=204)
+    if "webhook_info" in request.url.path:
+        return JSONResponse({"supports_webhooks": True, "exists": True, "webhook_url": "https://x"})
+    if "external_data_schemas" in request.url.path:
+        return JSONResponse(SCHEMA_WITH_TABLE)
+    return JSONResponse(SOURCE)
+
+
+@asynccontextmanager
+async def asking(recorder: Recorder, mode: str, **client: Any) -> AsyncIterator[Client]:
+    server = create_server(
+        settings(confirm_destructive=True), transport=httpx.ASGITransport(app=recorder.app())
+    )
+    async with Client(server, mode=mode, **client) as mcp:
+        yield mcp
+
+
+def changes(recorder: Recorder) -> list[str]:
+    return [s.method for s in recorder.seen if s.method != "GET"]
+
+
+@MODES
+@pytest.mark.parametrize("tool", sorted(DESTRUCTIVE))
+async def test_without_elicitation_a_preview_and_a_token_then_one_request(
+    tool: str, mode: str
+) -> None:
+    recorder = Recorder(respond=posthog)
+    async with asking(recorder, mode) as client:
+        first = await client.call_tool(tool, arguments(tool))
+        assert first.is_error is False, text_of(first)
+        answer = first.structured_content or {}
+        assert answer["confirmation_required"] is True
+        assert answer["preview"]["effect"]
+        assert "Show the preview to the user" in answer["next"]
+        assert changes(recorder) == []  # only reads so far
+        second = await client.call_tool(
+            tool, {**arguments(tool), "confirmation_token": answer["confirmation_token"]}
+        )
+    assert second.is_error is False, text_of(second)
+    assert len(changes(recorder)) == 1
+    assert "confirmation_token" not in str(recorder.seen[-1].body or "")
+
+
+@MODES
+async def test_the_preview_shows_the_table_and_its_rows(mode: str) -> None:
+    recorder = Recorder(respond=posthog)
+    async with asking(recorder, mode) as client:
+        first = await client.call_tool("external-data-schemas-delete-data", {"id": SCHEMA_ID})
+    preview = (first.structured_content or {})["preview"]
+    assert preview["tables"] == [
+        {"name": "orders", "table": "app_postgres_orders", "rows": 1234, "sync_type": None}
+    ]
+    assert "re-imports every row (billed again)" in preview["undo"]
+
+
+@MODES
+async def test_a_token_is_refused_when_wrong_spent_expired_or_for_another_call(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder(respond=posthog)
+    tool = "external-data-schemas-destroy"
+    async with asking(recorder, mode) as client:
+        issued = await client.call_tool(tool, {"id": SCHEMA_ID})
+        token = (issued.structured_content or {})["confirmation_token"]
+        refusals = {
+            "not one this server issued": {"id": SCHEMA_ID, "confirmation_token": token + "0"},
+            "another tool or other arguments": {"id": OTHER_SCHEMA, "confirmation_token": token},
+        }
+        for reason, args in refusals.items():
+            refused = await client.call_tool(tool, args)
+            assert refused.is_error is True and reason in text_of(refused)
+            assert "nothing was sent" in text_of(refused)
+        retargeted = await client.call_tool(
+            "external-data-schemas-delete-data", {"id": SCHEMA_ID, "confirmation_token": token}
+        )
+        assert "another tool or other arguments" in text_of(retargeted)
+        assert changes(recorder) == []
+        used = await client.call_tool(tool, {"id": SCHEMA_ID, "confirmation_token": token})
+        assert used.is_error is False
+        spent = await client.call_tool(tool, {"id": SCHEMA_ID, "confirmation_token": token})
+        assert "used already" in text_of(spent)
+        late = (await client.call_tool(tool, {"id": SCHEMA_ID})).structured_content or {}
+        later = confirm.time.time() + confirm.TOKEN_SECONDS + 1
+        monkeypatch.setattr(confirm.time, "time", lambda: later)
+        expired = await client.call_tool(
+            tool, {"id": SCHEMA_ID, "confirmation_token": late["confirmation_token"]}
+        )
+        assert "expired" in text_of(expired)
+    assert changes(recorder) == ["DELETE"]
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("action", "ticked", "sent"),
+    [("accept", True, 1), ("accept", False, 0), ("decline", False, 0), ("cancel", False, 0)],
+)
+async def test_a_client_that_can_ask_asks_and_acts_on_the_answer(
+    mode: str, action: str, ticked: bool, sent: int
+) -> None:
+    questions: list[str] = []
+
+    async def person(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestFormParams)
+        questions.append(params.message)
+        content = {"confirm": ticked} if action == "accept" else None
+        return types.ElicitResult(action=action, content=content)  # type: ignore[arg-type]
+
+    recorder = Recorder(respond=posthog)
+    async with asking(recorder, mode, elicitation_callback=person) as client:
+        result = await client.call_tool("external-data-schemas-resync", {"id": SCHEMA_ID})
+    assert result.is_error is False, text_of(result)
+    if mode == "auto":
+        # The 2026-07-28 protocol has no server-to-client request during a tool call: the
+        # person is asked through the preview and token instead, and nothing is sent yet.
+        assert questions == []
+        assert (result.structured_content or {})["confirmation_required"] is True
+        assert changes(recorder) == []
+        return
+    assert len(questions) == 1
+    assert "app_postgres_orders" in questions[0] and "1234 rows" in questions[0]
+    assert len(changes(recorder)) == sent
+    if not sent:
+        assert (result.structured_content or {})["confirmed"] is False
+
+
+async def test_confirmations_off_act_at_once() -> None:
+    recorder = Recorder(respond=posthog)
+    server = create_server(
+        settings(confirm_destructive=False), transport=httpx.ASGITransport(app=recorder.app())
+    )
+    async with Client(server, mode="legacy") as client:
+        await client.call_tool("external-data-sources-destroy", {"id": SOURCE["id"]})
+    assert [s.method for s in recorder.seen] == ["DELETE"]
