@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from posthog_warehouse_mcp import __version__
 from posthog_warehouse_mcp.server.auth import bearer
@@ -24,7 +25,13 @@ from posthog_warehouse_mcp.server.config import Settings
 from posthog_warehouse_mcp.server.filters import enabled, why_disabled
 from posthog_warehouse_mcp.server.prompts import PROMPTS, PROMPTS_BY_NAME
 from posthog_warehouse_mcp.tools import dispatch
-from posthog_warehouse_mcp.tools.confirm import Ask, ConfirmationRefused, Confirmations
+from posthog_warehouse_mcp.tools.confirm import (
+    Ask,
+    ConfirmationRefused,
+    Confirmations,
+    caller_of,
+    confirmation_message,
+)
 from posthog_warehouse_mcp.tools.definitions import definitions
 from posthog_warehouse_mcp.tools.dispatch import ArgumentError, Call, validate
 from posthog_warehouse_mcp.tools.errors import PostHogError
@@ -167,6 +174,58 @@ CONFIRM_SCHEMA: dict[str, Any] = {
 }
 
 
+def asks_across_turns(ctx: Context) -> bool:
+    """Whether the person can be asked by an input-required result: a 2026-07-28 connection
+    whose client declared form elicitation."""
+    capabilities = ctx.session.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    return (
+        ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        and elicitation is not None
+        and (elicitation.form is not None or elicitation.url is None)
+    )
+
+
+async def confirm_across_turns(
+    ctx: Context,
+    row: Endpoint,
+    args: Any,
+    params: types.CallToolRequestParams,
+    confirmations: Confirmations,
+    api_key: str | None,
+) -> types.CallToolResult | types.InputRequiredResult | None:
+    """The first turn asks (input required, nothing sent); the retry carries the answer: None
+    when the person agreed, else the result that says nothing was done.
+
+    Raises:
+        ConfirmationRefused: the echoed state is not a token for this very call.
+    """
+    caller = caller_of(api_key)
+    answer = (params.input_responses or {}).get("confirm")
+    if params.request_state and isinstance(answer, types.ElicitResult):
+        confirmations.check(params.request_state, row.name, args, caller)
+        if answer.action == "accept" and (answer.content or {}).get("confirm"):
+            return None
+        refused = {"confirmed": False, "answer": answer.action}
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=dumps(refused))],
+            structured_content=refused,
+        )
+    assert row.preview is not None
+    state = ctx.lifespan_context
+    probe = Call(args, state.client.get(), state.settings.base_path(), api_key)
+    shown = await row.preview(probe)
+    question = types.ElicitRequest(
+        params=types.ElicitRequestFormParams(
+            message=confirmation_message(row.name, shown), requested_schema=CONFIRM_SCHEMA
+        )
+    )
+    return types.InputRequiredResult(
+        input_requests={"confirm": question},
+        request_state=confirmations.issue(row.name, args, caller),
+    )
+
+
 def asker(ctx: Context) -> Ask | None:
     """Asks the person to confirm through the client (form-mode elicitation), when the client
     declared it; None otherwise, and on stateless HTTP, which has no channel to ask on."""
@@ -274,7 +333,9 @@ async def list_tools(
     return ctx.lifespan_context.listing
 
 
-async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
+async def call_tool(
+    ctx: Context, params: types.CallToolRequestParams
+) -> types.CallToolResult | types.InputRequiredResult:
     """``tools/call``: every tool, through its table row.
 
     Raises:
@@ -293,6 +354,17 @@ async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.
     except ArgumentError as exc:
         return error_result(str(exc))
     api_key = forwarded_key(ctx.request) if settings.forward_key else None
+    confirmations = state.confirmations
+    if row.preview is not None and confirmations is not None and asks_across_turns(ctx):
+        # 2026-07-28: the question goes back as an input-required result, and the client
+        # retries with the answer and our token (bound to these very arguments).
+        try:
+            turn = await confirm_across_turns(ctx, row, args, params, confirmations, api_key)
+        except ConfirmationRefused as exc:
+            return error_result(f"{row.name}: {exc}; nothing was sent.")
+        if turn is not None:
+            return turn
+        confirmations = None  # the person agreed
     try:
         call = Call(
             args,
@@ -303,7 +375,7 @@ async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.
             secrets=settings.secret_policy,
             open_url=url_opener(ctx),
             wait_cap=settings.wait_cap_seconds,
-            confirmations=state.confirmations,
+            confirmations=confirmations,
             ask=asker(ctx),
         )
         result = await dispatch.call_tool(row, call)

@@ -141,13 +141,8 @@ async def test_a_client_that_can_ask_asks_and_acts_on_the_answer(
     async with asking(recorder, mode, elicitation_callback=person) as client:
         result = await client.call_tool("external-data-schemas-resync", {"id": SCHEMA_ID})
     assert result.is_error is False, text_of(result)
-    if mode == "auto":
-        # The 2026-07-28 protocol has no server-to-client request during a tool call: the
-        # person is asked through the preview and token instead, and nothing is sent yet.
-        assert questions == []
-        assert (result.structured_content or {})["confirmation_required"] is True
-        assert changes(recorder) == []
-        return
+    # 2025 connections ask with a server-to-client request during the call; 2026-07-28 ones
+    # with an input-required result the client answers and retries.
     assert len(questions) == 1
     assert "app_postgres_orders" in questions[0] and "1234 rows" in questions[0]
     assert len(changes(recorder)) == sent

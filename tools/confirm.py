@@ -114,7 +114,7 @@ async def gate(
         confirmations.check(token, tool, call.params, caller)
         return None
     shown = await preview(call)
-    asked = await ask(_message(tool, shown), shown) if ask is not None else None
+    asked = await ask(confirmation_message(tool, shown), shown) if ask is not None else None
     if asked is not None:
         answer, agreed = asked
         if answer == "accept" and agreed:
@@ -130,7 +130,8 @@ async def gate(
     }
 
 
-def _message(tool: str, shown: dict[str, Any]) -> str:
+def confirmation_message(tool: str, shown: dict[str, Any]) -> str:
+    """What the person is asked: the effect, the tables and rows, the way back."""
     lines = [f"{tool} will: {shown.get('effect')}"]
     for table in shown.get("tables") or []:
         lines.append(f"- {table.get('name')}: {table.get('rows')} rows in {table.get('table')}")
