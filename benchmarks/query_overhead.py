@@ -90,9 +90,9 @@ async def main(rows: int, runs: int) -> int:
                 print(f"{'query':10} {'tool':>8} {'no-op':>8} {'direct':>8} {'ratio':>6}  target")
                 worst = 0.0
                 for name, query in QUERIES.items():
-                    sql, _ = compile_query(
+                    sql = compile_query(
                         query, services.queries.names(), default_limit=100, max_limit=50_000
-                    )
+                    ).sql
 
                     async def direct(sql: str = sql) -> None:
                         cursor = services.warehouse.cursor()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,6 +23,17 @@ if TYPE_CHECKING:
 
 class QueryError(ValueError):
     """A query the sandbox will not run, with the reason for the person who wrote it."""
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A HogQL query as DuckDB runs it: the SQL (asking one row more than `limit`), the row
+    limit applied, and whether the query had a LIMIT of its own (PostHog pages only those
+    without one)."""
+
+    sql: str
+    limit: int
+    own_limit: bool
 
 
 # HogQL functions sqlglot leaves as they are, and what they are in DuckDB.
@@ -37,7 +49,7 @@ _CASTS = {
 
 def compile_query(
     hogql: str, tables: Mapping[str, str], *, default_limit: int, max_limit: int
-) -> tuple[str, int]:
+) -> Compiled:
     """The DuckDB SQL for a HogQL query, and the row limit applied to it.
 
     `tables` maps every accepted name (lower case) to its DuckDB table. Without a LIMIT the
@@ -79,9 +91,10 @@ def compile_query(
         cast = _CASTS.get(str(call.this).lower())
         if cast is not None and len(call.expressions) == 1:
             call.replace(exp.cast(call.expressions[0], cast))
+    own_limit = tree.args.get("limit") is not None
     limit = _limit(tree, default_limit, max_limit)
     wrapped = exp.select("*").from_(tree.subquery("_hogql")).limit(limit + 1)
-    return wrapped.sql(dialect="duckdb"), limit
+    return Compiled(wrapped.sql(dialect="duckdb"), limit, own_limit)
 
 
 def _resolve(table: exp.Table, tables: Mapping[str, str], ctes: set[str]) -> None:

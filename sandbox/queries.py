@@ -88,25 +88,24 @@ class Queries:
         Raises:
             QueryError: refused before running, or DuckDB's own error (a missing column...).
         """
-        sql, limit = compile_query(
+        compiled = compile_query(
             hogql, self.names(), default_limit=DEFAULT_ROWS, max_limit=MAX_ROWS
         )
-        own_limit = _has_limit(hogql)
-        columns, types, rows = self._execute(sql, time_limit)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        columns, types, rows = self._execute(compiled.sql, time_limit)
+        more = len(rows) > compiled.limit
+        rows = rows[: compiled.limit]
         answer: dict[str, Any] = {
             "query": hogql,
             "hogql": hogql,
-            "clickhouse": sql,
+            "clickhouse": compiled.sql,
             "columns": columns,
             "types": [[name, kind] for name, kind in zip(columns, types, strict=True)],
             "results": [[_json_value(v) for v in row] for row in rows],
             "timings": [],
             "modifiers": {},
         }
-        if not own_limit:
-            answer |= {"hasMore": more, "limit": limit, "offset": 0}
+        if not compiled.own_limit:
+            answer |= {"hasMore": more, "limit": compiled.limit, "offset": 0}
         return answer
 
     def _execute(self, sql: str, time_limit: float) -> tuple[list[str], list[str], list[Any]]:
@@ -180,15 +179,6 @@ class Queries:
                 },
             }
         return {"tables": tables, "joins": []}
-
-
-def _has_limit(hogql: str) -> bool:
-    """Whether the top-level query has its own LIMIT (PostHog paginates only without one)."""
-    import sqlglot
-    from sqlglot import exp
-
-    tree = sqlglot.parse_one(hogql, read="clickhouse")
-    return isinstance(tree, exp.Query) and tree.args.get("limit") is not None
 
 
 def _clickhouse_type(duck: str) -> str:
