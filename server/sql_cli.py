@@ -2,7 +2,8 @@
 
 The warehouse file is locked by the process that runs the sandbox, so the query goes to that
 process: to the address and token its `access.json` holds (the in-process sandbox's loopback
-listener, or the standalone sandbox's own address).
+listener, or the standalone sandbox's own address), read as the sandbox writes it
+(`sandbox/access.py`: a file left by a killed sandbox does not count).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from posthog_warehouse_mcp.server.sandbox_backend import DEFAULT_SANDBOX_DIR
 
-ACCESS_FILE = "access.json"
+if TYPE_CHECKING:
+    from posthog_warehouse_mcp.sandbox.access import Access
+
 STANDALONE_DIR = Path("sandbox-data")
 
 
@@ -40,7 +43,10 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _access(directory: Path | None) -> dict[str, Any] | None:
+def _access(directory: Path | None) -> Access | None:
+    """The access file of the first sandbox directory that has a running sandbox."""
+    from posthog_warehouse_mcp.sandbox.access import Access
+
     env = os.environ.get("POSTHOG_SANDBOX_DIR")
     candidates = (
         [directory]
@@ -52,11 +58,9 @@ def _access(directory: Path | None) -> dict[str, Any] | None:
         ]
     )
     for folder in candidates:
-        try:
-            data: dict[str, Any] = json.loads((folder / ACCESS_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        return data
+        access = Access.read(folder)
+        if access is not None:
+            return access
     return None
 
 
@@ -71,17 +75,17 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    headers = {"Authorization": f"Bearer {access['token']}"} if access.get("token") else {}
+    headers = {"Authorization": f"Bearer {access.token}"} if access.token else {}
     try:
         response = httpx.post(
-            f"{access['url']}/api/environments/1/query/",
+            f"{access.url}/api/environments/1/query/",
             json={"query": {"kind": "HogQLQuery", "query": args.query}},
             headers=headers,
             timeout=60,
         )
     except httpx.HTTPError as exc:
         reason = type(exc).__name__
-        print(f"The sandbox at {access['url']} did not answer ({reason}).", file=sys.stderr)
+        print(f"The sandbox at {access.url} did not answer ({reason}).", file=sys.stderr)
         return 2
     body = response.json() if response.content else {}
     if response.status_code != 200:

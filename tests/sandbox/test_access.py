@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import stat
+import sys
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from posthog_warehouse_mcp.sandbox.access import ACCESS_FILE
+from posthog_warehouse_mcp.sandbox.access import ACCESS_FILE, Access
 from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
 from posthog_warehouse_mcp.server.sql_cli import main as sql_main
 from tests.sandbox.support import sandbox_process, wait_until_up
@@ -80,3 +81,14 @@ async def test_the_standalone_sandbox_is_reached_with_its_api_key(
         proc.terminate()
         proc.wait(30)
     assert not (directory / ACCESS_FILE).exists()
+
+
+async def test_a_file_left_by_a_killed_sandbox_is_not_a_running_sandbox(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    finished = await anyio.run_process(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True
+    )
+    Access("http://127.0.0.1:9", "t", int(finished.stdout.decode())).write(tmp_path)
+    code, _, err = await sql(capsys, "SELECT 1", "--dir", str(tmp_path))
+    assert code == 2 and "No running sandbox found" in err
