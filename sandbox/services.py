@@ -132,6 +132,23 @@ class Services:
         upstream = connector(source_type)
         return await anyio.to_thread.run_sync(lambda: inspect(upstream, job_inputs))
 
+    def connectable(self, source_type: str, job_inputs: dict[str, Any]) -> dict[str, Any]:
+        """A new connection's fields checked as PostHog checks them before connecting (the
+        form's required fields, then Cloud's host rule when the sandbox enforces it); the job
+        inputs to connect with (Cloud's TLS rule added).
+
+        Raises:
+            ApiError: 400 `{"message"}`, PostHog's reason.
+        """
+        fields = connector(source_type).SOURCE_CONFIG["fields"]
+        missing = form.missing_required(fields, job_inputs)
+        if missing:
+            raise errors.message(f"Invalid source config: {', '.join(missing)}")
+        if self.cloud_rules is None:
+            return job_inputs
+        self.cloud_rules.check_host(job_inputs)
+        return self.cloud_rules.connection(source_type, job_inputs)
+
     async def inspect_new(
         self, source_type: str, job_inputs: dict[str, Any]
     ) -> list[tuple[Table, TableStats]]:
@@ -145,13 +162,7 @@ class Services:
         """
         if source_type not in SUPPORTED_SOURCE_TYPES:
             raise errors.not_connectable(source_type)
-        upstream = connector(source_type)
-        missing = form.missing_required(upstream.SOURCE_CONFIG["fields"], job_inputs)
-        if missing:
-            raise errors.message(f"Invalid source config: {', '.join(missing)}")
-        if self.cloud_rules is not None:
-            self.cloud_rules.check_host(job_inputs)
-            job_inputs = self.cloud_rules.connection(source_type, job_inputs)
+        job_inputs = self.connectable(source_type, job_inputs)
         try:
             return await self.inspect(source_type, job_inputs)
         except SourceError as exc:

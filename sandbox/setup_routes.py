@@ -17,7 +17,6 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     SourceError,
     known_source_type,
 )
-from posthog_warehouse_mcp.sandbox.connectors import config as form
 from posthog_warehouse_mcp.sandbox.discovery import default_schemas, table_entry
 from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of
 from posthog_warehouse_mcp.sandbox.validation import (
@@ -122,9 +121,8 @@ async def sources_check_cdc_prerequisites(request: Request, services: Services) 
     data = await drf.body(request)
     if data.get("source_type") not in CDC_SOURCE_TYPES:
         raise errors.message("CDC prerequisite checks are only supported for CDC enabled sources.")
-    missing = form.missing_required(postgres.SOURCE_CONFIG["fields"], data)
-    if missing:
-        raise errors.message(f"Invalid source config: {', '.join(missing)}")
+    # PostHog's order: the config, the host, then the management mode.
+    job_inputs = services.connectable("Postgres", job_inputs_of(data, *_CDC_OPTIONS))
     mode = data.get("cdc_management_mode", "posthog")
     if mode not in postgres_cdc.MODES:
         raise errors.message("cdc_management_mode must be 'posthog' or 'self_managed'.")
@@ -132,10 +130,6 @@ async def sources_check_cdc_prerequisites(request: Request, services: Services) 
     if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
         raise errors.message("tables must be a list of table names.")
     publication = data.get("cdc_publication_name") or None
-    job_inputs = job_inputs_of(data, *_CDC_OPTIONS)
-    if services.cloud_rules is not None:
-        services.cloud_rules.check_host(job_inputs)
-        job_inputs = services.cloud_rules.connection("Postgres", job_inputs)
 
     def check() -> list[str]:
         with postgres.connect(job_inputs) as conn:
