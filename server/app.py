@@ -174,16 +174,21 @@ CONFIRM_SCHEMA: dict[str, Any] = {
 }
 
 
+def elicitation_modes(ctx: Context) -> tuple[bool, bool]:
+    """Which elicitation the client declared: (form, url). An elicitation capability that
+    names neither mode means form, as the protocol had it before modes."""
+    capabilities = ctx.session.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None:
+        return False, False
+    return elicitation.form is not None or elicitation.url is None, elicitation.url is not None
+
+
 def asks_across_turns(ctx: Context) -> bool:
     """Whether the person can be asked by an input-required result: a 2026-07-28 connection
     whose client declared form elicitation."""
-    capabilities = ctx.session.client_capabilities
-    elicitation = capabilities.elicitation if capabilities is not None else None
-    return (
-        ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-        and elicitation is not None
-        and (elicitation.form is not None or elicitation.url is None)
-    )
+    form, _ = elicitation_modes(ctx)
+    return form and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
 async def confirm_across_turns(
@@ -229,12 +234,9 @@ async def confirm_across_turns(
 def asker(ctx: Context) -> Ask | None:
     """Asks the person to confirm through the client (form-mode elicitation), when the client
     declared it; None otherwise, and on stateless HTTP, which has no channel to ask on."""
-    capabilities = ctx.session.client_capabilities
-    elicitation = capabilities.elicitation if capabilities is not None else None
-    if elicitation is None or ctx.lifespan_context.settings.mcp_stateless:
+    form, _ = elicitation_modes(ctx)
+    if not form or ctx.lifespan_context.settings.mcp_stateless:
         return None
-    if elicitation.form is None and elicitation.url is not None:
-        return None  # a client that declared URL mode only
 
     async def ask(message: str, preview: dict[str, Any]) -> tuple[str, bool] | None:
         try:
@@ -254,9 +256,8 @@ def asker(ctx: Context) -> Ask | None:
 def url_opener(ctx: Context) -> OpenUrl | None:
     """Shows a URL to the person through the client (URL-mode elicitation), when the client
     declared it; None otherwise (or where there is no channel back, stateless HTTP)."""
-    capabilities = ctx.session.client_capabilities
-    elicitation = capabilities.elicitation if capabilities is not None else None
-    if elicitation is None or elicitation.url is None:
+    _, url = elicitation_modes(ctx)
+    if not url:
         return None
 
     async def open_url(message: str, url: str) -> str:

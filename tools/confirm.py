@@ -32,6 +32,8 @@ TOKEN_SECONDS = 300
 # whether they ticked the confirmation; None when the connection cannot ask after all.
 Ask = Callable[[str, dict[str, Any]], Awaitable[tuple[str, bool] | None]]
 Preview = Callable[["Caller"], Awaitable[dict[str, Any]]]
+# Makes a row's preview from its effect and its way back.
+PreviewFor = Callable[[str, str], Preview]
 
 
 class ConfirmationRefused(ValueError):
@@ -153,50 +155,33 @@ def _table(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def schema_preview(effect: str, undo: str) -> Preview:
-    """What a call on one table affects: that table, its rows."""
+def _reading(read: str, describe: Callable[[dict[str, Any]], dict[str, Any]]) -> PreviewFor:
+    """A preview maker for rows whose id `read` (a read-only tool) looks up: the preview is
+    the effect, what `describe` draws from that answer, and the way back."""
 
-    async def preview(call: Caller) -> dict[str, Any]:
-        schema = await call.call_tool(
-            "external-data-schemas-retrieve",
-            id=str(call.params.id),  # type: ignore[attr-defined]
-        )
-        return {"effect": effect, "tables": [_table(schema)], "undo": undo}
+    def make(effect: str, undo: str) -> Preview:
+        async def preview(call: Caller) -> dict[str, Any]:
+            found = await call.call_tool(read, id=str(call.params.id))  # type: ignore[attr-defined]
+            return {"effect": effect, **describe(found), "undo": undo}
 
-    return preview
+        return preview
 
+    return make
 
-def source_preview(effect: str, undo: str) -> Preview:
-    """What a call on a source affects: every table of it."""
-
-    async def preview(call: Caller) -> dict[str, Any]:
-        source = await call.call_tool(
-            "external-data-sources-retrieve",
-            id=str(call.params.id),  # type: ignore[attr-defined]
-        )
-        tables = [_table(s) for s in source.get("schemas") or [] if isinstance(s, dict)]
-        return {
-            "effect": effect,
-            "source": {k: source.get(k) for k in ("source_type", "prefix", "status")},
-            "tables": tables,
-            "undo": undo,
-        }
-
-    return preview
-
-
-def webhook_preview(effect: str, undo: str) -> Preview:
-    """What removing a source's webhook affects: the webhook and the tables it feeds."""
-
-    async def preview(call: Caller) -> dict[str, Any]:
-        info = await call.call_tool(
-            "external-data-sources-webhook-info-retrieve",
-            id=str(call.params.id),  # type: ignore[attr-defined]
-        )
-        return {
-            "effect": effect,
-            "webhook": {k: info.get(k) for k in ("exists", "webhook_url", "schema_mapping")},
-            "undo": undo,
-        }
-
-    return preview
+# What a call on one table affects: that table, its rows.
+schema_preview = _reading(
+    "external-data-schemas-retrieve", lambda schema: {"tables": [_table(schema)]}
+)
+# What a call on a source affects: every table of it.
+source_preview = _reading(
+    "external-data-sources-retrieve",
+    lambda source: {
+        "source": {k: source.get(k) for k in ("source_type", "prefix", "status")},
+        "tables": [_table(s) for s in source.get("schemas") or [] if isinstance(s, dict)],
+    },
+)
+# What removing a source's webhook affects: the webhook and the tables it feeds.
+webhook_preview = _reading(
+    "external-data-sources-webhook-info-retrieve",
+    lambda info: {"webhook": {k: info.get(k) for k in ("exists", "webhook_url", "schema_mapping")}},
+)
