@@ -168,6 +168,7 @@ def _reading(read: str, describe: Callable[[dict[str, Any]], dict[str, Any]]) ->
 
     return make
 
+
 # What a call on one table affects: that table, its rows.
 schema_preview = _reading(
     "external-data-schemas-retrieve", lambda schema: {"tables": [_table(schema)]}
