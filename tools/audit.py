@@ -38,6 +38,11 @@ def _when(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _where(source: dict[str, Any], table: Any = "") -> str:
+    """Where a finding is: the source's type and prefix, and the table's name when it has one."""
+    return " ".join(f"{source.get('source_type')} {source.get('prefix') or ''} {table}".split())
+
+
 def _finding(kind: str, where: str, cause: str, affects: str, next_step: str) -> dict[str, Any]:
     return {"kind": kind, "where": where, "cause": cause, "affects": affects, "next": next_step}
 
@@ -45,8 +50,7 @@ def _finding(kind: str, where: str, cause: str, affects: str, next_step: str) ->
 def _table_findings(
     source: dict[str, Any], schema: dict[str, Any], running_jobs: set[str], at: datetime
 ) -> list[dict[str, Any]]:
-    where = f"{source.get('source_type')} {source.get('prefix') or ''} {schema.get('name')}"
-    where = " ".join(where.split())
+    where = _where(source, schema.get("name"))
     status = schema.get("status")
     error = schema.get("latest_error")
     if not schema.get("should_sync"):
@@ -132,7 +136,7 @@ async def audit(call: Caller, send: Send) -> dict[str, Any]:
             findings.append(
                 _finding(
                     "source_error",
-                    f"{source.get('source_type')} {source.get('prefix') or ''}".strip(),
+                    _where(source),
                     f"The source is in error: {source.get('latest_error')}",
                     "Every table of the source.",
                     "Check the connection details with the user (data-warehouse-source-"
@@ -158,7 +162,7 @@ async def audit(call: Caller, send: Send) -> dict[str, Any]:
                 findings.append(
                     _finding(
                         "webhook",
-                        f"{source.get('source_type')} {source.get('prefix') or ''}".strip(),
+                        _where(source),
                         "Tables sync by webhook, but "
                         + (external.get("error") or "no webhook is registered."),
                         "The webhook tables receive no new rows.",

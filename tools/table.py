@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -34,16 +34,7 @@ from posthog_warehouse_mcp.tools.waiting import wait_for_jobs, wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue", "setup", "diagnose", "query"]
-TOOLSETS: tuple[Toolset, ...] = (
-    "sources",
-    "schemas",
-    "sync",
-    "webhooks",
-    "revenue",
-    "setup",
-    "diagnose",
-    "query",
-)
+TOOLSETS: tuple[Toolset, ...] = get_args(Toolset)
 
 DESTRUCTIVE_WARNING = "DESTRUCTIVE: confirm with the user before calling. "
 
