@@ -46,7 +46,9 @@ class Confirmations:
 
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     seconds: int = TOKEN_SECONDS
-    _spent: set[str] = field(default_factory=set)
+    # Nonces of used tokens, with their expiry: a token past it is refused anyway, so the
+    # nonce is dropped then and the record stays as small as the tokens still live.
+    _spent: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def issue(self, tool: str, params: BaseModel, caller: str) -> str:
@@ -80,9 +82,12 @@ class Confirmations:
         if claims.get("c") != caller:
             raise ConfirmationRefused("the confirmation_token was issued to another caller")
         with self._lock:
+            now = time.time()
+            for nonce in [n for n, expiry in self._spent.items() if expiry < now]:
+                del self._spent[nonce]
             if claims["n"] in self._spent:
                 raise ConfirmationRefused("the confirmation_token was used already")
-            self._spent.add(claims["n"])
+            self._spent[claims["n"]] = claims["e"]
 
     def _sign(self, body: str) -> str:
         return hmac.new(self.key, body.encode(), hashlib.sha256).hexdigest()
