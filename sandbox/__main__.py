@@ -2,6 +2,6 @@
 
 import sys
 
-from posthog_warehouse_mcp.sandbox.cli import main
+from .cli import main
 
 raise SystemExit(main(sys.argv[1:]))

@@ -21,8 +21,8 @@ from pathlib import Path
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from posthog_warehouse_mcp.sandbox import errors
-from posthog_warehouse_mcp.sandbox.connect import PAGE_PREFIX
+from . import errors
+from .connect import PAGE_PREFIX
 
 logger = logging.getLogger(__name__)
 

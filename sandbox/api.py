@@ -16,17 +16,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from posthog_warehouse_mcp.sandbox import drf, errors
-from posthog_warehouse_mcp.sandbox.connect import (
+from . import drf, errors
+from .connect import (
     PAGE_PREFIX,
     connect_page,
     sources_connect_link,
     sources_stored_credentials,
 )
-from posthog_warehouse_mcp.sandbox.errors import ApiError
-from posthog_warehouse_mcp.sandbox.health_routes import data_health_issues
-from posthog_warehouse_mcp.sandbox.query_routes import query
-from posthog_warehouse_mcp.sandbox.schema_routes import (
+from .errors import ApiError
+from .health_routes import data_health_issues
+from .query_routes import query
+from .schema_routes import (
     schemas_cancel,
     schemas_create,
     schemas_delete_data,
@@ -39,14 +39,14 @@ from posthog_warehouse_mcp.sandbox.schema_routes import (
     schemas_resync,
     schemas_retrieve,
 )
-from posthog_warehouse_mcp.sandbox.services import Services
-from posthog_warehouse_mcp.sandbox.setup_routes import (
+from .services import Services
+from .setup_routes import (
     sources_check_cdc_prerequisites,
     sources_database_schema,
     sources_preview_resource,
     sources_setup,
 )
-from posthog_warehouse_mcp.sandbox.source_routes import (
+from .source_routes import (
     sources_bulk_update_schemas,
     sources_connections,
     sources_create,

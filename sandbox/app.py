@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from posthog_warehouse_mcp.sandbox.access import Access, remove
-from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
-from posthog_warehouse_mcp.sandbox.runtime import DEFAULT_DIRECTORY, open_sandbox
+from .access import Access, remove
+from .cloud_rules import CloudRules
+from .runtime import DEFAULT_DIRECTORY, open_sandbox
 
 
 class _Deferred:

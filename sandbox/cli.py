@@ -11,9 +11,9 @@ from pathlib import Path
 
 import uvicorn
 
-from posthog_warehouse_mcp.sandbox.app import create_app
-from posthog_warehouse_mcp.sandbox.connect import PAGE_PREFIX
-from posthog_warehouse_mcp.sandbox.runtime import DEFAULT_DIRECTORY
+from .app import create_app
+from .connect import PAGE_PREFIX
+from .runtime import DEFAULT_DIRECTORY
 
 
 def _parser() -> argparse.ArgumentParser:

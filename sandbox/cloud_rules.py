@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from posthog_warehouse_mcp.sandbox import errors
+from . import errors
 
 INTERNAL_HOST = (
     "This host points to an internal or private IP address, which PostHog can't reach. Use a "

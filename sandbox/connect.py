@@ -23,15 +23,15 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from posthog_warehouse_mcp.sandbox import drf, errors
-from posthog_warehouse_mcp.sandbox.connectors import (
+from . import drf, errors
+from .connectors import (
     SUPPORTED_SOURCE_TYPES,
     connector,
     known_source_type,
 )
-from posthog_warehouse_mcp.sandbox.errors import ApiError
-from posthog_warehouse_mcp.sandbox.services import Services, job_inputs_of
-from posthog_warehouse_mcp.sandbox.store import Credential, iso, new_id, now
+from .errors import ApiError
+from .services import Services, job_inputs_of
+from .store import Credential, iso, new_id, now
 
 CREDENTIAL_TTL = timedelta(hours=24)
 LINK_TTL_SECONDS = 3600.0

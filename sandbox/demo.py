@@ -6,10 +6,10 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from posthog_warehouse_mcp.sandbox.connectors import connector, discover
-from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
-from posthog_warehouse_mcp.sandbox.services import with_columns
-from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store, iso, new_id, now
+from .connectors import connector, discover
+from .embedded import EmbeddedPostgres, PostgresCredentials
+from .services import with_columns
+from .store import Schema, Source, Store, iso, new_id, now
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posthog_warehouse_mcp.sandbox.connectors import Table, TableStats
+from .connectors import Table, TableStats
 
 # PostHog's Postgres source (`RLS_WARNING_MESSAGE`), verbatim.
 RLS_WARNING_MESSAGE = (

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from posthog_warehouse_mcp.sandbox import errors
+from . import errors
 
 PAGE_SIZE = 100
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal
 
-from posthog_warehouse_mcp.sandbox.connectors import (
+from .connectors import (
     Column,
     Connector,
     Export,
@@ -25,10 +25,10 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     check_cancelled,
     connector,
 )
-from posthog_warehouse_mcp.sandbox.row_filters import RowFilterError, check_row_filters
-from posthog_warehouse_mcp.sandbox.serializers import secret_values
-from posthog_warehouse_mcp.sandbox.store import Job, LogEntry, Schema, Store, iso, new_id, now
-from posthog_warehouse_mcp.sandbox.warehouse import STAGING_PREFIX, Warehouse
+from .row_filters import RowFilterError, check_row_filters
+from .serializers import secret_values
+from .store import Job, LogEntry, Schema, Store, iso, new_id, now
+from .warehouse import STAGING_PREFIX, Warehouse
 
 if TYPE_CHECKING:
     import duckdb

@@ -16,10 +16,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from posthog_warehouse_mcp.sandbox import drf
-from posthog_warehouse_mcp.sandbox.engine import FREQUENCIES
-from posthog_warehouse_mcp.sandbox.services import Services
-from posthog_warehouse_mcp.sandbox.store import Schema, now
+from . import drf
+from .engine import FREQUENCIES
+from .services import Services
+from .store import Schema, now
 
 # PostHog's issue status for each failed schema status.
 _FAILED = {"Failed": "failed", "BillingLimitReached": "billing_limit"}

@@ -14,9 +14,9 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from posthog_warehouse_mcp.sandbox.hogql import QueryError, compile_query
-from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store
-from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
+from .hogql import QueryError, compile_query
+from .store import Schema, Source, Store
+from .warehouse import Warehouse
 
 # PostHog's API limits (`LimitContext.QUERY`): rows without a LIMIT, and the most with one.
 DEFAULT_ROWS = 100

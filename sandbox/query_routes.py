@@ -6,9 +6,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from posthog_warehouse_mcp.sandbox import drf, errors
-from posthog_warehouse_mcp.sandbox.hogql import QueryError
-from posthog_warehouse_mcp.sandbox.services import Services
+from . import drf, errors
+from .hogql import QueryError
+from .services import Services
 
 # The query kinds the sandbox runs; PostHog has many more (trends, funnels...).
 KINDS = ("HogQLQuery", "DatabaseSchemaQuery")

@@ -10,13 +10,13 @@ from pathlib import Path
 import anyio
 from starlette.applications import Starlette
 
-from posthog_warehouse_mcp.sandbox.api import build_app
-from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
-from posthog_warehouse_mcp.sandbox.demo import register_demo_source, start_demo_database
-from posthog_warehouse_mcp.sandbox.engine import SyncEngine
-from posthog_warehouse_mcp.sandbox.services import Services
-from posthog_warehouse_mcp.sandbox.store import Store, now
-from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
+from .api import build_app
+from .cloud_rules import CloudRules
+from .demo import register_demo_source, start_demo_database
+from .engine import SyncEngine
+from .services import Services
+from .store import Store, now
+from .warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from dataclasses import asdict, replace
 from starlette.requests import Request
 from starlette.responses import Response
 
-from posthog_warehouse_mcp.sandbox import drf, errors
-from posthog_warehouse_mcp.sandbox.connectors import SourceError
-from posthog_warehouse_mcp.sandbox.serializers import schema_json
-from posthog_warehouse_mcp.sandbox.services import Services, with_columns
-from posthog_warehouse_mcp.sandbox.validation import log_filter, validate_settings
+from . import drf, errors
+from .connectors import SourceError
+from .serializers import schema_json
+from .services import Services, with_columns
+from .validation import log_filter, validate_settings
 
 
 async def schemas_list(request: Request, services: Services) -> Response:

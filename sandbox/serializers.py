@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from posthog_warehouse_mcp.sandbox.connectors import SUPPORTED_SOURCE_TYPES, connector
-from posthog_warehouse_mcp.sandbox.store import Job, Schema, Source, Store
+from .connectors import SUPPORTED_SOURCE_TYPES, connector
+from .store import Job, Schema, Source, Store
 
 # PostHog strips every job input that is not known to be harmless (removed, not masked).
 _SSH_NONSENSITIVE = ("enabled", "host", "port")

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from posthog_warehouse_mcp.sandbox import errors
-from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
-from posthog_warehouse_mcp.sandbox.connectors import (
+from . import errors
+from .cloud_rules import CloudRules
+from .connectors import (
     SUPPORTED_SOURCE_TYPES,
     SourceError,
     Table,
@@ -20,16 +20,16 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     discover,
     inspect,
 )
-from posthog_warehouse_mcp.sandbox.connectors import config as form
-from posthog_warehouse_mcp.sandbox.engine import SyncEngine
-from posthog_warehouse_mcp.sandbox.errors import ApiError
-from posthog_warehouse_mcp.sandbox.queries import Queries
-from posthog_warehouse_mcp.sandbox.store import Schema, Source, Store, iso, new_id, now
-from posthog_warehouse_mcp.sandbox.validation import create_settings, validate_prefix
+from .connectors import config as form
+from .engine import SyncEngine
+from .errors import ApiError
+from .queries import Queries
+from .store import Schema, Source, Store, iso, new_id, now
+from .validation import create_settings, validate_prefix
 
 if TYPE_CHECKING:
-    from posthog_warehouse_mcp.sandbox.connect import ConnectLinks
-from posthog_warehouse_mcp.sandbox.warehouse import Warehouse
+    from .connect import ConnectLinks
+from .warehouse import Warehouse
 
 
 def with_columns(schema: Schema, table: Table) -> Schema:
@@ -78,7 +78,7 @@ class Services:
     @functools.cached_property
     def connect_links(self) -> ConnectLinks:
         """The connect page's one-time tokens."""
-        from posthog_warehouse_mcp.sandbox.connect import ConnectLinks
+        from .connect import ConnectLinks
 
         return ConnectLinks()
 

@@ -11,15 +11,15 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from posthog_warehouse_mcp.sandbox import drf, errors
-from posthog_warehouse_mcp.sandbox.connect import take_credential
-from posthog_warehouse_mcp.sandbox.connectors import (
+from . import drf, errors
+from .connect import take_credential
+from .connectors import (
     SourceError,
     known_source_type,
 )
-from posthog_warehouse_mcp.sandbox.discovery import default_schemas, table_entry
-from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of
-from posthog_warehouse_mcp.sandbox.validation import (
+from .discovery import default_schemas, table_entry
+from .services import NewSource, Services, job_inputs_of
+from .validation import (
     check_prefix,
     source_type_choice,
     validate_prefix,
@@ -116,7 +116,7 @@ async def sources_check_cdc_prerequisites(request: Request, services: Services) 
     """POST external_data_sources/check_cdc_prerequisites/: connect to the Postgres given (its
     connection fields flat beside `source_type`) and answer `{"valid", "errors"}`; 400 when it
     cannot be checked at all."""
-    from posthog_warehouse_mcp.sandbox.connectors import postgres, postgres_cdc
+    from .connectors import postgres, postgres_cdc
 
     data = await drf.body(request)
     if data.get("source_type") not in CDC_SOURCE_TYPES:

@@ -9,9 +9,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from posthog_warehouse_mcp.sandbox import drf, errors
-from posthog_warehouse_mcp.sandbox.connect import take_credential
-from posthog_warehouse_mcp.sandbox.connectors import (
+from . import drf, errors
+from .connect import take_credential
+from .connectors import (
     SUPPORTED_SOURCE_TYPES,
     ConnectionFailed,
     SourceError,
@@ -20,8 +20,8 @@ from posthog_warehouse_mcp.sandbox.connectors import (
     Unreachable,
     source_configs,
 )
-from posthog_warehouse_mcp.sandbox.discovery import default_schemas
-from posthog_warehouse_mcp.sandbox.serializers import (
+from .discovery import default_schemas
+from .serializers import (
     connection_json,
     job_json,
     revenue_config,
@@ -29,9 +29,9 @@ from posthog_warehouse_mcp.sandbox.serializers import (
     source_json,
     webhook_info,
 )
-from posthog_warehouse_mcp.sandbox.services import NewSource, Services, job_inputs_of, with_columns
-from posthog_warehouse_mcp.sandbox.store import Job, Schema, Source, iso, new_id, now
-from posthog_warehouse_mcp.sandbox.validation import (
+from .services import NewSource, Services, job_inputs_of, with_columns
+from .store import Job, Schema, Source, iso, new_id, now
+from .validation import (
     check_bulk_fields,
     check_prefix,
     schema_requests,

@@ -11,11 +11,11 @@ from datetime import datetime, time
 from typing import Any, TypeVar
 from uuid import UUID
 
-from posthog_warehouse_mcp.sandbox import drf, errors
-from posthog_warehouse_mcp.sandbox.connectors import Connector, Table, connector, known_source_type
-from posthog_warehouse_mcp.sandbox.engine import FREQUENCIES
-from posthog_warehouse_mcp.sandbox.row_filters import RowFilterError, check_row_filters
-from posthog_warehouse_mcp.sandbox.store import LogFilter, Schema, Store
+from . import drf, errors
+from .connectors import Connector, Table, connector, known_source_type
+from .engine import FREQUENCIES
+from .row_filters import RowFilterError, check_row_filters
+from .store import LogFilter, Schema, Store
 
 SYNC_TYPES = ("full_refresh", "incremental", "append")
 # PostHog accepts these too, but they need machinery (CDC slots, webhooks) the sandbox lacks.

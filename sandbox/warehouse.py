@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posthog_warehouse_mcp.sandbox.connectors import (
+from .connectors import (
     Column,
     SourceError,
     check_cancelled,

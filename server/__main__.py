@@ -2,6 +2,6 @@
 
 import sys
 
-from posthog_warehouse_mcp.server.entry import main
+from .entry import main
 
 sys.exit(main())

@@ -19,33 +19,33 @@ from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from posthog_warehouse_mcp import __version__
-from posthog_warehouse_mcp.server.auth import bearer
-from posthog_warehouse_mcp.server.config import Settings
-from posthog_warehouse_mcp.server.filters import enabled, why_disabled
-from posthog_warehouse_mcp.server.prompts import PROMPTS, PROMPTS_BY_NAME
-from posthog_warehouse_mcp.tools import dispatch
-from posthog_warehouse_mcp.tools.confirm import (
+from .. import __version__
+from ..tools import dispatch
+from ..tools.confirm import (
     Ask,
     ConfirmationRefused,
     Confirmations,
     caller_of,
     confirmation_message,
 )
-from posthog_warehouse_mcp.tools.definitions import definitions
-from posthog_warehouse_mcp.tools.dispatch import ArgumentError, Call, validate
-from posthog_warehouse_mcp.tools.errors import PostHogError
-from posthog_warehouse_mcp.tools.hooks import OpenUrl
-from posthog_warehouse_mcp.tools.output import cap, dumps
-from posthog_warehouse_mcp.tools.redact import redact_text, remember_secrets
-from posthog_warehouse_mcp.tools.secrets import SecretRefused
-from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint, lookup
+from ..tools.definitions import definitions
+from ..tools.dispatch import ArgumentError, Call, validate
+from ..tools.errors import PostHogError
+from ..tools.hooks import OpenUrl
+from ..tools.output import cap, dumps
+from ..tools.redact import redact_text, remember_secrets
+from ..tools.secrets import SecretRefused
+from ..tools.table import ENDPOINTS, Endpoint, lookup
+from .auth import bearer
+from .config import Settings
+from .filters import enabled, why_disabled
+from .prompts import PROMPTS, PROMPTS_BY_NAME
 
 if TYPE_CHECKING:
     import httpx
     from starlette.requests import Request
 
-    from posthog_warehouse_mcp.tools.client import PostHogClient
+    from ..tools.client import PostHogClient
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -102,7 +102,7 @@ class LazyClient:
     def get(self) -> PostHogClient:
         """The pooled adapter, created on first use."""
         if self._client is None:
-            from posthog_warehouse_mcp.tools.client import PostHogClient, build_http_client
+            from ..tools.client import PostHogClient, build_http_client
 
             http = build_http_client(
                 base_url=self.settings.base_url,
@@ -126,7 +126,7 @@ async def open_backend(settings: Settings) -> AsyncIterator[httpx.AsyncBaseTrans
     if not settings.sandbox:
         yield None
         return
-    from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
+    from .sandbox_backend import SandboxTransport
 
     backend = SandboxTransport(
         settings.sandbox_dir, demo=settings.demo, cloud_rules=settings.sandbox_cloud_rules

@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
-from posthog_warehouse_mcp import __version__
-from posthog_warehouse_mcp.server.app import create_server, open_client
-from posthog_warehouse_mcp.server.config import ConfigError, Settings
-from posthog_warehouse_mcp.tools.redact import redact_text
+from .. import __version__
+from ..tools.redact import redact_text
+from .app import create_server, open_client
+from .config import ConfigError, Settings
 
 
 class RedactingFilter(logging.Filter):
@@ -108,7 +108,7 @@ async def _run(settings: Settings) -> None:
             await _serve_stdio(settings)
             tg.cancel_scope.cancel()
         return
-    from posthog_warehouse_mcp.server.transports import serve_http
+    from .transports import serve_http
 
     await serve_http(settings)
 
@@ -117,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sql"]:
-        from posthog_warehouse_mcp.server.sql_cli import main as sql_main
+        from .sql_cli import main as sql_main
 
         return sql_main(argv[1:])
     if argv[:1] == ["sandbox"]:
         try:
-            from posthog_warehouse_mcp.sandbox.cli import main as sandbox_main
+            from ..sandbox.cli import main as sandbox_main
         except ImportError:
             print(
                 "The sandbox is not installed: pip install 'posthog-warehouse-mcp[sandbox]'",

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from posthog_warehouse_mcp.tools.output import DEFAULT_MAX_OUTPUT_BYTES
-from posthog_warehouse_mcp.tools.secrets import SecretPolicy
-from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, TOOLSETS
-from posthog_warehouse_mcp.tools.waiting import DEFAULT_WAIT_CAP
+from ..tools.output import DEFAULT_MAX_OUTPUT_BYTES
+from ..tools.secrets import SecretPolicy
+from ..tools.table import BY_NAME, ENDPOINTS, TOOLSETS
+from ..tools.waiting import DEFAULT_WAIT_CAP
 
 HOST_SHORTCUTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
 SANDBOX_BASE_URL = "http://sandbox"

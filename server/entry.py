@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``posthog-warehouse-mcp`` command; returns the exit code."""
     gc.disable()
     try:
-        from posthog_warehouse_mcp.server.cli import main as cli_main
+        from .cli import main as cli_main
     finally:
         gc.freeze()
         gc.enable()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from posthog_warehouse_mcp.server.config import Settings
-from posthog_warehouse_mcp.tools.table import Endpoint
+from ..tools.table import Endpoint
+from .config import Settings
 
 
 def enabled(settings: Settings, row: Endpoint) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from posthog_warehouse_mcp.tools.errors import TransportError
+from ..tools.errors import TransportError
 
 log = logging.getLogger("posthog_warehouse_mcp.sandbox")
 
@@ -60,9 +60,9 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         with anyio.move_on_after(self.grace):
             await self._wanted.wait()
         try:
-            from posthog_warehouse_mcp.sandbox import open_sandbox
-            from posthog_warehouse_mcp.sandbox.access import loopback
-            from posthog_warehouse_mcp.sandbox.cloud_rules import CloudRules
+            from ..sandbox import open_sandbox
+            from ..sandbox.access import loopback
+            from ..sandbox.cloud_rules import CloudRules
         except ImportError:
             self._failure = (
                 "the sandbox is not installed; install it with "

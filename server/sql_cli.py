@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from posthog_warehouse_mcp.server.sandbox_backend import DEFAULT_SANDBOX_DIR
+from .sandbox_backend import DEFAULT_SANDBOX_DIR
 
 if TYPE_CHECKING:
-    from posthog_warehouse_mcp.sandbox.access import Access
+    from ..sandbox.access import Access
 
 STANDALONE_DIR = Path("sandbox-data")
 
@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _access(directory: Path | None) -> Access | None:
     """The access file of the first sandbox directory that has a running sandbox."""
-    from posthog_warehouse_mcp.sandbox.access import Access
+    from ..sandbox.access import Access
 
     env = os.environ.get("POSTHOG_SANDBOX_DIR")
     candidates = (

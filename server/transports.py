@@ -22,9 +22,9 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from posthog_warehouse_mcp.server.app import LazyClient, create_server, open_backend
-from posthog_warehouse_mcp.server.auth import BearerAuth
-from posthog_warehouse_mcp.server.config import Settings
+from .app import LazyClient, create_server, open_backend
+from .auth import BearerAuth
+from .config import Settings
 
 if TYPE_CHECKING:
     import httpx

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from posthog_warehouse_mcp.tools.errors import PermissionDenied
-from posthog_warehouse_mcp.tools.hooks import Caller, Send
+from .errors import PermissionDenied
+from .hooks import Caller, Send
 
 INTERVALS = {
     "5min": timedelta(minutes=5),

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import httpx
 
-from posthog_warehouse_mcp.tools.errors import (
+from .errors import (
     MalformedResponse,
     PostHogError,
     RateLimited,
@@ -19,7 +19,7 @@ from posthog_warehouse_mcp.tools.errors import (
     TransportError,
     error_from_response,
 )
-from posthog_warehouse_mcp.tools.redact import collect_secrets, scrub
+from .redact import collect_secrets, scrub
 
 log = logging.getLogger("posthog_warehouse_mcp.http")
 

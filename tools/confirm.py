@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from posthog_warehouse_mcp.tools.hooks import Caller
+    from .hooks import Caller
 
 TOKEN_SECONDS = 300
 # Asks the person (form-mode elicitation): message, preview -> accept / decline / cancel, and

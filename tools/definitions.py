@@ -18,8 +18,8 @@ from typing import Any
 
 import pydantic
 
-from posthog_warehouse_mcp.tools.json_schema import json_schema
-from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint
+from .json_schema import json_schema
+from .table import ENDPOINTS, Endpoint
 
 TOOLS_JSON = Path(__file__).with_name("tools.json")
 # The modules whose code decides what a definition says.

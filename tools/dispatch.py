@@ -14,18 +14,18 @@ from urllib.parse import quote
 import pydantic
 from pydantic import BaseModel
 
-from posthog_warehouse_mcp.tools.confirm import Ask, Confirmations, caller_of, gate
-from posthog_warehouse_mcp.tools.errors import MalformedResponse, NotSucceeded, PermissionDenied
-from posthog_warehouse_mcp.tools.hooks import OpenUrl, Progress
-from posthog_warehouse_mcp.tools.models import Ack
-from posthog_warehouse_mcp.tools.redact import redact
-from posthog_warehouse_mcp.tools.secrets import SecretPolicy, resolve
-from posthog_warehouse_mcp.tools.table import BY_NAME, Endpoint
-from posthog_warehouse_mcp.tools.waiting import DEFAULT_WAIT_CAP
+from .confirm import Ask, Confirmations, caller_of, gate
+from .errors import MalformedResponse, NotSucceeded, PermissionDenied
+from .hooks import OpenUrl, Progress
+from .models import Ack
+from .redact import redact
+from .secrets import SecretPolicy, resolve
+from .table import BY_NAME, Endpoint
+from .waiting import DEFAULT_WAIT_CAP
 
 if TYPE_CHECKING:
     # The adapter imports httpx; nothing here needs it until a call is made.
-    from posthog_warehouse_mcp.tools.client import PostHogClient, Reply
+    from .client import PostHogClient, Reply
 
 
 class ArgumentError(ValueError):

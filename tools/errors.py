@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from posthog_warehouse_mcp.tools.redact import redact_text
+from .redact import redact_text
 
 if TYPE_CHECKING:
     import httpx

@@ -15,7 +15,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from posthog_warehouse_mcp.tools.json_schema import NULL_MEANS_CLEAR, NULLABLE
+from .json_schema import NULL_MEANS_CLEAR, NULLABLE
 
 # ---------------------------------------------------------------- enums (stable upstream values)
 

@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from posthog_warehouse_mcp.tools.models import (
+from .models import (
     ExecuteSqlParams,
     ExternalDataSourcesDbSchemaParams,
     ExternalDataSyncLogsParams,

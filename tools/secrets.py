@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from posthog_warehouse_mcp.tools.redact import is_secret_key, remember_secrets
+from .redact import is_secret_key, remember_secrets
 
 PREFIX = "POSTHOG_SECRET_"
 _NAME = re.compile(rf"^{PREFIX}[A-Z0-9_]+$")

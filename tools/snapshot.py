@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from posthog_warehouse_mcp.tools.definitions import TOOLS_JSON, generate
+from .definitions import TOOLS_JSON, generate
 
 
 def render() -> str:

@@ -14,23 +14,23 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
-from posthog_warehouse_mcp.tools import models as m
-from posthog_warehouse_mcp.tools.audit import audit
-from posthog_warehouse_mcp.tools.confirm import (
+from . import models as m
+from .audit import audit
+from .confirm import (
     Preview,
     schema_preview,
     source_preview,
     webhook_preview,
 )
-from posthog_warehouse_mcp.tools.hooks import Hook
-from posthog_warehouse_mcp.tools.requests import (
+from .hooks import Hook
+from .requests import (
     flat_body,
     hogql_query_body,
     schema_query_body,
     sync_logs_query,
 )
-from posthog_warehouse_mcp.tools.results import offer_link, query_rows, warehouse_tables
-from posthog_warehouse_mcp.tools.waiting import wait_for_jobs, wait_for_sync
+from .results import offer_link, query_rows, warehouse_tables
+from .waiting import wait_for_jobs, wait_for_sync
 
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue", "setup", "diagnose", "query"]

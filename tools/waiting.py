@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import anyio
 
-from posthog_warehouse_mcp.tools.hooks import Caller, Hook, Send
+from .hooks import Caller, Hook, Send
 
 # The longest a call waits for syncs: below the ~60 s a desktop client allows a tool call.
 DEFAULT_WAIT_CAP = 45.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, cast
 
-from posthog_warehouse_mcp.sandbox.connectors.base import (
+from .base import (
     Column,
     ConnectionFailed,
     Connector,
@@ -25,7 +25,7 @@ from posthog_warehouse_mcp.sandbox.connectors.base import (
     inspect,
     quote_ident,
 )
-from posthog_warehouse_mcp.sandbox.connectors.config import unavailable_configs
+from .config import unavailable_configs
 
 __all__ = [
     "SUPPORTED_SOURCE_TYPES",
@@ -53,7 +53,7 @@ SUPPORTED_SOURCE_TYPES = tuple(_MODULES)
 
 if TYPE_CHECKING:
     # mypy checks here that every connector module is a Connector.
-    from posthog_warehouse_mcp.sandbox.connectors import mysql, postgres
+    from . import mysql, postgres
 
     _CHECKED: tuple[Connector[Any], ...] = (postgres, mysql)
 

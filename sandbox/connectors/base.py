@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from posthog_warehouse_mcp.sandbox.row_filters import RowFilter
+    from ..row_filters import RowFilter
 
 _HOGQL_TYPES = {
     "SMALLINT": "integer",

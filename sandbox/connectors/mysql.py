@@ -7,8 +7,8 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from posthog_warehouse_mcp.sandbox.connectors import config as form
-from posthog_warehouse_mcp.sandbox.connectors.base import (
+from . import config as form
+from .base import (
     Column,
     ConnectionFailed,
     Export,

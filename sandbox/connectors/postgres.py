@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from posthog_warehouse_mcp.sandbox.cloud_rules import REQUIRE_TLS, TLS_REQUIRED
-from posthog_warehouse_mcp.sandbox.connectors import config as form
-from posthog_warehouse_mcp.sandbox.connectors.base import (
+from ..cloud_rules import REQUIRE_TLS, TLS_REQUIRED
+from . import config as form
+from .base import (
     Column,
     ConnectionFailed,
     Export,
