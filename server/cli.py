@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..tools.redact import redact_text
-from .app import create_server, open_client
+from .app import create_server
 from .config import ConfigError, Settings
+from .state import open_client
 
 
 class RedactingFilter(logging.Filter):

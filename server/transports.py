@@ -22,9 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from .app import LazyClient, create_server, open_backend
+from .app import create_server
 from .auth import BearerAuth
 from .config import Settings
+from .state import LazyClient, open_backend
 
 if TYPE_CHECKING:
     import httpx

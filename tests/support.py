@@ -26,8 +26,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from posthog_warehouse_mcp.server.app import LazyClient, create_server
+from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.server.config import Settings
+from posthog_warehouse_mcp.server.state import LazyClient
 from posthog_warehouse_mcp.tools import models as m
 from posthog_warehouse_mcp.tools.client import PostHogClient, RetryPolicy, build_http_client
 from posthog_warehouse_mcp.tools.table import Endpoint

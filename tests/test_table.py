@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 
 import mcp_types as types
 import pytest
@@ -23,6 +24,19 @@ def test_names_are_unique_and_valid_mcp_tool_names() -> None:
     aliases = [a for row in ENDPOINTS for a in row.aliases]
     assert not set(aliases) & set(names)
     assert all(NAME.match(n) for n in names + aliases)
+
+
+@ROWS
+def test_a_rows_hook_and_preview_take_its_params_model(row: Endpoint) -> None:
+    for behaviour in (row.hook, row.preview):
+        if behaviour is None:
+            continue
+        declared = typing.get_type_hints(behaviour)["call"]  # Caller[SomeParams]
+        (model,) = typing.get_args(declared)
+        assert issubclass(row.params, model), (
+            f"{row.name}: {behaviour.__qualname__} reads {model.__name__}, "
+            f"but the row's params are {row.params.__name__}"
+        )
 
 
 @ROWS

@@ -6,23 +6,26 @@ acts, and it talks to the configured host only.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import PermissionDenied
 from .hooks import Caller, Send
+from .models import NoParams, SyncFrequency
 
-INTERVALS = {
-    "5min": timedelta(minutes=5),
-    "15min": timedelta(minutes=15),
-    "30min": timedelta(minutes=30),
-    "1hour": timedelta(hours=1),
-    "6hour": timedelta(hours=6),
-    "12hour": timedelta(hours=12),
-    "24hour": timedelta(hours=24),
-    "7day": timedelta(days=7),
-    "30day": timedelta(days=30),
-}
+_UNITS = {"min": "minutes", "hour": "hours", "day": "days"}
+
+
+def _interval(frequency: str) -> timedelta:
+    match = re.fullmatch(r"(\d+)(min|hour|day)", frequency)
+    if match is None:
+        raise ValueError(f"not a sync frequency: {frequency!r}")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+# Each sync_frequency PostHog accepts, as a timedelta ("15min" -> 15 minutes).
+INTERVALS = {frequency.value: _interval(frequency.value) for frequency in SyncFrequency}
 _CREDENTIAL_WORDS = ("password", "credential", "authentication", "permission denied", "401", "403")
 _BILLING = ("Billing limits", "Billing limits too low", "BillingLimitReached", "BillingLimitTooLow")
 MAX_PAGES = 10
@@ -111,7 +114,7 @@ def _table_findings(
     return []
 
 
-async def audit(call: Caller, send: Send) -> dict[str, Any]:
+async def audit(call: Caller[NoParams], send: Send) -> dict[str, Any]:
     """external-data-sources-audit's hook. Its own request is the sources list, made through
     that row so the page is read as a page (the row's response is the report)."""
     at = datetime.now(UTC)
@@ -119,13 +122,13 @@ async def audit(call: Caller, send: Send) -> dict[str, Any]:
     checked = {"sources": 0, "tables": 0}
     # The sources list proves the key, its read scope and the environment on the configured host;
     # when it fails, the error (naming the scope or the key's region) is the audit's answer.
-    page = await call.call_tool("external-data-sources-list", limit=100)
+    page = await call.call("external-data-sources-list", limit=100)
     sources = list(page.get("results") or [])
     offset = len(sources)
     for _ in range(MAX_PAGES - 1):
         if not page.get("next"):
             break
-        page = await call.call_tool("external-data-sources-list", limit=100, offset=offset)
+        page = await call.call("external-data-sources-list", limit=100, offset=offset)
         sources += list(page.get("results") or [])
         offset += len(page.get("results") or [])
     for source in sources:
@@ -146,7 +149,7 @@ async def audit(call: Caller, send: Send) -> dict[str, Any]:
             )
         running: set[str] = set()
         if any(s.get("status") == "Running" for s in schemas):
-            jobs = await call.call_tool("external-data-sources-jobs", id=str(source["id"]))
+            jobs = await call.call("external-data-sources-jobs", id=str(source["id"]))
             for job in jobs.get("results") or []:
                 target = job.get("schema")
                 if job.get("status") == "Running" and isinstance(target, dict):
@@ -154,7 +157,7 @@ async def audit(call: Caller, send: Send) -> dict[str, Any]:
         for schema in schemas:
             findings += _table_findings(source, schema, running, at)
         if any(s.get("sync_type") == "webhook" and s.get("should_sync") for s in schemas):
-            info = await call.call_tool(
+            info = await call.call(
                 "external-data-sources-webhook-info-retrieve", id=str(source["id"])
             )
             external = info.get("external_status") or {}
@@ -172,7 +175,7 @@ async def audit(call: Caller, send: Send) -> dict[str, Any]:
                 )
     health: dict[str, Any] = {"checked": True}
     try:
-        issues = await call.call_tool("data-warehouse-data-health-issues-retrieve")
+        issues = await call.call("data-warehouse-data-health-issues-retrieve")
     except PermissionDenied:
         health = {
             "checked": False,

@@ -1,12 +1,13 @@
-"""Confirmation before a destructive call, with what it will do in front of the person.
+"""Whether a destructive call may act now, or must first ask the person: one decision.
 
-The first call sends nothing that changes anything: it reads what is affected (the row's
-`preview`, read-only GETs) and asks. Where the client can ask the person itself (form-mode
-elicitation) it does, and acts on the answer. Where it cannot (Claude Desktop today, stateless
-HTTP), the call answers the preview and a `confirmation_token`; only a second call with the same
-arguments and that token acts. Tokens are signed (HMAC-SHA256; every instance sharing the key
-verifies them), short-lived, bound to the tool, its exact arguments and, with forwarded keys,
-the caller, and spent when used (per instance: a stateless deployment cannot share that).
+:func:`decide` runs once per call, before anything is sent. A call acts when it carries a
+token for this very call; otherwise the row's preview is read (read-only GETs) and the answer
+is a :class:`Question`: the preview and a new token. How the question reaches the person (in
+the call, as an input-required result, or as a preview and token for the model to show) is the
+server's concern (server/asking.py). Tokens are signed (HMAC-SHA256; every instance sharing
+the key verifies them), short-lived, bound to the tool, its exact arguments and, with
+forwarded keys, the caller, and spent when used (per instance: a stateless deployment cannot
+share that).
 """
 
 from __future__ import annotations
@@ -18,22 +19,18 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from .models import ConfirmedIdParams, ConfirmedSyncParams
+
 if TYPE_CHECKING:
-    from .hooks import Caller
+    from .dispatch import Call
+    from .table import Endpoint
 
 TOKEN_SECONDS = 300
-# Asks the person (form-mode elicitation): message, preview -> accept / decline / cancel, and
-# whether they ticked the confirmation; None when the connection cannot ask after all.
-Ask = Callable[[str, dict[str, Any]], Awaitable[tuple[str, bool] | None]]
-Preview = Callable[["Caller"], Awaitable[dict[str, Any]]]
-# Makes a row's preview from its effect and its way back.
-PreviewFor = Callable[[str, str], Preview]
 
 
 class ConfirmationRefused(ValueError):
@@ -103,38 +100,60 @@ def caller_of(api_key: str | None) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else ""
 
 
-async def gate(
-    tool: str,
-    preview: Preview,
-    call: Caller,
-    confirmations: Confirmations,
-    ask: Ask | None,
-    caller: str,
-) -> dict[str, Any] | None:
-    """None when the call may go ahead; else the answer to give instead (nothing was sent).
+@dataclass(frozen=True)
+class Question:
+    """A destructive call held back: what it will do, for the person to see. Nothing was sent."""
+
+    tool: str
+    preview: dict[str, Any]
+    # Bound to the tool, its exact arguments and the caller; the call acts when it comes back.
+    token: str
+    seconds: int
+
+    @property
+    def message(self) -> str:
+        """What the person is asked: the effect, the tables and rows, the way back."""
+        return confirmation_message(self.tool, self.preview)
+
+
+async def decide(
+    row: Endpoint,
+    call: Call,
+    confirmations: Confirmations | None,
+    *,
+    answered: str | None = None,
+) -> Question | None:
+    """The one decision before a call is sent: None to act, or the question to ask first.
+
+    A call acts when its row is not destructive, confirmations are off, or it brings back a
+    token for this very call: in its ``confirmation_token`` argument, or ``answered`` (the
+    token a client echoes with the person's yes, on a 2026-07-28 retry). Otherwise the row's
+    preview is read (read-only calls) and a new token is issued with it.
 
     Raises:
-        ConfirmationRefused: a token that cannot be used.
+        ConfirmationRefused: a token that cannot be used; nothing was sent.
+        PostHogError: the preview's reads failed; nothing was changed.
     """
-    token = getattr(call.params, "confirmation_token", None)
-    if token:
-        confirmations.check(token, tool, call.params, caller)
+    if row.preview is None or confirmations is None:
         return None
-    shown = await preview(call)
-    asked = await ask(confirmation_message(tool, shown), shown) if ask is not None else None
-    if asked is not None:
-        answer, agreed = asked
-        if answer == "accept" and agreed:
-            return None
-        return {"confirmed": False, "answer": answer, "preview": shown}
-    return {
-        "confirmation_required": True,
-        "preview": shown,
-        "confirmation_token": confirmations.issue(tool, call.params, caller),
-        "next": f"Nothing was changed. Show the preview to the user and ask. If they agree, "
-        f"call {tool} again with the same arguments plus this confirmation_token (valid "
-        f"{confirmations.seconds // 60} minutes, once).",
-    }
+    caller = caller_of(call.api_key)
+    token = answered or _argument_token(call.params)
+    if token:
+        confirmations.check(token, row.name, call.params, caller)
+        return None
+    shown = await row.preview(call)
+    return Question(
+        tool=row.name,
+        preview=shown,
+        token=confirmations.issue(row.name, call.params, caller),
+        seconds=confirmations.seconds,
+    )
+
+
+def _argument_token(params: BaseModel) -> str | None:
+    if isinstance(params, ConfirmedIdParams | ConfirmedSyncParams):
+        return params.confirmation_token
+    return None
 
 
 def confirmation_message(tool: str, shown: dict[str, Any]) -> str:
@@ -145,49 +164,3 @@ def confirmation_message(tool: str, shown: dict[str, Any]) -> str:
     if shown.get("undo"):
         lines.append(f"Getting back: {shown['undo']}")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------- previews (row by row)
-
-
-def _table(schema: dict[str, Any]) -> dict[str, Any]:
-    table = schema.get("table") or {}
-    return {
-        "name": schema.get("name"),
-        "table": table.get("name"),
-        "rows": table.get("row_count"),
-        "sync_type": schema.get("sync_type"),
-    }
-
-
-def _reading(read: str, describe: Callable[[dict[str, Any]], dict[str, Any]]) -> PreviewFor:
-    """A preview maker for rows whose id `read` (a read-only tool) looks up: the preview is
-    the effect, what `describe` draws from that answer, and the way back."""
-
-    def make(effect: str, undo: str) -> Preview:
-        async def preview(call: Caller) -> dict[str, Any]:
-            found = await call.call_tool(read, id=str(call.params.id))  # type: ignore[attr-defined]
-            return {"effect": effect, **describe(found), "undo": undo}
-
-        return preview
-
-    return make
-
-
-# What a call on one table affects: that table, its rows.
-schema_preview = _reading(
-    "external-data-schemas-retrieve", lambda schema: {"tables": [_table(schema)]}
-)
-# What a call on a source affects: every table of it.
-source_preview = _reading(
-    "external-data-sources-retrieve",
-    lambda source: {
-        "source": {k: source.get(k) for k in ("source_type", "prefix", "status")},
-        "tables": [_table(s) for s in source.get("schemas") or [] if isinstance(s, dict)],
-    },
-)
-# What removing a source's webhook affects: the webhook and the tables it feeds.
-webhook_preview = _reading(
-    "external-data-sources-webhook-info-retrieve",
-    lambda info: {"webhook": {k: info.get(k) for k in ("exists", "webhook_url", "schema_mapping")}},
-)

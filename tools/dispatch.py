@@ -1,7 +1,9 @@
 """From a table row and a tool call's arguments to one adapter request and a shaped result.
 
-call_tool(row, call)   the row's hook, if it has one, around send()
-send(row, call)        validated arguments -> prepare() -> PostHogClient.request -> shape()
+run(row, call)    the row's hook, if it has one, around send()
+send(row, call)   validated arguments -> prepare() -> PostHogClient.request -> shape()
+
+Whether a destructive call may act is decided before it gets here (tools/confirm.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from urllib.parse import quote
 import pydantic
 from pydantic import BaseModel
 
-from .confirm import Ask, Confirmations, caller_of, gate
 from .errors import MalformedResponse, NotSucceeded, PermissionDenied
 from .hooks import OpenUrl, Progress
 from .models import Ack
@@ -125,7 +126,7 @@ def shape(row: Endpoint, reply: Reply) -> dict[str, Any]:
     return shaped
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Call:
     """A validated tool call and what it needs to reach PostHog (a :class:`~.hooks.Caller`)."""
 
@@ -138,34 +139,30 @@ class Call:
     secrets: SecretPolicy | None = None
     open_url: OpenUrl | None = None
     wait_cap: float = DEFAULT_WAIT_CAP
-    # Destructive rows ask first (tools/confirm.py); None: they act at once.
-    confirmations: Confirmations | None = None
-    ask: Ask | None = None
 
-    async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:
+    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""
         row = BY_NAME[tool]
-        return await send(
-            row, Call(validate(row, arguments), self.client, self.base_path, self.api_key)
+        other = Call(
+            params=validate(row, arguments),
+            client=self.client,
+            base_path=self.base_path,
+            api_key=self.api_key,
         )
+        return await send(row, other)
 
 
-async def call_tool(row: Endpoint, call: Call) -> dict[str, Any]:
+async def run(row: Endpoint, call: Call) -> dict[str, Any]:
     """Carry out a validated tool call: the row's hook, if it has one, around :func:`send`.
 
     Raises:
         PostHogError: from the adapter or :func:`shape`.
-        ConfirmationRefused: a confirmation token that cannot be used (nothing sent).
+        SecretRefused: a secret reference or literal the call's policy refuses (nothing sent).
     """
 
     async def send_this() -> dict[str, Any]:
         return await send(row, call)
 
-    if row.preview is not None and call.confirmations is not None:
-        caller = caller_of(call.api_key)
-        instead = await gate(row.name, row.preview, call, call.confirmations, call.ask, caller)
-        if instead is not None:
-            return instead
     if row.hook is not None:
         return await row.hook(call, send_this)
     return await send_this()

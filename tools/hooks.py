@@ -1,14 +1,18 @@
-"""What a table row's hook receives: the call in progress and the request it would send.
+"""What a table row's per-tool behaviour receives: the call in progress, typed by its params.
 
 A hook is per-tool behaviour that lives on the row (``Endpoint.hook``) rather than in a branch
 of the generic handler: it may make other calls first, send the row's own request with
-``send``, and add to the result.
+``send``, and add to the result. A preview (``Endpoint.preview``) reads what a destructive call
+will affect, before the person is asked (tools/previews.py).
+
+Both are typed by the params model of their row (``Caller[SyncParams]``), so ``call.params.id``
+type-checks; a test checks each row's params model is the one its hook and preview declare.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -18,12 +22,14 @@ Send = Callable[[], Awaitable[dict[str, Any]]]
 # the person's answer (accept, decline, cancel).
 OpenUrl = Callable[[str, str], Awaitable[str]]
 
+P = TypeVar("P", bound=BaseModel, covariant=True)
 
-class Caller(Protocol):
+
+class Caller(Protocol[P]):
     """A validated tool call, able to call other rows of the table by tool name."""
 
     @property
-    def params(self) -> BaseModel:
+    def params(self) -> P:
         """The call's validated arguments."""
         ...
 
@@ -42,9 +48,11 @@ class Caller(Protocol):
         """Shows the person a URL, when the client supports URL-mode elicitation."""
         ...
 
-    async def call_tool(self, tool: str, **arguments: Any) -> dict[str, Any]:
+    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""
         ...
 
 
-Hook = Callable[[Caller, Send], Awaitable[dict[str, Any]]]
+# A row's hook and preview take a Caller of that row's params model.
+Hook = Callable[[Caller[Any], Send], Awaitable[dict[str, Any]]]
+Preview = Callable[[Caller[Any]], Awaitable[dict[str, Any]]]

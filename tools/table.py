@@ -16,13 +16,8 @@ from pydantic import BaseModel
 
 from . import models as m
 from .audit import audit
-from .confirm import (
-    Preview,
-    schema_preview,
-    source_preview,
-    webhook_preview,
-)
-from .hooks import Hook
+from .hooks import Hook, Preview
+from .previews import schema_preview, source_preview, webhook_preview
 from .requests import (
     flat_body,
     hogql_query_body,
@@ -73,7 +68,7 @@ class Endpoint:
     # as given (tools/requests.py).
     build_query: Callable[[BaseModel], dict[str, Any]] | None = None
     build_body: Callable[[BaseModel], dict[str, Any]] | None = None
-    # What a destructive call will do, read before it is confirmed (tools/confirm.py).
+    # What a destructive call will do, read before it is confirmed (tools/previews.py).
     preview: Preview | None = None
 
     @property

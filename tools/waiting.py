@@ -14,6 +14,7 @@ from typing import Any, Literal
 import anyio
 
 from .hooks import Caller, Hook, Send
+from .models import ExternalDataSourceJobsWaitParams, SyncParams
 
 # The longest a call waits for syncs: below the ~60 s a desktop client allows a tool call.
 DEFAULT_WAIT_CAP = 45.0
@@ -45,13 +46,13 @@ def _newest_per_table(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-async def _source_of_schema(call: Caller, schema: dict[str, Any]) -> str | None:
+async def _source_of_schema(call: Caller[Any], schema: dict[str, Any]) -> str | None:
     source = schema.get("source")
     if isinstance(source, dict) and source.get("id"):
         return str(source["id"])
     offset = 0
     while True:
-        page = await call.call_tool("external-data-sources-list", limit=100, offset=offset)
+        page = await call.call("external-data-sources-list", limit=100, offset=offset)
         for item in page.get("results", []):
             if any(s.get("id") == schema.get("id") for s in item.get("schemas") or []):
                 return str(item["id"])
@@ -67,25 +68,25 @@ def wait_for_sync(scope: Literal["source", "schema"]) -> Hook:
     ``schema`` (one table).
     """
 
-    async def hook(call: Caller, send: Send) -> dict[str, Any]:
+    async def hook(call: Caller[SyncParams], send: Send) -> dict[str, Any]:
         return await _start_and_follow(call, send, scope)
 
     return hook
 
 
 async def _start_and_follow(
-    call: Caller, start: Send, scope: Literal["source", "schema"]
+    call: Caller[SyncParams], start: Send, scope: Literal["source", "schema"]
 ) -> dict[str, Any]:
-    wait = float(getattr(call.params, "wait_seconds", 0) or 0)
+    wait = float(call.params.wait_seconds)
     if wait <= 0:
         return await start()
-    ident = str(call.params.id)  # type: ignore[attr-defined]
+    ident = str(call.params.id)
     if scope == "source":
         source_id: str | None = ident
-        source = await call.call_tool("external-data-sources-retrieve", id=ident)
+        source = await call.call("external-data-sources-retrieve", id=ident)
         names = [s["name"] for s in source.get("schemas") or [] if s.get("should_sync")]
     else:
-        schema = await call.call_tool("external-data-schemas-retrieve", id=ident)
+        schema = await call.call("external-data-schemas-retrieve", id=ident)
         source_id = await _source_of_schema(call, schema)
         names = [schema["name"]] if schema.get("name") else []
     if source_id is None or not names:
@@ -94,7 +95,7 @@ async def _start_and_follow(
         return result
 
     async def jobs() -> list[dict[str, Any]]:
-        listed = await call.call_tool("external-data-sources-jobs", id=source_id, schemas=names)
+        listed = await call.call("external-data-sources-jobs", id=source_id, schemas=names)
         return list(listed.get("results", []))
 
     # Jobs already finished are history; one still running (say, started when the table was
@@ -106,7 +107,7 @@ async def _start_and_follow(
 
 
 async def follow(
-    call: Caller,
+    call: Caller[Any],
     jobs: Callable[[], Awaitable[list[dict[str, Any]]]],
     names: list[str],
     history: set[Any],
@@ -149,7 +150,9 @@ async def follow(
     return outcome
 
 
-async def wait_for_jobs(call: Caller, send: Send) -> dict[str, Any]:
+async def wait_for_jobs(
+    call: Caller[ExternalDataSourceJobsWaitParams], send: Send
+) -> dict[str, Any]:
     """external-data-sources-jobs-wait's hook: follow the tables' running syncs (the newest
     job of each named table, or of every table with one running) for another capped period;
     at once when none is running."""
@@ -161,7 +164,7 @@ async def wait_for_jobs(call: Caller, send: Send) -> dict[str, Any]:
 
     listed = await jobs()
     current = _newest_per_table(listed)
-    wanted = list(getattr(params, "schemas", None) or []) or [
+    wanted = list(params.schemas or []) or [
         str(_job_view(job)["schema"]) for job in current if job.get("status") not in FINISHED
     ]
     if all(job.get("status") in FINISHED for job in current):
@@ -170,7 +173,7 @@ async def wait_for_jobs(call: Caller, send: Send) -> dict[str, Any]:
     # Jobs older than the newest of their table are history.
     newest = {job.get("id") for job in current}
     history = {job.get("id") for job in listed if job.get("id") not in newest}
-    wait = float(getattr(params, "wait_seconds", 0) or 0)
-    source_id = str(params.id)  # type: ignore[attr-defined]
+    wait = float(params.wait_seconds)
+    source_id = str(params.id)
     outcome = await follow(call, jobs, wanted, history, source_id, wait)
     return {"results": outcome.pop("jobs"), "wait": outcome}

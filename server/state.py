@@ -1,0 +1,110 @@
+"""What one server lifetime holds: the settings, the adapter (built at the first call), the
+in-process sandbox when configured, and the confirmation tokens (the handlers'
+``ctx.lifespan_context``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mcp_types as types
+from mcp.server import ServerRequestContext
+
+from .. import __version__
+from ..tools.confirm import Confirmations
+from .config import Settings
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..tools.client import PostHogClient
+
+NAME = "posthog-warehouse-mcp"
+USER_AGENT = f"{NAME}/{__version__}"
+
+
+class LazyClient:
+    """The adapter, built at the first tool call: answering tools/list never waits for httpx.
+
+    ``transport`` replaces the network (the in-process sandbox, or a test's ASGI app); it may
+    be attached after construction, as long as no call has been made yet. ``client`` is an
+    adapter built elsewhere (with a retry policy or size limit of its own) to hand out instead.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        client: PostHogClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self._client = client
+
+    def get(self) -> PostHogClient:
+        """The pooled adapter, created on first use."""
+        if self._client is None:
+            from ..tools.client import PostHogClient, build_http_client
+
+            http = build_http_client(
+                base_url=self.settings.base_url,
+                api_key=self.settings.api_key,
+                timeout=self.settings.timeout,
+                user_agent=USER_AGENT,
+                transport=self.transport,
+            )
+            self._client = PostHogClient(http)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the pool, if it was ever opened."""
+        if self._client is not None:
+            await self._client.http.aclose()
+
+
+@asynccontextmanager
+async def open_backend(settings: Settings) -> AsyncIterator[httpx.AsyncBaseTransport | None]:
+    """Run the in-process sandbox for the block, if configured; yield its transport."""
+    if not settings.sandbox:
+        yield None
+        return
+    from .sandbox_backend import SandboxTransport
+
+    backend = SandboxTransport(
+        settings.sandbox_dir, demo=settings.demo, cloud_rules=settings.sandbox_cloud_rules
+    )
+    async with backend.running() as sandbox:
+        yield sandbox
+
+
+@asynccontextmanager
+async def open_client(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[LazyClient]:
+    """Hold the adapter (and the in-process sandbox, if configured) for a lifetime.
+
+    ``transport`` replaces the network (tests inject ``httpx.ASGITransport``).
+    """
+    async with AsyncExitStack() as stack:
+        if transport is None:
+            transport = await stack.enter_async_context(open_backend(settings))
+        client = LazyClient(settings, transport)
+        stack.push_async_callback(client.aclose)
+        yield client
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What the handlers need, for one server lifetime (the SDK's ``ctx.lifespan_context``)."""
+
+    settings: Settings
+    client: LazyClient
+    listing: types.ListToolsResult
+    # Confirmation tokens of destructive calls (None: confirmations are off).
+    confirmations: Confirmations | None = None
+
+
+Context = ServerRequestContext[ServerState]
