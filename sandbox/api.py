@@ -1,13 +1,13 @@
 """The HTTP API: PostHog's external data source and schema endpoints, and its data-health
 endpoint, as Starlette routes.
 
-The route table is the sandbox's own, written from PostHog's API rather than derived from the
-MCP server's endpoint table, so that the contract tests compare two independent descriptions.
+Each handler module declares its routes beside its handlers (sandbox/routing.py): the sandbox's
+own route table, written from PostHog's API rather than derived from the MCP server's endpoint
+table, so that the contract tests compare two independent descriptions.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -16,105 +16,36 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import drf, errors
-from .connect import (
-    PAGE_PREFIX,
-    connect_page,
-    sources_connect_link,
-    sources_stored_credentials,
+from ..loopback.tokens import tokens_match
+from . import (
+    connect,
+    drf,
+    errors,
+    health_routes,
+    query_routes,
+    schema_routes,
+    setup_routes,
+    source_routes,
 )
-from .errors import ApiError
-from .health_routes import data_health_issues
-from .query_routes import query
-from .schema_routes import (
-    schemas_cancel,
-    schemas_create,
-    schemas_delete_data,
-    schemas_destroy,
-    schemas_incremental_fields,
-    schemas_list,
-    schemas_logs,
-    schemas_partial_update,
-    schemas_reload,
-    schemas_resync,
-    schemas_retrieve,
-)
+from .access import ENVIRONMENT_ID
+from .connect import CONNECT_PAGE, connect_page
+from .errors import ErrorAnswer
+from .routing import Handler, declared_routes
 from .services import Services
-from .setup_routes import (
-    sources_check_cdc_prerequisites,
-    sources_database_schema,
-    sources_preview_resource,
-    sources_setup,
-)
-from .source_routes import (
-    sources_bulk_update_schemas,
-    sources_connections,
-    sources_create,
-    sources_destroy,
-    sources_jobs,
-    sources_list,
-    sources_partial_update,
-    sources_refresh_schemas,
-    sources_reload,
-    sources_retrieve,
-    sources_revenue_config,
-    sources_update_webhook_inputs,
-    sources_webhook,
-    sources_webhook_info,
-    sources_wizard,
-)
 
 logger = logging.getLogger(__name__)
 
-ENVIRONMENT_ID = "1"
-
-Handler = Callable[[Request, Services], Awaitable[Response]]
-
-# In matching order: the list-level actions come before `{id}/`, which would take their names.
-ROUTES: list[tuple[str, dict[str, Handler]]] = [
-    ("external_data_sources/", {"GET": sources_list, "POST": sources_create}),
-    ("external_data_sources/connections/", {"GET": sources_connections}),
-    ("external_data_sources/wizard/", {"GET": sources_wizard}),
-    ("external_data_sources/connect_link/", {"GET": sources_connect_link}),
-    ("external_data_sources/stored_credentials/", {"GET": sources_stored_credentials}),
-    ("external_data_sources/database_schema/", {"POST": sources_database_schema}),
-    ("external_data_sources/setup/", {"POST": sources_setup}),
-    ("external_data_sources/preview_resource/", {"POST": sources_preview_resource}),
-    ("external_data_sources/check_cdc_prerequisites/", {"POST": sources_check_cdc_prerequisites}),
-    (
-        "external_data_sources/{id}/",
-        {"GET": sources_retrieve, "PATCH": sources_partial_update, "DELETE": sources_destroy},
-    ),
-    ("external_data_sources/{id}/bulk_update_schemas/", {"PATCH": sources_bulk_update_schemas}),
-    ("external_data_sources/{id}/create_webhook/", {"POST": sources_webhook}),
-    ("external_data_sources/{id}/delete_webhook/", {"POST": sources_webhook}),
-    ("external_data_sources/{id}/jobs/", {"GET": sources_jobs}),
-    ("external_data_sources/{id}/refresh_schemas/", {"POST": sources_refresh_schemas}),
-    ("external_data_sources/{id}/reload/", {"POST": sources_reload}),
-    ("external_data_sources/{id}/revenue_analytics_config/", {"PATCH": sources_revenue_config}),
-    ("external_data_sources/{id}/update_webhook_inputs/", {"POST": sources_update_webhook_inputs}),
-    ("external_data_sources/{id}/webhook_info/", {"GET": sources_webhook_info}),
-    ("external_data_schemas/", {"GET": schemas_list, "POST": schemas_create}),
-    (
-        "external_data_schemas/{id}/",
-        {"GET": schemas_retrieve, "PATCH": schemas_partial_update, "DELETE": schemas_destroy},
-    ),
-    ("external_data_schemas/{id}/cancel/", {"POST": schemas_cancel}),
-    ("external_data_schemas/{id}/delete_data/", {"DELETE": schemas_delete_data}),
-    ("external_data_schemas/{id}/incremental_fields/", {"POST": schemas_incremental_fields}),
-    ("external_data_schemas/{id}/logs/", {"GET": schemas_logs}),
-    ("external_data_schemas/{id}/reload/", {"POST": schemas_reload}),
-    ("external_data_schemas/{id}/resync/", {"POST": schemas_resync}),
-    ("data_warehouse/data_health_issues/", {"GET": data_health_issues}),
-    ("query/", {"POST": query}),
-]
+# The modules whose handlers this API serves: each declares its routes (sandbox/routing.py).
+ROUTE_MODULES = (source_routes, schema_routes, setup_routes, connect, health_routes, query_routes)
+# Every route they declare, in matching order.
+ROUTES: list[tuple[str, dict[str, Handler]]] = declared_routes()
 
 
 def check_auth(request: Request, api_key: str | None) -> None:
     """PostHog's personal API key check; `api_key=None` accepts any bearer, or none.
 
     Raises:
-        ApiError: 401, a missing or wrong key.
+        ErrorAnswer: 401, a missing or wrong key.
     """
     if api_key is None:
         return
@@ -122,7 +53,7 @@ def check_auth(request: Request, api_key: str | None) -> None:
     if not header:
         raise errors.missing_key()
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), api_key):
+    if scheme.lower() != "bearer" or not tokens_match(token.strip(), api_key):
         raise errors.invalid_key()
 
 
@@ -139,7 +70,7 @@ def _endpoint(
             if handler is None:
                 raise errors.method_not_allowed(request.method)
             return await handler(request, services)
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             return drf.answer(exc.body, exc.status)
 
     return endpoint
@@ -186,7 +117,7 @@ def build_app(services: Services, *, api_key: str | None = None) -> Starlette:
         for path, methods in ROUTES
     ]
     # The connect page: for a browser, behind its own one-time token, not the API key.
-    routes.append(Route(PAGE_PREFIX + "{token}", _page(services), methods=["GET", "POST"]))
+    routes.append(Route(CONNECT_PAGE.route, _page(services), methods=["GET", "POST"]))
     app = Starlette(
         routes=routes,
         exception_handlers={404: _not_found, 405: _method_not_allowed, Exception: _server_error},

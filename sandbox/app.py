@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .access import Access, remove
+from .access import STANDALONE_DIRECTORY, Access, remove
 from .cloud_rules import CloudRules
-from .runtime import DEFAULT_DIRECTORY, open_sandbox
+from .runtime import open_sandbox
 
 
 class _Deferred:
@@ -46,7 +46,7 @@ def create_app(
     Cloud's host and TLS rules on new sources). `advertise` is the URL it is served at, written
     with the API key to the directory's access file for `posthog-warehouse-mcp sql`.
     """
-    directory = Path(directory or os.environ.get("SANDBOX_DIR") or DEFAULT_DIRECTORY)
+    directory = Path(directory or os.environ.get("SANDBOX_DIR") or STANDALONE_DIRECTORY)
     api_key = api_key if api_key is not None else os.environ.get("SANDBOX_API_KEY") or None
     if demo is None:
         demo = os.environ.get("SANDBOX_DEMO", "1") not in ("0", "false", "no")

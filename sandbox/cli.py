@@ -11,9 +11,9 @@ from pathlib import Path
 
 import uvicorn
 
+from .access import STANDALONE_DIRECTORY
 from .app import create_app
-from .connect import PAGE_PREFIX
-from .runtime import DEFAULT_DIRECTORY
+from .connect import CONNECT_PAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
     parser.add_argument("--port", type=int, default=8010, help="port to listen on")
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="state folder")
+    parser.add_argument("--dir", type=Path, default=STANDALONE_DIRECTORY, help="state folder")
     parser.add_argument("--api-key", default=None, help="require this bearer key")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo database")
     parser.add_argument(
@@ -75,8 +75,8 @@ class _HideConnectTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         path = args[2] if isinstance(args, tuple) and len(args) >= 3 else None
-        if isinstance(args, tuple) and isinstance(path, str) and path.startswith(PAGE_PREFIX):
-            record.args = (*args[:2], PAGE_PREFIX + "[token]", *args[3:])
+        if isinstance(args, tuple) and isinstance(path, str):
+            record.args = (*args[:2], CONNECT_PAGE.without_token(path), *args[3:])
         return True
 
 

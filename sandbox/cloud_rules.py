@@ -63,19 +63,19 @@ class CloudRules:
         """Refuse a host Cloud cannot reach, with PostHog's text.
 
         Raises:
-            ApiError: 400 `{"message"}`.
+            ErrorAnswer: 400 `{"message"}`.
         """
         host = str(job_inputs.get("host") or "").strip()
         if host.lower() == "localhost":
-            raise errors.message(INTERNAL_HOST)
+            raise errors.bad_request_message(INTERNAL_HOST)
         addresses = self.resolver(host)
         if not addresses:
-            raise errors.message(
+            raise errors.bad_request_message(
                 f"Couldn't resolve the host '{host}'. Check that it's spelled correctly and "
                 "reachable from the public internet."
             )
         if not all(_public(address) for address in addresses):
-            raise errors.message(INTERNAL_HOST)
+            raise errors.bad_request_message(INTERNAL_HOST)
 
     def connection(self, source_type: str, job_inputs: dict[str, Any]) -> dict[str, Any]:
         """The job inputs to connect with: Postgres must use TLS."""

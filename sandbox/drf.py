@@ -35,7 +35,7 @@ async def body(request: Request) -> dict[str, Any]:
     """The request body as a dict: JSON, or form-encoded like curl's `-d key=value`.
 
     Raises:
-        ApiError: DRF's parse error, or a body that is not an object.
+        ErrorAnswer: DRF's parse error, or a body that is not an object.
     """
     raw = await request.body()
     if not raw.strip():
@@ -81,7 +81,7 @@ def boolean(value: Any, attr: str) -> bool:
     """DRF's BooleanField: true/false in the spellings a form or JSON may use.
 
     Raises:
-        ApiError: not a boolean.
+        ErrorAnswer: not a boolean.
     """
     if isinstance(value, bool):
         return value
@@ -98,7 +98,7 @@ def expect_dict(value: Any, attr: str) -> dict[str, Any]:
     """DRF's DictField: the value, if it is a dictionary.
 
     Raises:
-        ApiError: not a dictionary.
+        ErrorAnswer: not a dictionary.
     """
     if not isinstance(value, dict):
         raise errors.validation_error(
@@ -113,7 +113,7 @@ def integer_field(value: str, attr: str, *, min_value: int, max_value: int) -> i
     """DRF's IntegerField with min_value and max_value, on a query parameter.
 
     Raises:
-        ApiError: not an integer, or out of bounds.
+        ErrorAnswer: not an integer, or out of bounds.
     """
     if len(value) > 1000:
         raise errors.validation_error("String value too large.", attr, "max_string_length")
@@ -136,7 +136,7 @@ def datetime_field(value: str, attr: str) -> datetime:
     """DRF's DateTimeField (ISO 8601; UTC if naive), on a query parameter.
 
     Raises:
-        ApiError: not an ISO 8601 time.
+        ErrorAnswer: not an ISO 8601 time.
     """
     try:
         return parse_time(value)
@@ -152,7 +152,7 @@ def char_field(value: str, attr: str) -> str:
     """DRF's CharField: trimmed, not blank, without NUL characters.
 
     Raises:
-        ApiError: blank, or holds a NUL character.
+        ErrorAnswer: blank, or holds a NUL character.
     """
     text = value.strip()
     if not text:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from . import drf
 from .engine import FREQUENCIES
+from .routing import route
 from .services import Services
 from .store import Schema, now
 
@@ -75,6 +76,7 @@ def health_issues(services: Services, at: datetime) -> list[dict[str, Any]]:
     return issues
 
 
+@route("GET", "data_warehouse/data_health_issues/")
 async def data_health_issues(request: Request, services: Services) -> Response:
     """GET data_warehouse/data_health_issues/: `{"results", "count"}`."""
     issues = health_issues(services, now())

@@ -8,12 +8,14 @@ from starlette.responses import Response
 
 from . import drf, errors
 from .hogql import QueryError
+from .routing import route
 from .services import Services
 
 # The query kinds the sandbox runs; PostHog has many more (trends, funnels...).
 KINDS = ("HogQLQuery", "DatabaseSchemaQuery")
 
 
+@route("POST", "query/")
 async def query(request: Request, services: Services) -> Response:
     """POST query/: `{"query": {"kind": "HogQLQuery", "query": "SELECT ..."}}` answers rows,
     columns and types; `{"kind": "DatabaseSchemaQuery"}` the warehouse tables. A query PostHog

@@ -20,8 +20,6 @@ from .warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 
-# Where the standalone sandbox (CLI, app factory) keeps its state unless told otherwise.
-DEFAULT_DIRECTORY = Path("sandbox-data")
 SCHEDULER_TICK_SECONDS = 15.0
 DEMO_UNDER_CLOUD_RULES = (
     "cloud rules on: new sources must have a public host and, for Postgres, TLS. The demo "

@@ -9,11 +9,13 @@ from starlette.responses import Response
 
 from . import drf, errors
 from .connectors import SourceError
+from .routing import route
 from .serializers import schema_json
 from .services import Services, with_columns
 from .validation import log_filter, validate_settings
 
 
+@route("GET", "external_data_schemas/")
 async def schemas_list(request: Request, services: Services) -> Response:
     """GET external_data_schemas/ (search on name)."""
     items = drf.search(
@@ -22,12 +24,14 @@ async def schemas_list(request: Request, services: Services) -> Response:
     return drf.page(request, items, lambda s: schema_json(services.store, s))
 
 
+@route("GET", "external_data_schemas/{id}/")
 async def schemas_retrieve(request: Request, services: Services) -> Response:
     """GET external_data_schemas/{id}/."""
     schema = services.get_schema(request.path_params["id"])
     return drf.answer(schema_json(services.store, schema, with_source=True))
 
 
+@route("PATCH", "external_data_schemas/{id}/")
 async def schemas_partial_update(request: Request, services: Services) -> Response:
     """PATCH external_data_schemas/{id}/: settings; enabling starts the first sync."""
     store = services.store
@@ -46,6 +50,7 @@ async def schemas_partial_update(request: Request, services: Services) -> Respon
     return drf.answer(schema_json(store, store.schemas[schema_id], with_source=True))
 
 
+@route("DELETE", "external_data_schemas/{id}/")
 async def schemas_destroy(request: Request, services: Services) -> Response:
     """DELETE external_data_schemas/{id}/: drop its table and the schema."""
     store = services.store
@@ -57,6 +62,7 @@ async def schemas_destroy(request: Request, services: Services) -> Response:
     return drf.empty(204)
 
 
+@route("POST", "external_data_schemas/{id}/cancel/")
 async def schemas_cancel(request: Request, services: Services) -> Response:
     """POST external_data_schemas/{id}/cancel/: stop the running sync (job ends Failed). A
     table marked Running with no sync running gets its latest job's status (Failed if none),
@@ -68,7 +74,7 @@ async def schemas_cancel(request: Request, services: Services) -> Response:
     with services.store.lock:
         current = services.get_schema(schema.id)
         if current.status != "Running" or services.engine.is_running(schema.id):
-            raise errors.detail("No running sync to cancel.")
+            raise errors.bad_request_detail("No running sync to cancel.")
         jobs = services.store.schema_jobs(schema.id)
         latest = jobs[0] if jobs else None
         services.store.save(
@@ -81,6 +87,7 @@ async def schemas_cancel(request: Request, services: Services) -> Response:
     return drf.answer({"detail": "No sync was running. The sync status has been updated."})
 
 
+@route("DELETE", "external_data_schemas/{id}/delete_data/")
 async def schemas_delete_data(request: Request, services: Services) -> Response:
     """DELETE external_data_schemas/{id}/delete_data/: drop the table and its cursor and reset
     the table's status and last sync, keeping the schema and its settings (200). A running sync
@@ -92,19 +99,20 @@ async def schemas_delete_data(request: Request, services: Services) -> Response:
     return drf.empty()
 
 
+@route("POST", "external_data_schemas/{id}/incremental_fields/")
 async def schemas_incremental_fields(request: Request, services: Services) -> Response:
     """POST incremental_fields/: introspect the real table's cursor candidates."""
     store = services.store
     schema = services.get_schema(request.path_params["id"])
     source = store.sources[schema.source_id]
     if not source.job_inputs:
-        raise errors.message("Missing job inputs")
+        raise errors.bad_request_message("Missing job inputs")
     try:
         tables = await services.discover(source.source_type, source.job_inputs, schema.name)
     except SourceError as exc:
-        raise errors.message(str(exc)) from exc
+        raise errors.bad_request_message(str(exc)) from exc
     if not tables:
-        raise errors.message(f"Schema with name {schema.name} not found")
+        raise errors.bad_request_message(f"Schema with name {schema.name} not found")
     table = tables[0]
     with store.lock:
         store.save(with_columns(services.get_schema(schema.id), table))
@@ -125,6 +133,7 @@ async def schemas_incremental_fields(request: Request, services: Services) -> Re
     )
 
 
+@route("POST", "external_data_schemas/{id}/reload/")
 async def schemas_reload(request: Request, services: Services) -> Response:
     """POST external_data_schemas/{id}/reload/: sync this schema with its method; 200, no body."""
     schema = services.get_schema(request.path_params["id"])
@@ -132,6 +141,7 @@ async def schemas_reload(request: Request, services: Services) -> Response:
     return drf.empty()
 
 
+@route("POST", "external_data_schemas/{id}/resync/")
 async def schemas_resync(request: Request, services: Services) -> Response:
     """POST resync/: re-import every row, replacing the table atomically when the load is done."""
     schema = services.get_schema(request.path_params["id"])
@@ -140,6 +150,7 @@ async def schemas_resync(request: Request, services: Services) -> Response:
     return drf.empty()
 
 
+@route("GET", "external_data_schemas/{id}/logs/")
 async def schemas_logs(request: Request, services: Services) -> Response:
     """GET external_data_schemas/{id}/logs/: the schema's sync log, newest first, filtered like
     PostHog's log entries (limit, after, before, level, search, instance_id) and paginated."""
@@ -148,6 +159,7 @@ async def schemas_logs(request: Request, services: Services) -> Response:
     return drf.page(request, entries, asdict)
 
 
+@route("POST", "external_data_schemas/")
 async def schemas_create(request: Request, services: Services) -> Response:
     """POST external_data_schemas/: schemas come from discovery only (405, like PostHog)."""
     raise errors.method_not_allowed("POST")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
+from ..loopback.tokens import OneTimeTokens
 from . import errors
 from .cloud_rules import CloudRules
 from .connectors import (
@@ -22,14 +23,14 @@ from .connectors import (
 )
 from .connectors import config as form
 from .engine import SyncEngine
-from .errors import ApiError
+from .errors import ErrorAnswer
 from .queries import Queries
 from .store import Schema, Source, Store, iso, new_id, now
 from .validation import create_settings, validate_prefix
-
-if TYPE_CHECKING:
-    from .connect import ConnectLinks
 from .warehouse import Warehouse
+
+# How long a connect page's link stays usable.
+CONNECT_LINK_SECONDS = 3600.0
 
 
 def with_columns(schema: Schema, table: Table) -> Schema:
@@ -76,11 +77,9 @@ class Services:
     public_url: str | None = None
 
     @functools.cached_property
-    def connect_links(self) -> ConnectLinks:
-        """The connect page's one-time tokens."""
-        from .connect import ConnectLinks
-
-        return ConnectLinks()
+    def connect_links(self) -> OneTimeTokens[str]:
+        """The connect page's one-time tokens, each for a source type."""
+        return OneTimeTokens(CONNECT_LINK_SECONDS)
 
     @functools.cached_property
     def queries(self) -> Queries:
@@ -91,7 +90,7 @@ class Services:
         """A live source.
 
         Raises:
-            ApiError: 404, no such source or it was deleted.
+            ErrorAnswer: 404, no such source or it was deleted.
         """
         source = self.store.sources.get(source_id)
         if source is None or source.deleted:
@@ -102,7 +101,7 @@ class Services:
         """A live schema of a live source.
 
         Raises:
-            ApiError: 404, no such schema or it or its source was deleted.
+            ErrorAnswer: 404, no such schema or it or its source was deleted.
         """
         schema = self.store.schemas.get(schema_id)
         if schema is None or schema.deleted:
@@ -138,12 +137,12 @@ class Services:
         inputs to connect with (Cloud's TLS rule added).
 
         Raises:
-            ApiError: 400 `{"message"}`, PostHog's reason.
+            ErrorAnswer: 400 `{"message"}`, PostHog's reason.
         """
         fields = connector(source_type).SOURCE_CONFIG["fields"]
         missing = form.missing_required(fields, job_inputs)
         if missing:
-            raise errors.message(f"Invalid source config: {', '.join(missing)}")
+            raise errors.bad_request_message(f"Invalid source config: {', '.join(missing)}")
         if self.cloud_rules is None:
             return job_inputs
         self.cloud_rules.check_host(job_inputs)
@@ -158,7 +157,7 @@ class Services:
         tables with their catalog stats.
 
         Raises:
-            ApiError: 400 `{"message"}`, PostHog's reason.
+            ErrorAnswer: 400 `{"message"}`, PostHog's reason.
         """
         if source_type not in SUPPORTED_SOURCE_TYPES:
             raise errors.not_connectable(source_type)
@@ -166,7 +165,7 @@ class Services:
         try:
             return await self.inspect(source_type, job_inputs)
         except SourceError as exc:
-            raise errors.message(str(exc)) from exc
+            raise errors.bad_request_message(str(exc)) from exc
 
     def create_source(
         self, new: NewSource, tables: list[Table], wanted: dict[str, dict[str, Any]]
@@ -175,7 +174,7 @@ class Services:
         settings, and start the syncs of the enabled ones that have a sync type (create, setup).
 
         Raises:
-            ApiError: a prefix this project's sources of the type rule out; a setting PostHog
+            ErrorAnswer: a prefix this project's sources of the type rule out; a setting PostHog
                 refuses (`{"message"}`).
         """
         created = iso(now()) or ""
@@ -200,8 +199,8 @@ class Services:
                 schema = create_settings(
                     with_columns(schema, table), item, source_type=new.source_type
                 )
-            except ApiError as exc:
-                raise errors.message(str(exc.body.get("detail"))) from exc
+            except ErrorAnswer as exc:
+                raise errors.bad_request_message(str(exc.body.get("detail"))) from exc
             schemas.append(schema)
         with self.store.lock:
             # Checked again with the save: another create may have taken the prefix meanwhile.

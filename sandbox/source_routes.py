@@ -21,6 +21,7 @@ from .connectors import (
     source_configs,
 )
 from .discovery import default_schemas
+from .routing import route
 from .serializers import (
     connection_json,
     job_json,
@@ -51,6 +52,7 @@ _REFRESH_ERRORS = {
 }
 
 
+@route("GET", "external_data_sources/")
 async def sources_list(request: Request, services: Services) -> Response:
     """GET external_data_sources/ (search on type and prefix)."""
     items = drf.search(
@@ -61,6 +63,7 @@ async def sources_list(request: Request, services: Services) -> Response:
     return drf.page(request, items, lambda s: source_json(services.store, s))
 
 
+@route("POST", "external_data_sources/")
 async def sources_create(request: Request, services: Services) -> Response:
     """POST external_data_sources/: check the prefix, the config and the credentials, discover
     the tables, create a schema for each listed one (for every one, with PostHog's defaults,
@@ -82,12 +85,12 @@ async def sources_create(request: Request, services: Services) -> Response:
     if access_method not in ("warehouse", "direct"):
         raise errors.invalid_choice(access_method, "access_method")
     if source_type not in SUPPORTED_SOURCE_TYPES:
-        raise errors.message(
+        raise errors.bad_request_message(
             f"The sandbox cannot create {source_type} sources. Supported source types: "
             f"{', '.join(SUPPORTED_SOURCE_TYPES)}."
         )
     if access_method == "direct":
-        raise errors.message("The sandbox supports only the warehouse access method.")
+        raise errors.bad_request_message("The sandbox supports only the warehouse access method.")
     check_prefix(prefix)
     validate_prefix(services.store, source_type, prefix)
     credential = take_credential(services, source_type, payload)
@@ -107,12 +110,14 @@ async def sources_create(request: Request, services: Services) -> Response:
     return drf.answer({"id": source.id}, 201)
 
 
+@route("GET", "external_data_sources/{id}/")
 async def sources_retrieve(request: Request, services: Services) -> Response:
     """GET external_data_sources/{id}/."""
     source = services.get_source(request.path_params["id"])
     return drf.answer(source_json(services.store, source))
 
 
+@route("PATCH", "external_data_sources/{id}/")
 async def sources_partial_update(request: Request, services: Services) -> Response:
     """PATCH external_data_sources/{id}/: description and job_inputs (prefix is kept)."""
     source = services.get_source(request.path_params["id"])
@@ -160,7 +165,7 @@ def auto_sync_patterns(value: Any) -> list[str] | None:
     """`auto_sync_schema_patterns` as PostHog's ListField checks it.
 
     Raises:
-        ApiError: DRF's list or item error.
+        ErrorAnswer: DRF's list or item error.
     """
     attr = "auto_sync_schema_patterns"
     if value is None:
@@ -183,6 +188,7 @@ def auto_sync_patterns(value: Any) -> list[str] | None:
     return list(value)
 
 
+@route("DELETE", "external_data_sources/{id}/")
 async def sources_destroy(request: Request, services: Services) -> Response:
     """DELETE external_data_sources/{id}/: stop syncs, drop the tables, delete everything."""
     store = services.store
@@ -203,6 +209,7 @@ async def sources_destroy(request: Request, services: Services) -> Response:
 NOT_DISCOVERED = "not found on the source; pull new schemas to refresh the table list"
 
 
+@route("PATCH", "external_data_sources/{id}/bulk_update_schemas/")
 async def sources_bulk_update_schemas(request: Request, services: Services) -> Response:
     """PATCH external_data_sources/{id}/bulk_update_schemas/, as current PostHog does it: a
     field error refuses the whole batch; then each schema is saved on its own, and those that
@@ -249,7 +256,7 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
             before = services.get_schema(schema_id)
             try:
                 updated = validate_settings(before, change, source_type=source.source_type)
-            except errors.ApiError as exc:
+            except errors.ErrorAnswer as exc:
                 failed[schema_id] = reason_of(exc)
                 continue
             store.save(updated)
@@ -259,7 +266,7 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
             services.engine.start(updated.id)
     if failed:
         reasons = "; ".join(f"{owned[i].name} ({reason})" for i, reason in failed.items())
-        raise errors.ApiError(
+        raise errors.ErrorAnswer(
             400,
             {
                 "type": "server_error",
@@ -272,7 +279,7 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
     return drf.answer([schema_json(store, store.schemas[before.id]) for before, _ in staged])
 
 
-def reason_of(exc: errors.ApiError) -> str:
+def reason_of(exc: errors.ErrorAnswer) -> str:
     """A refused change as PostHog names it in a bulk answer: `field: message`, or the message."""
     detail = str(exc.body.get("detail") or exc.body.get("message") or exc.body)
     attr = exc.body.get("attr")
@@ -318,27 +325,32 @@ async def _fill_sync_defaults(
     return failed
 
 
+@route("POST", "external_data_sources/{id}/create_webhook/")
+@route("POST", "external_data_sources/{id}/delete_webhook/")
 async def sources_webhook(request: Request, services: Services) -> Response:
     """POST create_webhook/ and delete_webhook/: these source types have no webhooks."""
     services.get_source(request.path_params["id"])
-    raise errors.message("This source type does not support webhooks")
+    raise errors.bad_request_message("This source type does not support webhooks")
 
 
+@route("POST", "external_data_sources/{id}/update_webhook_inputs/")
 async def sources_update_webhook_inputs(request: Request, services: Services) -> Response:
     """POST update_webhook_inputs/: PostHog's checks in its order; no source type here takes
     webhooks, so a configured source gets its answer for those."""
     source = services.get_source(request.path_params["id"])
     if not source.job_inputs:
-        raise errors.message("Source has no configuration")
-    raise errors.message("This source type does not support webhooks")
+        raise errors.bad_request_message("Source has no configuration")
+    raise errors.bad_request_message("This source type does not support webhooks")
 
 
+@route("GET", "external_data_sources/{id}/webhook_info/")
 async def sources_webhook_info(request: Request, services: Services) -> Response:
     """GET external_data_sources/{id}/webhook_info/: no source type here takes webhooks."""
     services.get_source(request.path_params["id"])
     return drf.answer(webhook_info())
 
 
+@route("GET", "external_data_sources/wizard/")
 async def sources_wizard(request: Request, services: Services) -> Response:
     """GET external_data_sources/wizard/: every source type's setup form, by type; filtered on
     the server by `?source_type=A,B` (400 naming the unknown ones)."""
@@ -348,7 +360,7 @@ async def sources_wizard(request: Request, services: Services) -> Response:
         wanted = [t.strip() for t in requested.split(",") if t.strip()]
         unknown = [t for t in wanted if t not in configs]
         if unknown:
-            raise errors.message(
+            raise errors.bad_request_message(
                 f"Unknown source_type(s): {', '.join(sorted(unknown))}. Omit source_type to list "
                 "every available type."
             )
@@ -359,6 +371,7 @@ async def sources_wizard(request: Request, services: Services) -> Response:
     return response
 
 
+@route("GET", "external_data_sources/connections/")
 async def sources_connections(request: Request, services: Services) -> Response:
     """GET external_data_sources/connections/: the sources usable as direct-query connections
     (direct access, or live queries enabled), newest first; a plain list."""
@@ -370,6 +383,7 @@ async def sources_connections(request: Request, services: Services) -> Response:
     return drf.answer([connection_json(s) for s in usable])
 
 
+@route("GET", "external_data_sources/{id}/jobs/")
 async def sources_jobs(request: Request, services: Services) -> Response:
     """GET external_data_sources/{id}/jobs/: newest first, at most 50, not paginated."""
     store = services.store
@@ -397,16 +411,17 @@ async def sources_jobs(request: Request, services: Services) -> Response:
     return drf.answer([job_json(store, j) for j in jobs if keep(j)][:JOBS_LIMIT])
 
 
+@route("POST", "external_data_sources/{id}/refresh_schemas/")
 async def sources_refresh_schemas(request: Request, services: Services) -> Response:
     """POST refresh_schemas/: add schemas for new tables, retire those for vanished tables."""
     store = services.store
     source = services.get_source(request.path_params["id"])
     if not source.job_inputs:
-        raise errors.message("Source has no configuration.")
+        raise errors.bad_request_message("Source has no configuration.")
     try:
         found = await services.inspect(source.source_type, source.job_inputs)
     except SourceError as exc:
-        raise errors.message(_refresh_error(exc)) from exc
+        raise errors.bad_request_message(_refresh_error(exc)) from exc
     tables = [table for table, _ in found]
     seen = {t.name: t for t in tables}
     created = iso(now()) or ""
@@ -488,6 +503,7 @@ def _refresh_error(exc: SourceError) -> str:
     return _REFRESH_ERRORS[reason]
 
 
+@route("POST", "external_data_sources/{id}/reload/")
 async def sources_reload(request: Request, services: Services) -> Response:
     """POST external_data_sources/{id}/reload/: sync every enabled schema; 200, no body."""
     store = services.store
@@ -500,6 +516,7 @@ async def sources_reload(request: Request, services: Services) -> Response:
     return drf.empty()
 
 
+@route("PATCH", "external_data_sources/{id}/revenue_analytics_config/")
 async def sources_revenue_config(request: Request, services: Services) -> Response:
     """PATCH revenue_analytics_config/: persist the flags, answer with the full source."""
     source_id = services.get_source(request.path_params["id"]).id

@@ -50,7 +50,7 @@ def validate_settings(schema: Schema, data: Mapping[str, Any], *, source_type: s
     `schema` itself is left as it was.
 
     Raises:
-        ApiError: a DRF validation error (naming the field where PostHog's does).
+        ErrorAnswer: a DRF validation error (naming the field where PostHog's does).
     """
     patch = _Patch(schema, connector(source_type))
     updated = schema
@@ -66,7 +66,7 @@ def create_settings(schema: Schema, item: Mapping[str, Any], *, source_type: str
     starts on its default interval), and a primary key, which defaults to the detected one.
 
     Raises:
-        ApiError: a field PostHog's serializer refuses.
+        ErrorAnswer: a field PostHog's serializer refuses.
     """
     patch = _Patch(schema, connector(source_type))
     updated = replace(
@@ -87,7 +87,7 @@ def check_bulk_fields(item: Mapping[str, Any], prefix: str) -> None:
     serializers): one failing refuses the whole batch. `prefix` names the item in the batch.
 
     Raises:
-        ApiError: DRF's error for the first bad field.
+        ErrorAnswer: DRF's error for the first bad field.
     """
     try:
         UUID(str(item["id"]))
@@ -166,7 +166,7 @@ def _incremental_field_type(value: Any, updated: Schema, patch: _Patch) -> Schem
     return replace(updated, incremental_field_type=value)
 
 
-def frequency_refused(value: Any) -> errors.ApiError | None:
+def frequency_refused(value: Any) -> errors.ErrorAnswer | None:
     """PostHog's answer to a sync_frequency it refuses, or None: `never` has its own text."""
     if value == "never":
         return errors.validation_error(
@@ -197,7 +197,7 @@ def time_of_day(value: Any) -> str:
     """A `sync_time_of_day` as PostHog checks it: DRF's TimeField, then `%H:%M:%S` exactly.
 
     Raises:
-        ApiError: the field's format error, or PostHog's "Invalid sync time of day".
+        ErrorAnswer: the field's format error, or PostHog's "Invalid sync time of day".
     """
     text = str(value)
     try:
@@ -381,7 +381,7 @@ def source_type_choice(data: dict[str, Any]) -> str:
     """The body's `source_type`, checked as PostHog's serializers' ChoiceField checks it.
 
     Raises:
-        ApiError: DRF's required or invalid-choice error.
+        ErrorAnswer: DRF's required or invalid-choice error.
     """
     source_type = data.get("source_type")
     if source_type in (None, ""):
@@ -395,7 +395,7 @@ def check_prefix(prefix: str | None) -> None:
     """PostHog's `validate_source_prefix` (underscores around it are dropped from table names).
 
     Raises:
-        ApiError: a DRF validation error without a field.
+        ErrorAnswer: a DRF validation error without a field.
     """
     if not prefix:
         return
@@ -418,16 +418,16 @@ def validate_prefix(store: Store, source_type: str, prefix: str | None) -> None:
     without a prefix rules out another without one; a prefix (compared exactly) is used once.
 
     Raises:
-        ApiError: PostHog's `{"message"}` answer.
+        ErrorAnswer: PostHog's `{"message"}` answer.
     """
     same_type = [s for s in store.live_sources() if s.source_type == source_type]
     if not prefix and any(not s.prefix for s in same_type):
-        raise errors.message(
+        raise errors.bad_request_message(
             "You already have a source of this type. Add a table prefix so this connection's "
             "tables don't clash with your existing source."
         )
     if prefix and any(s.prefix == prefix for s in same_type):
-        raise errors.message(
+        raise errors.bad_request_message(
             f"Another source of this type already uses the prefix '{prefix}'. Choose a "
             "different prefix so this connection's tables don't clash."
         )
@@ -438,39 +438,43 @@ def schema_requests(raw: Any, tables: list[Table]) -> dict[str, dict[str, Any]] 
     by table name; None when it lists none (PostHog then enables every table, with defaults).
 
     Raises:
-        ApiError: PostHog's `{"message"}` answer.
+        ErrorAnswer: PostHog's `{"message"}` answer.
     """
     if raw is not None and not isinstance(raw, list):
-        raise errors.message("The 'schemas' field must be a list of the tables to sync.")
+        raise errors.bad_request_message(
+            "The 'schemas' field must be a list of the tables to sync."
+        )
     if not raw:
         return None
     wanted: dict[str, dict[str, Any]] = {}
     for item in raw:
         if not isinstance(item, dict) or not item.get("name"):
-            raise errors.message("Schemas given do not exist in source")
+            raise errors.bad_request_message("Schemas given do not exist in source")
         wanted[str(item["name"])] = item
     by_name = {t.name: t for t in tables}
     if any(name not in by_name for name in wanted):
-        raise errors.message("Schemas given do not exist in source")
+        raise errors.bad_request_message("Schemas given do not exist in source")
     unknown = sorted(
         {str(i["sync_type"]) for i in wanted.values() if i.get("sync_type") is not None}
         - {*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES}
     )
     if unknown:
-        raise errors.message(
+        raise errors.bad_request_message(
             f"Unknown sync type: {', '.join(unknown)}. Use one of: "
             f"{', '.join((*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES))}."
         )
     for item in wanted.values():
         if item.get("sync_type") in UNSUPPORTED_SYNC_TYPES:
-            raise errors.message(unsupported_sync_type(item["sync_type"]))
+            raise errors.bad_request_message(unsupported_sync_type(item["sync_type"]))
     for name, item in wanted.items():
         if not item.get("should_sync") or item.get("sync_type") not in CURSOR_SYNC_TYPES:
             continue
         if item.get("incremental_field") is None:
-            raise errors.message("Incremental schemas given do not have an incremental field set")
+            raise errors.bad_request_message(
+                "Incremental schemas given do not have an incremental field set"
+            )
         if item.get("incremental_field_type") is None:
-            raise errors.message(
+            raise errors.bad_request_message(
                 "Incremental schemas given do not have an incremental field type set"
             )
         table = by_name[name]
@@ -482,7 +486,7 @@ def schema_requests(raw: Any, tables: list[Table]) -> dict[str, dict[str, Any]] 
             and not table.primary_key
             and "id" not in names
         ):
-            raise errors.message(
+            raise errors.bad_request_message(
                 f"Table '{name}' has no primary key to sync incrementally on. Choose a primary "
                 "key for it, or switch it to full table replication."
             )
@@ -493,7 +497,7 @@ def schema_requests(raw: Any, tables: list[Table]) -> dict[str, dict[str, Any]] 
             or lookback != int(lookback)
             or not 0 <= lookback <= MAX_LOOKBACK_SECONDS
         ):
-            raise errors.message(
+            raise errors.bad_request_message(
                 "incremental_field_lookback_seconds must be an integer between 0 and 5184000 "
                 f"(60 days) for schema '{name}'."
             )
@@ -501,7 +505,9 @@ def schema_requests(raw: Any, tables: list[Table]) -> dict[str, dict[str, Any]] 
         try:
             check_row_filters(item.get("row_filters"), by_name[name].available_columns)
         except RowFilterError as exc:
-            raise errors.message(f"Invalid row filter for schema '{name}': {exc}") from exc
+            raise errors.bad_request_message(
+                f"Invalid row filter for schema '{name}': {exc}"
+            ) from exc
     return wanted
 
 
@@ -511,7 +517,7 @@ def log_filter(params: Mapping[str, str]) -> LogFilter:
     `level` is split on commas (not trimmed) and upper-cased, as `fetch_log_entries` does.
 
     Raises:
-        ApiError: the first invalid parameter, in the serializer's field order.
+        ErrorAnswer: the first invalid parameter, in the serializer's field order.
     """
 
     def field(name: str, parse: Callable[[str, str], _V]) -> _V | None:

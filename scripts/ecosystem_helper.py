@@ -96,13 +96,13 @@ def main(cmd, *args):
             sys.exit(f"{len(bad)} unwanted entries, e.g. {bad[:5]}")
         if "manifest.json" not in names or "pyproject.toml" not in names:
             sys.exit("manifest.json or pyproject.toml missing from the bundle")
-        # The package's server/, tools/ and sandbox/ are links in the repository: the bundle
-        # must hold their files, once, as plain files under posthog_warehouse_mcp/.
-        for module in ("server/app.py", "tools/tools.json", "sandbox/api.py"):
+        # The package's server/, tools/, sandbox/ and loopback/ are links in the repository: the
+        # bundle must hold their files, once, as plain files under posthog_warehouse_mcp/.
+        for module in ("server/app.py", "tools/tools.json", "sandbox/api.py", "loopback/pages.py"):
             if f"posthog_warehouse_mcp/{module}" not in names:
                 sys.exit(f"posthog_warehouse_mcp/{module} missing from the bundle")
-        if any(n.split("/")[0] in ("server", "tools", "sandbox") for n in names):
-            sys.exit("the top-level server/, tools/ or sandbox/ folder is in the bundle twice")
+        if any(n.split("/")[0] in ("server", "tools", "sandbox", "loopback") for n in names):
+            sys.exit("a top-level server/, tools/, sandbox/ or loopback/ folder is in the bundle")
         print(f"{len(names)} entries, no .venv, node_modules, .git, caches or build output")
     elif cmd == "host-config":  # bundle_dir out.json sandbox_dir: mcp_config as a host runs it
         bundle, out, sandbox_dir = args

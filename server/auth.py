@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..loopback.tokens import tokens_match
 
 POSTHOG_KEY_PREFIXES = ("phx_", "pha_", "phs_")
 
@@ -42,7 +43,7 @@ class BearerAuth:
             ok = given is not None and given.startswith(POSTHOG_KEY_PREFIXES)
             detail = "Send your PostHog personal API key as Authorization: Bearer phx_..."
         else:
-            ok = given is not None and hmac.compare_digest(given, self.token or "")
+            ok = given is not None and tokens_match(given, self.token or "")
             detail = "Send the server's token as Authorization: Bearer <token>."
         if not ok:
             response = JSONResponse(

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sql"]:
-        from .sql_cli import main as sql_main
+        from ..sandbox.sql import main as sql_main
 
         return sql_main(argv[1:])
     if argv[:1] == ["sandbox"]:

@@ -19,7 +19,6 @@ from ..tools.waiting import DEFAULT_WAIT_CAP
 
 HOST_SHORTCUTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
 SANDBOX_BASE_URL = "http://sandbox"
-SANDBOX_ENVIRONMENT_ID = "1"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 Transport = Literal["stdio", "sse", "http"]
@@ -248,8 +247,13 @@ class Settings(BaseSettings):
 
     @property
     def environment(self) -> str | None:
-        """The environment id in use (the sandbox always has ``1``)."""
-        return SANDBOX_ENVIRONMENT_ID if self.sandbox else self.environment_id
+        """The environment id in use (the sandbox's one environment, or the configured one)."""
+        if not self.sandbox:
+            return self.environment_id
+        # The sandbox states its id; the server imports the sandbox only when it runs one.
+        from ..sandbox.access import ENVIRONMENT_ID
+
+        return ENVIRONMENT_ID
 
     @property
     def needs_key(self) -> bool:

@@ -20,8 +20,6 @@ from ..tools.errors import TransportError
 
 log = logging.getLogger("posthog_warehouse_mcp.sandbox")
 
-DEFAULT_SANDBOX_DIR = Path.home() / ".posthog-warehouse-mcp" / "sandbox"
-
 
 class SandboxTransport(httpx.AsyncBaseTransport):
     """Routes requests into the sandbox's ASGI app once it has started."""
@@ -35,7 +33,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         startup_timeout: float = 180.0,
         grace: float = 0.5,
     ):
-        self.directory = directory or DEFAULT_SANDBOX_DIR
+        self.directory = directory  # None: the sandbox's IN_PROCESS_DIRECTORY
         self.demo = demo
         self.cloud_rules = cloud_rules
         self.startup_timeout = startup_timeout
@@ -60,9 +58,10 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         with anyio.move_on_after(self.grace):
             await self._wanted.wait()
         try:
-            from ..sandbox import open_sandbox
-            from ..sandbox.access import loopback
+            from ..sandbox.access import IN_PROCESS_DIRECTORY
             from ..sandbox.cloud_rules import CloudRules
+            from ..sandbox.listener import loopback
+            from ..sandbox.runtime import open_sandbox
         except ImportError:
             self._failure = (
                 "the sandbox is not installed; install it with "
@@ -71,16 +70,17 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             log.error("%s", self._failure)
             self._ready.set()
             return
+        directory = self.directory or IN_PROCESS_DIRECTORY
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
             rules = CloudRules() if self.cloud_rules else None
             async with (
-                open_sandbox(self.directory, demo=self.demo, cloud_rules=rules) as app,
-                loopback(app, self.directory) as access,
+                open_sandbox(directory, demo=self.demo, cloud_rules=rules) as app,
+                loopback(app, directory) as access,
             ):
                 app.state.services.public_url = access.url  # the connect page's address
                 self._inner = httpx.ASGITransport(app=app)
-                log.info("sandbox ready in %s", self.directory)
+                log.info("sandbox ready in %s", directory)
                 self._ready.set()
                 await self._stop.wait()
         except Exception as exc:

@@ -1,6 +1,6 @@
 """What the tool table should be, written out by hand rather than derived from it, so that a
-wrong row fails a test: the request each tool sends, and which tools are destructive, read-only
-and never retried."""
+wrong row fails a test: the request each tool sends, which tools are destructive, read-only and
+never retried, and which toolset each belongs to."""
 
 from __future__ import annotations
 
@@ -305,6 +305,58 @@ NEVER_RETRIED = {
     "external-data-sources-reload",
     "external-data-schemas-reload",
     "external-data-schemas-resync",
+}
+
+# What --toolsets selects: each toolset's tools.
+TOOLSET_TOOLS = {
+    "sources": {
+        "external-data-sources-list",
+        "external-data-sources-create",
+        "external-data-sources-retrieve",
+        "external-data-sources-partial-update",
+        "external-data-sources-destroy",
+        "external-data-sources-connections-list",
+    },
+    "schemas": {
+        "external-data-sources-bulk-update-schemas-partial-update",
+        "external-data-schemas-list",
+        "external-data-schemas-retrieve",
+        "external-data-schemas-partial-update",
+        "external-data-schemas-destroy",
+        "external-data-schemas-delete-data",
+        "external-data-schemas-incremental-fields-create",
+    },
+    "sync": {
+        "external-data-sources-jobs",
+        "external-data-sources-jobs-wait",
+        "external-data-sources-refresh-schemas",
+        "external-data-sources-reload",
+        "external-data-schemas-cancel",
+        "external-data-schemas-reload",
+        "external-data-schemas-resync",
+    },
+    "webhooks": {
+        "external-data-sources-create-webhook-create",
+        "external-data-sources-delete-webhook-create",
+        "external-data-sources-webhook-info-retrieve",
+        "external-data-sources-update-webhook-inputs-create",
+    },
+    "revenue": {"external-data-sources-revenue-analytics-config-partial-update"},
+    "setup": {
+        "external-data-sources-wizard",
+        "external-data-sources-db-schema",
+        "data-warehouse-source-setup",
+        "external-data-sources-preview-resource",
+        "external-data-sources-check-cdc-prerequisites-create",
+        "data-warehouse-source-connect-link",
+        "data-warehouse-stored-credentials-list",
+    },
+    "diagnose": {
+        "external-data-sync-logs",
+        "data-warehouse-data-health-issues-retrieve",
+        "external-data-sources-audit",
+    },
+    "query": {"execute-sql", "read-data-warehouse-schema"},
 }
 
 

@@ -1,34 +1,67 @@
-"""manifest.json and the README list exactly the table's tools."""
+"""manifest.json and the README say what the table says: their generated parts are a fresh render
+(``python -m posthog_warehouse_mcp.tools.snapshot``), and the hand-written rest agrees."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
+import pytest
+
 from posthog_warehouse_mcp import __version__
+from posthog_warehouse_mcp.tools import snapshot
 from posthog_warehouse_mcp.tools.table import ENDPOINTS, TOOLSETS
 
 ROOT = Path(__file__).resolve().parent.parent
+STALE = (
+    "{} differs from the table: run python -m posthog_warehouse_mcp.tools.snapshot and commit it"
+)
 
 
-def test_manifest_lists_the_table_tools() -> None:
-    manifest = json.loads((ROOT / "manifest.json").read_text())
+def test_the_command_writes_the_files_these_tests_read() -> None:
+    assert snapshot.README == ROOT / "README.md"
+    assert snapshot.MANIFEST == ROOT / "manifest.json"
+
+
+def test_readme_generated_regions_are_current() -> None:
+    # The tool table and read-only mode's list, between their begin/end generated markers.
+    committed = snapshot.README.read_text()
+    assert committed == snapshot.render_readme(committed), STALE.format("README.md")
+
+
+def test_manifest_tools_are_current() -> None:
+    committed = snapshot.MANIFEST.read_text()
+    assert committed == snapshot.render_manifest(committed), STALE.format("manifest.json")
+
+
+def test_the_generated_parts_name_every_tool_once() -> None:
+    readme = snapshot.README.read_text()
+    manifest = json.loads(snapshot.MANIFEST.read_text())
     assert [t["name"] for t in manifest["tools"]] == [row.name for row in ENDPOINTS]
+    for row in ENDPOINTS:
+        assert readme.count(f"| `{row.name}` | {row.method} | `{row.path}` |") == 1, row.name
+
+
+def test_a_readme_without_a_region_is_refused_not_skipped() -> None:
+    readme = snapshot.README.read_text()
+    broken = readme.replace(snapshot.end_marker("read-only-tools"), "")
+    with pytest.raises(ValueError, match="read-only-tools"):
+        snapshot.render_readme(broken)
+
+
+def test_a_region_is_rewritten_whatever_it_holds() -> None:
+    readme = snapshot.README.read_text()
+    emptied = snapshot.replace_region(readme, "tool-table", ["hand-edited"])
+    assert snapshot.render_readme(emptied) == snapshot.render_readme(readme)
+
+
+def test_manifest_is_the_bundle_the_package_describes() -> None:
+    manifest = json.loads(snapshot.MANIFEST.read_text())
     assert manifest["version"] == __version__
     assert manifest["user_config"]["api_key"]["sensitive"] is True
     env = manifest["server"]["mcp_config"]["env"]
     assert env["POSTHOG_PERSONAL_API_KEY"] == "${user_config.api_key}"
     assert not any("api_key" in arg for arg in manifest["server"]["mcp_config"]["args"])
-
-
-def test_readme_tool_table_matches_the_table() -> None:
-    rows = re.findall(
-        r"^\| `([a-z-]+)` \| (GET|POST|PATCH|DELETE) \| `([^`]+)` \| (\w+) \|",
-        (ROOT / "README.md").read_text(),
-        flags=re.MULTILINE,
-    )
-    assert rows == [(r.name, r.method, r.path, r.toolset) for r in ENDPOINTS]
 
 
 def test_pyproject_version_matches() -> None:
@@ -37,8 +70,8 @@ def test_pyproject_version_matches() -> None:
 
 
 def test_readme_and_manifest_name_every_scope_and_toolset() -> None:
-    readme = (ROOT / "README.md").read_text()
-    user_config = json.loads((ROOT / "manifest.json").read_text())["user_config"]
+    readme = snapshot.README.read_text()
+    user_config = json.loads(snapshot.MANIFEST.read_text())["user_config"]
     for scope in sorted({scope for row in ENDPOINTS for scope in row.scopes}):
         assert f"`{scope}`" in readme, scope
         assert scope in user_config["api_key"]["description"], scope

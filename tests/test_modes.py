@@ -16,7 +16,14 @@ from mcp import Client
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.server.config import Settings
 from posthog_warehouse_mcp.tools.table import BY_NAME, DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS
-from tests.cases import DESTRUCTIVE, READ_ONLY, READ_SCOPED, SEVERAL_READS, arguments
+from tests.cases import (
+    DESTRUCTIVE,
+    READ_ONLY,
+    READ_SCOPED,
+    SEVERAL_READS,
+    TOOLSET_TOOLS,
+    arguments,
+)
 from tests.support import (
     CANARY_KEY,
     MODES,
@@ -33,14 +40,18 @@ pytestmark = pytest.mark.anyio
 
 # Read-only mode offers what a read-scoped key can call: the rest need a write scope.
 WRITES = [row for row in ENDPOINTS if row.name not in READ_SCOPED]
+
+
+def of(*toolsets: str, read_only: bool = False) -> set[str]:
+    """What these toolsets list (as tests/cases.py writes them out), with read_only only the
+    read-scoped tools."""
+    tools = set[str]().union(*(TOOLSET_TOOLS[toolset] for toolset in toolsets))
+    return tools & READ_SCOPED if read_only else tools
+
+
 # What --read-only --toolsets schemas,sync lists (incremental-fields needs write, though it
 # changes nothing).
-READ_ONLY_SCHEMAS_AND_SYNC = {
-    "external-data-sources-jobs",
-    "external-data-sources-jobs-wait",
-    "external-data-schemas-list",
-    "external-data-schemas-retrieve",
-}
+READ_ONLY_SCHEMAS_AND_SYNC = of("schemas", "sync", read_only=True)
 
 
 def names(tools: Iterable[types.Tool]) -> set[str]:
@@ -102,7 +113,7 @@ async def test_read_only_still_allows_every_read_scoped_tool(mode: str) -> None:
 
 @pytest.mark.parametrize("toolset", TOOLSETS)
 async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str) -> None:
-    expected = {row.name for row in ENDPOINTS if row.toolset == toolset}
+    expected = TOOLSET_TOOLS[toolset]
     recorder = Recorder()
     async with connect(recorder, toolsets=[toolset]) as client:
         listed = names((await client.list_tools()).tools)
@@ -119,25 +130,8 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (
-            {"toolsets": ["sources", "webhooks"]},
-            {
-                "external-data-sources-list",
-                "external-data-sources-create",
-                "external-data-sources-retrieve",
-                "external-data-sources-partial-update",
-                "external-data-sources-destroy",
-                "external-data-sources-create-webhook-create",
-                "external-data-sources-delete-webhook-create",
-                "external-data-sources-webhook-info-retrieve",
-                "external-data-sources-connections-list",
-                "external-data-sources-update-webhook-inputs-create",
-            },
-        ),
-        (
-            {"read_only": True, "toolsets": ["sync"]},
-            {"external-data-sources-jobs", "external-data-sources-jobs-wait"},
-        ),
+        ({"toolsets": ["sources", "webhooks"]}, of("sources", "webhooks")),
+        ({"read_only": True, "toolsets": ["sync"]}, of("sync", read_only=True)),
         ({"read_only": True, "toolsets": ["schemas", "sync"]}, READ_ONLY_SCHEMAS_AND_SYNC),
         (
             {"tools": ["external-data-sources-list", "external-data-schemas-resync"]},
@@ -159,9 +153,9 @@ async def test_a_toolset_lists_only_its_tools_and_refuses_the_rest(toolset: str)
         ),
         (
             {"read_only": True, "toolsets": ["webhooks", "revenue"]},
-            {"external-data-sources-webhook-info-retrieve"},
+            of("webhooks", "revenue", read_only=True),
         ),
-        ({"read_only": True, "toolsets": ["revenue"]}, set()),
+        ({"read_only": True, "toolsets": ["revenue"]}, of("revenue", read_only=True)),
     ],
     ids=lambda v: str(v)[:40],
 )

@@ -15,7 +15,7 @@ import pytest
 import posthog_warehouse_mcp
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERIC = ("server", "tools", "sandbox")
+GENERIC = ("server", "tools", "sandbox", "loopback")
 
 
 def test_no_module_is_imported_under_a_generic_top_level_name() -> None:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from posthog_warehouse_mcp.sandbox.access import ACCESS_FILE, Access
+from posthog_warehouse_mcp.sandbox.sql import main as sql_main
 from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
-from posthog_warehouse_mcp.server.sql_cli import main as sql_main
 from tests.sandbox.support import sandbox_process, wait_until_up
 from tests.support import eventually, free_port
 

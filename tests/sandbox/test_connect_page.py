@@ -20,7 +20,7 @@ import pytest
 from mcp import Client
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
-from posthog_warehouse_mcp.sandbox.access import loopback
+from posthog_warehouse_mcp.sandbox.listener import loopback
 from posthog_warehouse_mcp.server.app import create_server
 from tests.sandbox.support import Upstream, call
 from tests.support import eventually, settings

@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.api import check_auth
-from posthog_warehouse_mcp.sandbox.errors import ApiError
+from posthog_warehouse_mcp.sandbox.errors import ErrorAnswer
 from tests.sandbox.support import (
     API,
     Upstream,
@@ -130,7 +130,7 @@ async def test_auth_errors_are_new_each_time_so_their_tracebacks_do_not_grow(
     request = Request({"type": "http", "headers": [(b"authorization", b"Bearer phx_wrong")]})
     raised = []
     for _ in range(3):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(ErrorAnswer) as caught:
             check_auth(request, "phx_right")
         raised.append(caught.value)
     assert len({id(exc) for exc in raised}) == 3
@@ -143,7 +143,7 @@ async def test_auth_errors_are_new_each_time_so_their_tracebacks_do_not_grow(
                     response = await client.get(f"{API}/external_data_sources/")
                     assert response.status_code == 401
     gc.collect()
-    live = [o for o in gc.get_objects() if isinstance(o, ApiError) and o.status == 401]
+    live = [o for o in gc.get_objects() if isinstance(o, ErrorAnswer) and o.status == 401]
     assert all(_depth(exc.__traceback__) <= 5 for exc in live), [
         _depth(exc.__traceback__) for exc in live
     ]

@@ -2,7 +2,10 @@
 
 The same tool calls the recording stand-in checks request by request (tests/test_calls.py),
 here against the sandbox: each result must fit the tool's output schema (the MCP client
-validates structured content) or be the error PostHog gives in that situation.
+validates structured content) or be the error PostHog gives in that situation. The walk calls
+by name the tools whose call needs the walk's state or a check of its own; every other tool is
+called with its recorded-request case's arguments (``CASES`` in tests/cases.py), the sandbox's
+ids in place of the stand-in's, so a new plain read needs only its sandbox handler here.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 import pytest
 
 from posthog_warehouse_mcp.tools.table import ENDPOINTS
+from tests.cases import CASES
 from tests.sandbox.support import Upstream, agent
-from tests.support import text_of
+from tests.support import SCHEMA_ID, SOURCE_ID, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -30,6 +34,24 @@ EXPECTED_ERRORS = {
     # in-process sandbox and the standalone one have one (tests/sandbox/test_connect_page.py).
     "data-warehouse-source-connect-link": "no address a browser can open",
 }
+# The walk's last steps, called by name after every other tool: they stop, re-import and delete
+# what the others read.
+LAST = (
+    "external-data-schemas-cancel",
+    "external-data-schemas-resync",
+    "external-data-schemas-delete-data",
+    "external-data-schemas-destroy",
+    "external-data-sources-destroy",
+)
+
+
+def with_ids(value: Any, ids: dict[str, str]) -> Any:
+    """A case's arguments with the stand-in's ids (tests/support.py) replaced by the sandbox's."""
+    if isinstance(value, dict):
+        return {key: with_ids(item, ids) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_ids(item, ids) for item in value]
+    return ids.get(value, value) if isinstance(value, str) else value
 
 
 async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upstream) -> None:
@@ -141,6 +163,12 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         webhook = await use("external-data-sources-webhook-info-retrieve", {"id": source_id})
         assert webhook["supports_webhooks"] is False
         assert (await use("external-data-sources-connections-list", {}))["results"] == []
+        # Every tool not called by name, with its case's arguments, on the walk's source.
+        sandbox_ids = {SOURCE_ID: source_id, SCHEMA_ID: ids["orders"]}
+        for row in ENDPOINTS:
+            if row.name not in called and row.name not in LAST:
+                assert row.name in CASES, f"{row.name}: no case in tests/cases.py CASES"
+                await use(row.name, with_ids(CASES[row.name].arguments, sandbox_ids))
         await use("external-data-schemas-cancel", {"id": ids["orders"]})
         await use("external-data-schemas-resync", {"id": ids["orders"], "wait_seconds": 60})
         await use("external-data-schemas-delete-data", {"id": ids["orders"]})

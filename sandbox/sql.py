@@ -3,7 +3,8 @@
 The warehouse file is locked by the process that runs the sandbox, so the query goes to that
 process: to the address and token its `access.json` holds (the in-process sandbox's loopback
 listener, or the standalone sandbox's own address), read as the sandbox writes it
-(`sandbox/access.py`: a file left by a killed sandbox does not count).
+(`access.py`: a file left by a killed sandbox does not count). It loads `access.py` and httpx
+only, none of the warehouse or its drivers.
 """
 
 from __future__ import annotations
@@ -13,16 +14,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
-from .sandbox_backend import DEFAULT_SANDBOX_DIR
-
-if TYPE_CHECKING:
-    from ..sandbox.access import Access
-
-STANDALONE_DIR = Path("sandbox-data")
+from .access import ENVIRONMENT_ID, IN_PROCESS_DIRECTORY, STANDALONE_DIRECTORY, Access
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="the sandbox directory (default: POSTHOG_SANDBOX_DIR, the MCP server's sandbox "
-        f"{DEFAULT_SANDBOX_DIR}, then ./{STANDALONE_DIR})",
+        f"{IN_PROCESS_DIRECTORY}, then ./{STANDALONE_DIRECTORY})",
     )
     parser.add_argument("--json", action="store_true", help="print PostHog's JSON answer")
     return parser
@@ -45,16 +40,14 @@ def parser() -> argparse.ArgumentParser:
 
 def _access(directory: Path | None) -> Access | None:
     """The access file of the first sandbox directory that has a running sandbox."""
-    from ..sandbox.access import Access
-
     env = os.environ.get("POSTHOG_SANDBOX_DIR")
     candidates = (
         [directory]
         if directory
         else [
             *([Path(env)] if env else []),
-            DEFAULT_SANDBOX_DIR,
-            STANDALONE_DIR,
+            IN_PROCESS_DIRECTORY,
+            STANDALONE_DIRECTORY,
         ]
     )
     for folder in candidates:
@@ -78,7 +71,7 @@ def main(argv: list[str]) -> int:
     headers = {"Authorization": f"Bearer {access.token}"} if access.token else {}
     try:
         response = httpx.post(
-            f"{access.url}/api/environments/1/query/",
+            f"{access.url}/api/environments/{ENVIRONMENT_ID}/query/",
             json={"query": {"kind": "HogQLQuery", "query": args.query}},
             headers=headers,
             timeout=60,
