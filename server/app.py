@@ -34,6 +34,7 @@ from .config import Settings
 from .filters import enabled, why_disabled
 from .prompts import INSTRUCTIONS, PROMPTS, PROMPTS_BY_NAME, SANDBOX_NOTE
 from .state import NAME, Context, LazyClient, ServerState, open_client
+from .store import SqliteSpent
 
 if TYPE_CHECKING:
     import httpx
@@ -237,10 +238,11 @@ def create_server(
     confirmations = None
     if settings.confirm_destructive:
         shared = settings.confirm_secret.get_secret_value() if settings.confirm_secret else None
+        spent = SqliteSpent(settings.state_dir.expanduser())
         confirmations = (
-            Confirmations(key=hashlib.sha256(shared.encode()).digest())
+            Confirmations(key=hashlib.sha256(shared.encode()).digest(), spent=spent)
             if shared
-            else Confirmations()
+            else Confirmations(spent=spent)
         )
 
     @asynccontextmanager

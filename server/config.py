@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     confirm_secret: SecretStr | None = Field(
         None, description="HTTP: key signing confirmation tokens, shared by every instance"
     )
+    state_dir: Path = flagged(
+        Path("~/.posthog-warehouse-mcp"),
+        "--state-dir",
+        "where the server keeps what must outlive it (the confirmation tokens already used)",
+    )
 
     # Credentials in calls.
     secret_refs: Literal["auto", "on", "off"] = flagged(

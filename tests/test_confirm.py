@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -136,7 +137,8 @@ def test_spent_tokens_are_forgotten_once_expired_and_stay_refused(
     monkeypatch.setattr(confirm.time, "time", lambda: later)
     second = tokens.issue(tool, params, caller="")
     tokens.check(second, tool, params, caller="")
-    assert len(tokens._spent) == 1  # the first token's nonce went with its expiry
+    assert isinstance(tokens.spent, confirm.MemorySpent)
+    assert len(tokens.spent._spent) == 1  # the first token's nonce went with its expiry
     with pytest.raises(confirm.ConfirmationRefused, match="expired"):
         tokens.check(first, tool, params, caller="")
 
@@ -178,3 +180,61 @@ async def test_confirmations_off_act_at_once() -> None:
     async with Client(server, mode="legacy") as client:
         await client.call_tool("external-data-sources-destroy", {"id": SOURCE["id"]})
     assert [s.method for s in recorder.seen] == ["DELETE"]
+
+
+async def test_a_spent_token_stays_spent_after_a_restart_with_a_shared_key(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(respond=posthog)
+    tool = "external-data-schemas-destroy"
+    shared = settings(confirm_destructive=True, confirm_secret="shared-key", state_dir=tmp_path)
+
+    def restart() -> Client:
+        server = create_server(shared, transport=httpx.ASGITransport(app=recorder.app()))
+        return Client(server, mode="legacy")
+
+    async with restart() as client:
+        first = await client.call_tool(tool, {"id": SCHEMA_ID})
+        token = (first.structured_content or {})["confirmation_token"]
+        used = await client.call_tool(tool, {"id": SCHEMA_ID, "confirmation_token": token})
+        assert used.is_error is False, text_of(used)
+    async with restart() as client:  # a new process would verify the token: the key is shared
+        again = await client.call_tool(tool, {"id": SCHEMA_ID, "confirmation_token": token})
+    assert again.is_error is True and "used already" in text_of(again)
+    assert changes(recorder) == ["DELETE"]
+
+
+@pytest.mark.parametrize("suffix", ["é", "\u00ff\u2603"])
+async def test_a_token_with_non_ascii_characters_is_refused_as_not_ours(suffix: str) -> None:
+    recorder = Recorder(respond=posthog)
+    tool = "external-data-schemas-destroy"
+    async with asking(recorder, "legacy") as client:
+        first = await client.call_tool(tool, {"id": SCHEMA_ID})
+        token = (first.structured_content or {})["confirmation_token"]
+        forged = token[:-1] + suffix
+        refused = await client.call_tool(tool, {"id": SCHEMA_ID, "confirmation_token": forged})
+    assert refused.is_error is True
+    assert "not one this server issued" in text_of(refused) and "nothing was sent" in text_of(
+        refused
+    )
+    assert changes(recorder) == []
+
+
+async def test_without_a_record_of_spent_tokens_a_token_is_refused_and_nothing_sent(
+    tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the state directory should be")
+    recorder = Recorder(respond=posthog)
+    server = create_server(
+        settings(confirm_destructive=True, state_dir=blocked),
+        transport=httpx.ASGITransport(app=recorder.app()),
+    )
+    tool = "external-data-schemas-destroy"
+    async with Client(server, mode="legacy") as client:
+        first = await client.call_tool(tool, {"id": SCHEMA_ID})
+        token = (first.structured_content or {})["confirmation_token"]
+        refused = await client.call_tool(tool, {"id": SCHEMA_ID, "confirmation_token": token})
+    assert refused.is_error is True
+    assert "cannot record the token as used" in text_of(refused)
+    assert changes(recorder) == []

@@ -6,8 +6,8 @@ is a :class:`Question`: the preview and a new token. How the question reaches th
 the call, as an input-required result, or as a preview and token for the model to show) is the
 server's concern (server/asking.py). Tokens are signed (HMAC-SHA256; every instance sharing
 the key verifies them), short-lived, bound to the tool, its exact arguments and, with
-forwarded keys, the caller, and spent when used (per instance: a stateless deployment cannot
-share that).
+forwarded keys, the caller, and spent when used (recorded where a restart does not forget it:
+server/store.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
+from ..loopback.tokens import tokens_match
 from .models import ConfirmedIdParams, ConfirmedSyncParams
 
 if TYPE_CHECKING:
@@ -37,16 +38,50 @@ class ConfirmationRefused(ValueError):
     """A confirmation token that cannot be used; nothing was sent."""
 
 
+class StoreUnavailable(ConfirmationRefused):
+    """The record of spent tokens cannot be reached; a token is refused rather than risk a
+    second use."""
+
+
+class Spent(Protocol):
+    """Where used tokens' nonces are kept until the tokens expire (shared by every instance
+    that verifies the same tokens)."""
+
+    def spend(self, nonce: str, until: float) -> bool:
+        """Record `nonce` as spent until `until` (epoch seconds); False if it was already.
+
+        Raises:
+            StoreUnavailable: the record cannot be reached.
+        """
+        ...
+
+
+@dataclass
+class MemorySpent:
+    """Spent nonces in this process only, each dropped once its token has expired."""
+
+    _spent: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spend(self, nonce: str, until: float) -> bool:
+        """Record `nonce` as spent until `until`; False if it was already."""
+        with self._lock:
+            now = time.time()
+            for old in [n for n, expiry in self._spent.items() if expiry < now]:
+                del self._spent[old]
+            if nonce in self._spent:
+                return False
+            self._spent[nonce] = until
+            return True
+
+
 @dataclass
 class Confirmations:
     """Issues and checks confirmation tokens for one server (or several sharing `key`)."""
 
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     seconds: int = TOKEN_SECONDS
-    # Nonces of used tokens, with their expiry: a token past it is refused anyway, so the
-    # nonce is dropped then and the record stays as small as the tokens still live.
-    _spent: dict[str, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    spent: Spent = field(default_factory=MemorySpent)
 
     def issue(self, tool: str, params: BaseModel, caller: str) -> str:
         """A token for this call, valid for `seconds`."""
@@ -64,10 +99,11 @@ class Confirmations:
         """Accept the token for this very call, once.
 
         Raises:
-            ConfirmationRefused: forged, expired, spent, or for another tool, arguments or caller.
+            ConfirmationRefused: forged, expired, spent, or for another tool, arguments or
+                caller; StoreUnavailable when the record of spent tokens cannot be reached.
         """
         body, _, signature = token.partition(".")
-        if not hmac.compare_digest(signature, self._sign(body)):
+        if not tokens_match(signature, self._sign(body)):
             raise ConfirmationRefused("the confirmation_token is not one this server issued")
         claims = json.loads(base64.urlsafe_b64decode(body.encode()))
         if claims.get("e", 0) < time.time():
@@ -78,16 +114,11 @@ class Confirmations:
             )
         if claims.get("c") != caller:
             raise ConfirmationRefused("the confirmation_token was issued to another caller")
-        with self._lock:
-            now = time.time()
-            for nonce in [n for n, expiry in self._spent.items() if expiry < now]:
-                del self._spent[nonce]
-            if claims["n"] in self._spent:
-                raise ConfirmationRefused("the confirmation_token was used already")
-            self._spent[claims["n"]] = claims["e"]
+        if not self.spent.spend(claims["n"], claims["e"]):
+            raise ConfirmationRefused("the confirmation_token was used already")
 
     def _sign(self, body: str) -> str:
-        return hmac.new(self.key, body.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self.key, body.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def _digest(params: BaseModel) -> str:
