@@ -37,7 +37,9 @@ POSTHOG_BYTES = {
     "external-data-schemas-delete-data": 611,
 }
 SHARED_TARGET = 16_700
-BUDGET = 30_000  # every tool together, however many the table grows to
+# Every tool together, however many the table grows to (raised from 30,000 for the tools the
+# roadmap adds: rehearsal, plans, views).
+BUDGET = 32_000
 
 
 def compact(value: object) -> int:

@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     confirm_destructive: bool = flagged(
         True,
         "--no-confirm",
-        "ask the person before destroy, delete-data, resync and delete-webhook act "
-        "(--no-confirm: act at once, for unattended automation)",
+        "ask the person before destroy, delete-data, resync, delete-webhook and settings "
+        "changes that remove synced data act (--no-confirm: act at once, for unattended "
+        "automation)",
     )
     confirm_secret: SecretStr | None = Field(
         None, description="HTTP: key signing confirmation tokens, shared by every instance"

@@ -5,7 +5,7 @@ which is refused when wrong, expired, spent or used for another call."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.tools import confirm
 from posthog_warehouse_mcp.tools.models import ConfirmedIdParams
+from posthog_warehouse_mcp.tools.previews import removals
 from tests.cases import DESTRUCTIVE, arguments
 from tests.support import MODES, SCHEMA, SCHEMA_ID, SOURCE, Recorder, Seen, settings, text_of
 
@@ -238,3 +239,101 @@ async def test_without_a_record_of_spent_tokens_a_token_is_refused_and_nothing_s
     assert refused.is_error is True
     assert "cannot record the token as used" in text_of(refused)
     assert changes(recorder) == []
+
+
+FULL_REFRESH = {
+    **SCHEMA,
+    "sync_type": "full_refresh",
+    "table": {"name": "app_postgres_orders", "row_count": 1234, "columns": [{"name": "id"}]},
+}
+EMPTYING = [{"column": "id", "operator": "<", "value": 0}]
+
+
+@pytest.mark.parametrize(
+    ("schema", "change", "removes"),
+    [
+        (FULL_REFRESH, {"row_filters": EMPTYING}, "keeps only the rows that match"),
+        ({**FULL_REFRESH, "sync_type": "incremental"}, {"row_filters": EMPTYING}, None),
+        ({**FULL_REFRESH, "sync_type": "append"}, {"sync_type": "full_refresh"}, "appended"),
+        ({**FULL_REFRESH, "sync_type": "incremental"}, {"sync_type": "xmin"}, "wiped"),
+        (
+            {**FULL_REFRESH, "sync_type": "incremental", "incremental_field": "updated_at"},
+            {"sync_type": "incremental", "incremental_field": "created_at"},
+            "new cursor column",
+        ),
+        (FULL_REFRESH, {"enabled_columns": []}, "columns no longer synced: id"),
+        (FULL_REFRESH, {"should_sync": False, "sync_frequency": "1hour"}, None),
+        ({**FULL_REFRESH, "table": None}, {"row_filters": EMPTYING}, None),
+        (
+            {**FULL_REFRESH, "sync_type": "cdc", "cdc_table_mode": "consolidated"},
+            {"cdc_table_mode": "both"},
+            "snapshot",
+        ),
+    ],
+)
+def test_what_a_settings_change_removes_follows_posthogs_rules(
+    schema: dict[str, Any], change: dict[str, Any], removes: str | None
+) -> None:
+    found = removals(schema, change)
+    if removes is None:
+        assert found == []
+    else:
+        assert any(removes in item for item in found), found
+
+
+def schema_posthog(count: tuple[int, int] | None) -> Callable[[Request, Seen], Response]:
+    """Reads answer a synced full_refresh table; the query endpoint counts (total, kept)."""
+
+    def respond(request: Request, seen: Seen) -> Response:
+        if request.url.path.endswith("/query/"):
+            if count is None:
+                return JSONResponse({"detail": "no"}, status_code=400)
+            return JSONResponse({"results": [list(count)], "columns": ["total", "kept"]})
+        if request.method != "GET":
+            return JSONResponse(FULL_REFRESH)
+        if "external_data_schemas" in request.url.path:
+            return JSONResponse(FULL_REFRESH)
+        return JSONResponse({**SOURCE, "schemas": [FULL_REFRESH]})
+
+    return respond
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("count", "asked", "removed"),
+    [((1234, 0), True, 1234), ((1234, 1234), False, None), (None, True, "unknown")],
+)
+async def test_a_settings_change_asks_only_when_the_next_sync_removes_rows(
+    mode: str, count: tuple[int, int] | None, asked: bool, removed: Any
+) -> None:
+    recorder = Recorder(respond=schema_posthog(count))
+    args = {"id": SCHEMA_ID, "row_filters": EMPTYING}
+    async with asking(recorder, mode) as client:
+        first = await client.call_tool("external-data-schemas-partial-update", args)
+    answer = first.structured_content or {}
+    assert first.is_error is False, text_of(first)
+    if asked:
+        assert answer["confirmation_required"] is True
+        assert str(answer["preview"]["tables"][0]["rows_removed"]).startswith(str(removed))
+        assert changes(recorder) == ["POST"]  # only the count query
+    else:
+        assert "confirmation_required" not in answer
+        assert changes(recorder) == ["POST", "PATCH"]
+
+
+@MODES
+async def test_a_bulk_change_asks_for_the_tables_whose_data_would_go(mode: str) -> None:
+    recorder = Recorder(respond=schema_posthog((1234, 0)))
+    args = {"id": SOURCE["id"], "schemas": [{"id": SCHEMA_ID, "sync_type": "xmin"}]}
+    tool = "external-data-sources-bulk-update-schemas-partial-update"
+    async with asking(recorder, mode) as client:
+        first = await client.call_tool(tool, args)
+        answer = first.structured_content or {}
+        (table,) = answer["preview"]["tables"]
+        assert any("wiped" in r for r in table["removes"])
+        assert changes(recorder) == []
+        pause = {"id": SOURCE["id"], "schemas": [{"id": SCHEMA_ID, "should_sync": False}]}
+        await client.call_tool(tool, pause)
+        assert changes(recorder) == ["PATCH"]
+        await client.call_tool(tool, {**args, "confirmation_token": answer["confirmation_token"]})
+    assert changes(recorder) == ["PATCH", "PATCH"]

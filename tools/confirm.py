@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 
 from ..loopback.tokens import tokens_match
-from .models import ConfirmedIdParams, ConfirmedSyncParams
+from .models import CarriesConfirmation
 
 if TYPE_CHECKING:
     from .dispatch import Call
@@ -173,6 +173,8 @@ async def decide(
         confirmations.check(token, row.name, call.params, caller)
         return None
     shown = await row.preview(call)
+    if shown is None:
+        return None  # this call removes nothing (a settings change that keeps every row)
     return Question(
         tool=row.name,
         preview=shown,
@@ -182,9 +184,7 @@ async def decide(
 
 
 def _argument_token(params: BaseModel) -> str | None:
-    if isinstance(params, ConfirmedIdParams | ConfirmedSyncParams):
-        return params.confirmation_token
-    return None
+    return params.confirmation_token if isinstance(params, CarriesConfirmation) else None
 
 
 def confirmation_message(tool: str, shown: dict[str, Any]) -> str:
@@ -192,6 +192,9 @@ def confirmation_message(tool: str, shown: dict[str, Any]) -> str:
     lines = [f"{tool} will: {shown.get('effect')}"]
     for table in shown.get("tables") or []:
         lines.append(f"- {table.get('name')}: {table.get('rows')} rows in {table.get('table')}")
+        lines.extend(f"  - {removal}" for removal in table.get("removes") or [])
+        if "rows_removed" in table:
+            lines.append(f"  - rows removed: {table['rows_removed']}")
     if shown.get("undo"):
         lines.append(f"Getting back: {shown['undo']}")
     return "\n".join(lines)

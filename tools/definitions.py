@@ -19,6 +19,7 @@ from typing import Any
 import pydantic
 
 from .json_schema import json_schema
+from .models import Confirmable
 from .table import ENDPOINTS, Endpoint
 
 TOOLS_JSON = Path(__file__).with_name("tools.json")
@@ -41,7 +42,7 @@ def definition(row: Endpoint) -> dict[str, Any]:
         "title": row.title,
         "description": row.full_description,
         "inputSchema": json_schema(row.params),
-        "outputSchema": json_schema(row.response, mode="serialization"),
+        "outputSchema": output_schema(row),
         "annotations": {
             "readOnlyHint": row.is_read_only,
             "destructiveHint": row.is_destructive,
@@ -49,6 +50,18 @@ def definition(row: Endpoint) -> dict[str, Any]:
             "openWorldHint": True,
         },
     }
+
+
+def output_schema(row: Endpoint) -> dict[str, Any]:
+    """The row's answer; a row that may ask first may also answer the question instead (the
+    preview and a token: nothing was sent), so its answer's fields are all optional."""
+    schema = json_schema(row.response, mode="serialization")
+    if row.preview is None or issubclass(row.response, Confirmable):
+        return schema
+    asked = json_schema(Confirmable, mode="serialization")
+    schema = {**schema, "properties": {**schema["properties"], **asked["properties"]}}
+    schema.pop("required", None)
+    return schema
 
 
 def generate(rows: Iterable[Endpoint] = ENDPOINTS) -> dict[str, Any]:

@@ -55,4 +55,5 @@ class Caller(Protocol[P]):
 
 # A row's hook and preview take a Caller of that row's params model.
 Hook = Callable[[Caller[Any], Send], Awaitable[dict[str, Any]]]
-Preview = Callable[[Caller[Any]], Awaitable[dict[str, Any]]]
+# A preview answers None when this call will remove nothing after all (it acts at once).
+Preview = Callable[[Caller[Any]], Awaitable[dict[str, Any] | None]]

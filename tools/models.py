@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
@@ -192,6 +192,13 @@ CONFIRMATION = Field(
 )
 
 
+@runtime_checkable
+class CarriesConfirmation(Protocol):
+    """Arguments that may carry a confirmation token (the rows that ask first)."""
+
+    confirmation_token: str | None
+
+
 class ConfirmedIdParams(IdParams):
     """A destructive call on one object, confirmed by the person first."""
 
@@ -364,6 +371,7 @@ class ExternalDataSchemaPartialUpdateParams(SchemaSettings):
         description="Incremental only: re-read this many seconds before the cursor (late rows).",
         json_schema_extra=NULL_MEANS_CLEAR,
     )
+    confirmation_token: str | None = CONFIRMATION
 
 
 class ExternalDataSourceBulkUpdateSchemasParams(IdParams):
@@ -372,6 +380,7 @@ class ExternalDataSourceBulkUpdateSchemasParams(IdParams):
     schemas: list[SchemaUpdate] = Field(
         min_length=1, description="Changes per schema; ids unique, all of this source."
     )
+    confirmation_token: str | None = CONFIRMATION
 
 
 class ExternalDataSourceCreateWebhookParams(IdParams):

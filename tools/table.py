@@ -17,7 +17,13 @@ from pydantic import BaseModel
 from . import models as m
 from .audit import audit
 from .hooks import Hook, Preview
-from .previews import schema_preview, source_preview, webhook_preview
+from .previews import (
+    bulk_settings_preview,
+    schema_preview,
+    settings_preview,
+    source_preview,
+    webhook_preview,
+)
 from .requests import (
     flat_body,
     hogql_query_body,
@@ -203,10 +209,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         title="Update many table schemas",
         description=(
             "Change several tables of one source in one call (e.g. enable five). Tables PostHog "
-            "refuses are named in the error; the others are saved."
+            "refuses are named in the error; the others are saved. Asks first if data would go."
         ),
         toolset="schemas",
         scopes=WRITE,
+        preview=bulk_settings_preview,
     ),
     Endpoint(
         "external-data-sources-create-webhook-create",
@@ -336,10 +343,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         description=(
             "Change one table: enable or pause, sync type, cursor, key, frequency, row filters. "
             "Send sync_type with cursor changes. A new cursor column or key needs a resync; "
-            "frequency and pause don't."
+            "frequency and pause don't. A change that makes the next sync remove data asks first."
         ),
         toolset="schemas",
         scopes=WRITE,
+        preview=settings_preview,
     ),
     Endpoint(
         "external-data-schemas-destroy",
