@@ -123,7 +123,22 @@ def shape(row: Endpoint, reply: Reply) -> dict[str, Any]:
     # Only what PostHog sent (validated), not defaults for fields it left out; credentials a
     # source's job_inputs might echo are redacted by key name.
     shaped: dict[str, Any] = redact(model.model_dump(mode="json", exclude_unset=True))
+    for path in row.exclude:
+        _drop(shaped, path.split("."))
     return shaped
+
+
+def _drop(node: Any, path: list[str]) -> None:
+    """Remove the field at a dotted path (``*`` stands for every item of a list)."""
+    head, rest = path[0], path[1:]
+    if head == "*":
+        for item in node if isinstance(node, list) else []:
+            _drop(item, rest)
+    elif isinstance(node, dict) and head in node:
+        if rest:
+            _drop(node[head], rest)
+        else:
+            del node[head]
 
 
 @dataclass(frozen=True, kw_only=True)

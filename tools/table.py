@@ -76,6 +76,9 @@ class Endpoint:
     build_body: Callable[[BaseModel], dict[str, Any]] | None = None
     # What a destructive call will do, read before it is confirmed (tools/previews.py).
     preview: Preview | None = None
+    # Fields left out of the answer (dotted paths, `*` for each list item), as PostHog's own
+    # tool definitions exclude them (`response.exclude` in its tools.yaml).
+    exclude: tuple[str, ...] = ()
 
     @property
     def path_fields(self) -> tuple[str, ...]:
@@ -138,6 +141,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="sources",
         scopes=READ,
+        exclude=("results.*.schemas.*.table.columns", "results.*.schemas.*.available_columns"),
     ),
     Endpoint(
         "external-data-sources-create",
@@ -321,6 +325,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         toolset="schemas",
         scopes=READ,
+        exclude=("results.*.table.columns", "results.*.available_columns"),
     ),
     Endpoint(
         "external-data-schemas-retrieve",
