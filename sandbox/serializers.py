@@ -169,6 +169,8 @@ def job_json(store: Store, job: Job) -> dict[str, Any]:
         "workflow_run_id": job.workflow_run_id,
         "cdc_write_mode": None,
         "billable": True,
+        # The warehouse destinations the run wrote to; the sandbox has only its own warehouse.
+        "destination_ids": [],
     }
 
 

@@ -333,6 +333,18 @@ async def sources_webhook(request: Request, services: Services) -> Response:
     raise errors.bad_request_message("This source type does not support webhooks")
 
 
+@route("POST", "external_data_sources/{id}/repair_cdc/")
+async def sources_repair_cdc(request: Request, services: Services) -> Response:
+    """POST repair_cdc/: PostHog's answers for a source without CDC. Postgres has a CDC adapter
+    in PostHog but no sandbox source has CDC enabled; other types have none."""
+    source = services.get_source(request.path_params["id"])
+    if source.source_type != "Postgres":
+        raise errors.bad_request_message(
+            f"CDC is not supported for source type: {source.source_type}"
+        )
+    raise errors.bad_request_message("CDC is not enabled on this source.")
+
+
 @route("POST", "external_data_sources/{id}/update_webhook_inputs/")
 async def sources_update_webhook_inputs(request: Request, services: Services) -> Response:
     """POST update_webhook_inputs/: PostHog's checks in its order; no source type here takes

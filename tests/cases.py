@@ -86,6 +86,13 @@ CASES: dict[str, Case] = {
         [],
         {},
     ),
+    "external-data-sources-repair-cdc-create": Case(
+        {"id": SOURCE_ID},
+        "POST",
+        f"{SRC}repair_cdc/",
+        [],
+        {},
+    ),
     "external-data-sources-jobs": Case(
         {"id": SOURCE_ID, "after": "2026-01-01T00:00:00Z", "schemas": ["orders", "users"]},
         "GET",
@@ -266,6 +273,7 @@ CASES: dict[str, Case] = {
 DESTRUCTIVE = {
     "external-data-sources-destroy",
     "external-data-sources-delete-webhook-create",
+    "external-data-sources-repair-cdc-create",
     "external-data-schemas-destroy",
     "external-data-schemas-delete-data",
     "external-data-schemas-resync",
@@ -327,6 +335,7 @@ TOOLSET_TOOLS = {
         "external-data-schemas-incremental-fields-create",
     },
     "sync": {
+        "external-data-sources-repair-cdc-create",
         "external-data-sources-jobs",
         "external-data-sources-jobs-wait",
         "external-data-sources-refresh-schemas",

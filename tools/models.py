@@ -639,6 +639,10 @@ class ExternalDataJob(Response):
     latest_error: str | None = None
     created_at: str | None = None
     finished_at: str | None = None
+    # Whether the run's rows count towards the bill (a repair PostHog caused does not).
+    billable: bool | None = None
+    cdc_write_mode: str | None = None
+    destination_ids: list[str] | None = None
 
 
 class Page(Response):
@@ -701,6 +705,13 @@ class WebhookResult(Confirmable):
 
     success: bool | None = None
     error: str | None = None
+
+
+class RepairCdcResult(Confirmable):
+    """Outcome of a CDC repair: how many CDC tables will now re-sync in full."""
+
+    success: bool | None = None
+    schemas_reset: int | None = None
 
 
 class IncrementalFieldsResult(Response):

@@ -255,6 +255,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ),
     ),
     Endpoint(
+        "external-data-sources-repair-cdc-create",
+        "POST",
+        SOURCE + "repair_cdc/",
+        params=m.ConfirmedIdParams,
+        response=m.RepairCdcResult,
+        title="Repair CDC",
+        description=(
+            "Recreate a CDC source's lost replication slot or publication; every CDC table then "
+            "re-syncs in full (billed). PostHog refuses a source whose CDC looks healthy."
+        ),
+        toolset="sync",
+        scopes=WRITE,
+        destructive=True,
+        idempotent=True,
+        preview=source_preview(
+            "recreate the replication slot and publication, and re-snapshot every CDC table of "
+            "the source: each is re-imported in full (billed).",
+            "none needed: changes made while the slot was lost cannot be read again; the "
+            "re-snapshot brings the tables up to date.",
+        ),
+    ),
+    Endpoint(
         "external-data-sources-jobs",
         "GET",
         SOURCE + "jobs/",

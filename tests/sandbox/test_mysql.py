@@ -121,3 +121,29 @@ async def test_mysql_cancel_kills_the_running_query(
         app, "SELECT count(*) FROM duckdb_tables() WHERE table_name <> '_sandbox_sync_state'"
     )
     assert tables == [(0,)]
+
+
+async def test_repair_cdc_on_a_mysql_source_answers_as_posthog_does(
+    sandbox: tuple[Starlette, httpx.AsyncClient], mysql_upstream: MySQLUpstream
+) -> None:
+    _, client = sandbox
+    mysql_upstream.execute("CREATE TABLE notes (id int PRIMARY KEY)")
+    source = await create_mysql_source(client, mysql_upstream, [{"name": "notes"}])
+    response = await client.post(f"{API}/external_data_sources/{source['id']}/repair_cdc/")
+    assert response.status_code == 400
+    assert response.json() == {"message": "CDC is not supported for source type: MySQL"}
+
+
+async def test_job_rows_carry_posthogs_newest_fields(
+    sandbox: tuple[Starlette, httpx.AsyncClient], mysql_upstream: MySQLUpstream
+) -> None:
+    _, client = sandbox
+    mysql_upstream.execute("CREATE TABLE tags (id int PRIMARY KEY)", "INSERT INTO tags VALUES (1)")
+    source = await create_mysql_source(
+        client, mysql_upstream, [{"name": "tags", "should_sync": True, "sync_type": "full_refresh"}]
+    )
+    (job,) = await wait_for_jobs(client, str(source["id"]), 1)
+    fields = {"id", "created_at", "created_by", "finished_at", "status", "schema", "rows_synced"}
+    fields |= {"latest_error", "workflow_run_id", "cdc_write_mode", "billable", "destination_ids"}
+    assert set(job) == fields
+    assert (job["billable"], job["cdc_write_mode"], job["destination_ids"]) == (True, None, [])

@@ -28,6 +28,8 @@ EXPECTED_ERRORS = {
     "external-data-sources-create-webhook-create": "does not support webhooks",
     "external-data-sources-delete-webhook-create": "does not support webhooks",
     "external-data-schemas-cancel": "No running sync to cancel.",
+    # No sandbox source has CDC enabled (PostHog's answer for such a source).
+    "external-data-sources-repair-cdc-create": "CDC is not enabled on this source.",
     "external-data-sources-update-webhook-inputs-create": "does not support webhooks",
     "external-data-sources-preview-resource": "Preview is not supported for source type 'Postgres'",
     # This sandbox is reached in memory, with no address a browser can open; the MCP server's
