@@ -17,6 +17,8 @@ pytestmark = pytest.mark.anyio
 
 VALUE = "s3cr3t-canary-value-9f2c"
 CREATE = "external-data-sources-create"
+# Where the person lets the secret go (tests/test_secret_binding.py covers the binding itself).
+BINDING = ("POSTHOG_SECRET_DB_PASSWORD_HOSTS", "db.example.com")
 
 
 def create_args(password: Any) -> dict[str, Any]:
@@ -33,6 +35,7 @@ async def test_a_reference_resolves_just_before_sending_and_never_comes_back(
     recorder = Recorder(respond=answer(400, {"message": f"could not log in with password {VALUE}"}))
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("POSTHOG_SECRET_DB_PASSWORD", VALUE)
+    monkeypatch.setenv(*BINDING)
     async with connect(recorder) as client:
         result = await client.call_tool(CREATE, create_args({"env": "POSTHOG_SECRET_DB_PASSWORD"}))
     assert recorder.seen[0].body["payload"]["password"] == VALUE
@@ -73,6 +76,7 @@ async def test_references_are_off_on_http_unless_the_operator_turns_them_on(
     recorder = Recorder()
     recorder.default = (201, {"id": "0b7d8c3e-2f4a-4c1e-9a6b-5d3e2f1a0c9b"})
     monkeypatch.setenv("POSTHOG_SECRET_DB_PASSWORD", VALUE)
+    monkeypatch.setenv(*BINDING)
     reference = create_args({"env": "POSTHOG_SECRET_DB_PASSWORD"})
     async with connect(recorder, mcp_transport="http") as client:
         refused = await client.call_tool(CREATE, reference)
@@ -90,6 +94,7 @@ async def test_strict_mode_refuses_a_literal_secret_and_accepts_a_reference(
     recorder = Recorder()
     recorder.default = (201, {"id": "0b7d8c3e-2f4a-4c1e-9a6b-5d3e2f1a0c9b"})
     monkeypatch.setenv("POSTHOG_SECRET_DB_PASSWORD", VALUE)
+    monkeypatch.setenv(*BINDING)
     async with connect(recorder, strict_secrets=True) as client:
         literal = await client.call_tool(CREATE, create_args("hunter2-literal"))
         nested = await client.call_tool(

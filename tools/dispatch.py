@@ -20,7 +20,7 @@ from .errors import MalformedResponse, NotSucceeded, PermissionDenied
 from .hooks import OpenUrl, Progress
 from .models import Ack
 from .redact import redact
-from .secrets import SecretPolicy, resolve
+from .secrets import SecretPolicy, check_references, resolve
 from .table import BY_NAME, Endpoint
 from .waiting import DEFAULT_WAIT_CAP
 
@@ -192,7 +192,9 @@ async def send(row: Endpoint, call: Call) -> dict[str, Any]:
     """
     req = prepare(row, call.params, base_path=call.base_path)
     if call.secrets is not None and req.body is not None:
-        req = replace(req, body=resolve(req.body, call.secrets, tool=row.name))
+        current = await _changed_source(row, call, req.body, call.secrets)
+        resolved = resolve(req.body, call.secrets, tool=row.name, current=current)
+        req = replace(req, body=resolved)
     try:
         reply = await call.client.request(
             req.method,
@@ -206,3 +208,20 @@ async def send(row: Endpoint, call: Call) -> dict[str, Any]:
         exc.scopes = row.scopes  # the adapter knows the request, the row knows its scopes
         raise
     return shape(row, reply)
+
+
+async def _changed_source(
+    row: Endpoint, call: Call, body: dict[str, Any], policy: SecretPolicy
+) -> dict[str, Any] | None:
+    """The source a body with secret references changes when it does not say its type (a
+    source PATCH of ``job_inputs``): its type and host are where the secrets would go.
+
+    Raises:
+        SecretRefused: a reference refused whatever the source (nothing sent, nothing read).
+    """
+    source_id = getattr(call.params, "id", None)
+    if "source_type" in body or "job_inputs" not in body or source_id is None:
+        return None
+    if not check_references(body, policy, tool=row.name):
+        return None
+    return await call.call("external-data-sources-retrieve", id=str(source_id))

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .json_schema import NULL_MEANS_CLEAR, NULLABLE
+from .redact import is_secret_key
+from .secrets import PREFIX, is_reference, looks_like_reference
 
 # ---------------------------------------------------------------- enums (stable upstream values)
 
@@ -141,6 +151,68 @@ def check_create_schemas(payload: dict[str, Any]) -> None:
             raise refuse("Incremental schemas given do not have an incremental field type set")
 
 
+# ---------------------------------------------------------------- connection fields
+
+# Caps on connection fields (payload, job_inputs, webhook inputs): far above any real value, far
+# below what would burden PostHog or the sandbox (a 10 MB `host` once went upstream).
+MAX_FIELD_CHARS = 4_096
+MAX_LONG_FIELD_CHARS = 100_000  # a Custom source's manifest, a private key, a certificate
+MAX_FIELD_KEYS = 200
+MAX_KEY_CHARS = 200
+MAX_LIST_ITEMS = 10_000  # `schemas`: one per table
+MAX_FIELD_DEPTH = 8
+_LONG_FIELD = re.compile(r"manifest|private_key|certificate|(^|_)ca$|key_file")
+_KINDS = {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}
+
+
+def check_connection_fields(value: Any, path: str = "", depth: int = 0) -> None:
+    """Caps on connection fields (each text capped, named by its path), and credentials as
+    text or an exact secret reference, never another kind of value to be stringified."""
+    where = path or "the fields"
+    if depth > MAX_FIELD_DEPTH:
+        raise refuse(f"{where} is nested more than {MAX_FIELD_DEPTH} levels deep.")
+    if looks_like_reference(value) and not is_reference(value):
+        raise refuse(
+            f'{where} is not a secret reference, which is exactly {{"env": "{PREFIX}<NAME>"}} '
+            "(one key, a variable name as text)."
+        )
+    if isinstance(value, str):
+        cap = MAX_LONG_FIELD_CHARS if _LONG_FIELD.search(path.lower()) else MAX_FIELD_CHARS
+        if len(value) > cap:
+            raise refuse(
+                f"{where} has {len(value):,} characters; a connection field takes at most {cap:,}."
+            )
+    elif isinstance(value, dict) and not is_reference(value):
+        if len(value) > MAX_FIELD_KEYS:
+            raise refuse(f"{where} has {len(value):,} keys; at most {MAX_FIELD_KEYS:,}.")
+        for key, item in value.items():
+            if len(key) > MAX_KEY_CHARS:
+                raise refuse(f"{where} has a key of {len(key):,} characters; at most 200.")
+            inner = f"{path}.{key}" if path else key
+            if is_secret_key(key) and not (item is None or isinstance(item, str | dict)):
+                kind = _KINDS.get(type(item), type(item).__name__)
+                raise refuse(
+                    f"{inner} is a credential, given as text or as "
+                    f'{{"env": "{PREFIX}<NAME>"}}, never as a {kind}.'
+                )
+            check_connection_fields(item, inner, depth + 1)
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST_ITEMS:
+            raise refuse(f"{where} has {len(value):,} items; at most {MAX_LIST_ITEMS:,}.")
+        for i, item in enumerate(value):
+            check_connection_fields(item, f"{path}[{i}]", depth + 1)
+
+
+def _connection_fields(value: dict[str, Any]) -> dict[str, Any]:
+    check_connection_fields(value)
+    return value
+
+
+# A tool's connection fields (payload, job_inputs): checked, never echoed in the error.
+ConnectionFields = Annotated[dict[str, Any], AfterValidator(_connection_fields)]
+WebhookInputs = Annotated[dict[str, str], AfterValidator(_connection_fields)]
+
+
 # ---------------------------------------------------------------- inputs
 
 
@@ -232,7 +304,7 @@ class ExternalDataSourceCreateParams(Params):
     source_type: str = Field(
         min_length=1, max_length=100, description="Source type as PostHog spells it: 'Postgres'."
     )
-    payload: dict[str, Any] = Field(
+    payload: ConnectionFields = Field(
         description=(
             "Connection fields (wizard) plus schemas: [{name, should_sync, sync_type, "
             "incremental_field, incremental_field_type, primary_key_columns}]. Postgres: public "
@@ -266,7 +338,7 @@ class ExternalDataSourcePartialUpdateParams(IdParams):
     prefix: str | None = Field(
         None, max_length=100, description="New name; only direct-query sources can rename."
     )
-    job_inputs: dict[str, Any] | None = Field(
+    job_inputs: ConnectionFields | None = Field(
         None, description="Connection settings to merge in; omitted secrets are kept."
     )
     auto_sync_new_schemas: bool | None = Field(
@@ -386,7 +458,7 @@ class ExternalDataSourceBulkUpdateSchemasParams(IdParams):
 class ExternalDataSourceCreateWebhookParams(IdParams):
     """Arguments of external-data-sources-create-webhook-create."""
 
-    inputs: dict[str, str] | None = Field(
+    inputs: WebhookInputs | None = Field(
         None, description="Extra webhook fields the source asks for (pending_inputs)."
     )
 
@@ -465,7 +537,7 @@ class ExternalDataSourcesDbSchemaParams(Params):
     """Arguments of external-data-sources-db-schema."""
 
     source_type: str = SOURCE_TYPE
-    payload: dict[str, Any] = Field(
+    payload: ConnectionFields = Field(
         description=CONNECTION + "password, schema; Stripe: auth_method {selection: 'api_key', "
         "stripe_secret_key})."
     )
@@ -475,7 +547,7 @@ class DataWarehouseSourceSetupParams(Params):
     """Arguments of data-warehouse-source-setup."""
 
     source_type: str = SOURCE_TYPE
-    payload: dict[str, Any] | None = Field(
+    payload: ConnectionFields | None = Field(
         None, description=CONNECTION + "password, schema); no 'schemas' needed."
     )
     prefix: str | None = Field(
@@ -492,7 +564,7 @@ class DataWarehouseSourceSetupParams(Params):
 class ExternalDataSourceUpdateWebhookInputsParams(IdParams):
     """Arguments of external-data-sources-update-webhook-inputs-create."""
 
-    inputs: dict[str, str] = Field(
+    inputs: WebhookInputs = Field(
         description="Webhook fields of the source type to set, e.g. {signing_secret: ...}."
     )
 
@@ -501,7 +573,7 @@ class ExternalDataSourcePreviewResourceParams(Params):
     """Arguments of external-data-sources-preview-resource."""
 
     source_type: str = SOURCE_TYPE
-    payload: dict[str, Any] = Field(
+    payload: ConnectionFields = Field(
         description="manifest_json plus the credential its auth type needs (auth_token...)."
     )
     resource_name: str = Field(
@@ -516,7 +588,7 @@ class ExternalDataSourcesCheckCdcPrerequisitesParams(ExternalDataSourcesDbSchema
     PostHog's endpoint also reads ``cdc_slot_name``, but no check uses it.
     """
 
-    payload: dict[str, Any] = Field(description="Connection fields, as for db-schema.")
+    payload: ConnectionFields = Field(description="Connection fields, as for db-schema.")
     tables: list[str] | None = Field(
         None, max_length=500, description="Tables to check for a primary key and SELECT."
     )

@@ -24,6 +24,7 @@ from .base import (
     discover,
     inspect,
     quote_ident,
+    text_input,
 )
 from .config import unavailable_configs
 
@@ -46,6 +47,7 @@ __all__ = [
     "known_source_type",
     "quote_ident",
     "source_configs",
+    "text_input",
 ]
 
 _MODULES = {"Postgres": "postgres", "MySQL": "mysql"}

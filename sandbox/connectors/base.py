@@ -239,6 +239,22 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def text_input(job_inputs: dict[str, Any], name: str) -> str:
+    """A connection field that is text (`""` when absent): a number, list or object is refused,
+    never stringified into what is sent (`{'env': ...}` once went out as a password).
+
+    Raises:
+        SourceError: the value is not text.
+    """
+    value = job_inputs.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        kind = "a number" if isinstance(value, int | float) else f"a {type(value).__name__}"
+        raise SourceError(f"Invalid source config: '{name}' must be text, not {kind}")
+    return value
+
+
 def check_cancelled(cancelled: threading.Event) -> None:
     """Raise SyncCancelled if the sync was asked to stop."""
     if cancelled.is_set():

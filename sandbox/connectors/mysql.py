@@ -18,6 +18,7 @@ from .base import (
     Unreachable,
     build_tables,
     check_cancelled,
+    text_input,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +68,12 @@ _CONNECT_ERRORS = {
     2005: Unreachable.HOST,
 }
 _FALLBACK_ERROR = "Could not connect to MySQL. Please check all connection details are valid."
+CLEARTEXT_REFUSED = (
+    "The database asked for the password in clear text (the mysql_clear_password or dialog "
+    "authentication plugin) on a connection without TLS, and the sandbox never sends it so. "
+    "Enable TLS on the server, or give the user an authentication plugin that does not send "
+    "the password (caching_sha2_password, mysql_native_password)."
+)
 
 _INTEGERS = {"tinyint": "SMALLINT", "smallint": "SMALLINT", "mediumint": "INTEGER"}
 _BINARY = ("binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit")
@@ -119,7 +126,7 @@ def column(name: str, data_type: str, nullable: bool) -> Column:
 
 def schema_name(job_inputs: dict[str, Any]) -> str:
     """The database the source reads (PostHog's `schema` key, else `database`)."""
-    return str(job_inputs.get("schema") or job_inputs.get("database") or "")
+    return text_input(job_inputs, "schema") or text_input(job_inputs, "database")
 
 
 def connect(job_inputs: dict[str, Any]) -> Connection[Any]:
@@ -137,24 +144,61 @@ def connect(job_inputs: dict[str, Any]) -> Connection[Any]:
         k: v for k, v in conversions.items() if not isinstance(k, int)
     }
     using_ssl = str(job_inputs.get("using_ssl", True)).lower() not in ("false", "0", "")
+    host, user = text_input(job_inputs, "host"), text_input(job_inputs, "user")
+    password, database = text_input(job_inputs, "password"), text_input(job_inputs, "database")
     try:
         return pymysql.connect(
-            host=str(job_inputs.get("host") or ""),
+            host=host,
             port=port,
-            user=str(job_inputs.get("user") or ""),
-            password=str(job_inputs.get("password") or ""),
-            database=str(job_inputs.get("database") or "") or None,
+            user=user,
+            password=password,
+            database=database or None,
             connect_timeout=5,
             charset="utf8mb4",
             conv=encoders,
             autocommit=True,
             init_command="SET time_zone = '+00:00'",
-            # PyMySQL upgrades to TLS when the server offers it, as PostHog's `using_ssl` asks.
+            # A TLS context makes TLS required (PyMySQL); without one, PyMySQL still upgrades
+            # when the server offers it.
             ssl=_tls_context() if using_ssl else None,
+            # The plugins that send the password as it is: only inside TLS.
+            auth_plugin_map={"mysql_clear_password": _ClearPassword, "dialog": _Dialog},
         )
+    except CleartextRefused as exc:
+        raise ConnectionFailed(None, CLEARTEXT_REFUSED) from exc
     except pymysql.err.OperationalError as exc:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         raise ConnectionFailed(_CONNECT_ERRORS.get(code), _FALLBACK_ERROR) from exc
+
+
+class CleartextRefused(Exception):
+    """The server asked for the password in clear text on a connection without TLS."""
+
+
+class _ClearTextGuard:
+    """A PyMySQL authentication handler for a plugin that sends the password as it is: made
+    only on a secure connection (TLS, or a local socket), refused before anything is sent
+    otherwise. PyMySQL builds it when the server names or switches to the plugin."""
+
+    def __init__(self, conn: Any) -> None:
+        if not getattr(conn, "_secure", False):
+            raise CleartextRefused
+        self.conn = conn
+
+
+class _ClearPassword(_ClearTextGuard):
+    """`mysql_clear_password` inside TLS: the password, as PyMySQL's own handling sends it."""
+
+    def authenticate(self, pkt: Any) -> Any:
+        """Send the password and return the server's answer."""
+        self.conn.write_packet(self.conn.password + b"\0")
+        answer = self.conn._read_packet()
+        answer.check_error()
+        return answer
+
+
+class _Dialog(_ClearTextGuard):
+    """PAM's `dialog` inside TLS: no `authenticate`, so PyMySQL runs its own exchange."""
 
 
 def _tls_context() -> ssl.SSLContext:

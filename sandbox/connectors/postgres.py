@@ -18,6 +18,7 @@ from .base import (
     build_tables,
     check_cancelled,
     quote_ident,
+    text_input,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +72,17 @@ _CONNECT_ERRORS = {
     "timeout expired": Unreachable.TIMEOUT,
 }
 _FALLBACK_ERROR = "Could not connect to Postgres. Please check all connection details are valid."
+# Where TLS is not required, a password goes out only as a SCRAM proof: libpq (16 and later)
+# refuses a server that asks for it in clear or as md5 (`none`: a server that asks for no
+# password gets none).
+REQUIRE_AUTH = "scram-sha-256,none"
+_LIBPQ_REQUIRE_AUTH = 160000
+CLEARTEXT_REFUSED = (
+    "The database asked for the password in clear text (or as md5) on a connection without "
+    "required TLS; the sandbox sends a password there only as a SCRAM-SHA-256 proof. Give the "
+    "user a SCRAM password (password_encryption = scram-sha-256) and a scram-sha-256 line in "
+    "pg_hba.conf, or connect with TLS required (--sandbox-cloud-rules)."
+)
 
 _INCREMENTAL_TYPES = {
     "smallint": "integer",
@@ -117,7 +129,7 @@ def column(name: str, data_type: str, nullable: bool) -> Column:
 
 def _host(job_inputs: dict[str, Any]) -> str:
     """The host field, refused with PostHog's texts when it holds a URL or a port."""
-    host = str(job_inputs.get("host") or "")
+    host = text_input(job_inputs, "host")
     if "://" in host:
         raise SourceError(
             "Enter just the hostname in the host field (for example, db.example.com), not a "
@@ -137,29 +149,42 @@ def _conninfo(job_inputs: dict[str, Any]) -> dict[str, Any]:
         port = int(job_inputs.get("port") or 5432)
     except (TypeError, ValueError) as exc:
         raise SourceError("Port must be a number") from exc
-    return {
+    password = text_input(job_inputs, "password")
+    tls = bool(job_inputs.get(REQUIRE_TLS))
+    info: dict[str, Any] = {
         "host": _host(job_inputs),
         "port": port,
-        "dbname": str(job_inputs.get("database") or ""),
-        "user": str(job_inputs.get("user") or ""),
-        "password": str(job_inputs.get("password") or ""),
+        "dbname": text_input(job_inputs, "database"),
+        "user": text_input(job_inputs, "user"),
+        "password": password,
         "connect_timeout": 5,
         "application_name": "posthog-warehouse-sandbox",
         # PostHog Cloud's rule for new sources (sandbox --cloud-rules); else TLS when offered.
-        "sslmode": "require" if job_inputs.get(REQUIRE_TLS) else "prefer",
+        "sslmode": "require" if tls else "prefer",
     }
+    if password and not tls:
+        info["require_auth"] = REQUIRE_AUTH
+    return info
 
 
 def connect(job_inputs: dict[str, Any]) -> psycopg.Connection[Any]:
     """Open a connection; raise ConnectionFailed with PostHog's message on failure."""
     import psycopg
 
+    info = _conninfo(job_inputs)
+    if "require_auth" in info and psycopg.pq.version() < _LIBPQ_REQUIRE_AUTH:
+        # Without require_auth, libpq answers a cleartext request: send no password at all.
+        raise ConnectionFailed(
+            None, f"{CLEARTEXT_REFUSED} (This libpq, {psycopg.pq.version()}, cannot promise it.)"
+        )
     try:
-        conn = psycopg.connect(**_conninfo(job_inputs), autocommit=True)
+        conn = psycopg.connect(**info, autocommit=True)
     except psycopg.OperationalError as exc:
         text = str(exc)
         if job_inputs.get(REQUIRE_TLS) and "SSL" in text:
             raise ConnectionFailed(None, TLS_REQUIRED) from exc
+        if "authentication method requirement" in text:
+            raise ConnectionFailed(None, CLEARTEXT_REFUSED) from exc
         reason = next((r for needle, r in _CONNECT_ERRORS.items() if needle in text), None)
         raise ConnectionFailed(reason, _FALLBACK_ERROR) from exc
     # Text forms DuckDB parses back exactly: UTC offsets, ISO dates, round-trip floats.
@@ -177,7 +202,7 @@ def cancel(conn: psycopg.Connection[Any], job_inputs: dict[str, Any]) -> None:
 
 def schema_name(job_inputs: dict[str, Any]) -> str:
     """The upstream schema the source reads (PostHog's `schema` key; `public` if blank)."""
-    return str(job_inputs.get("schema") or "public")
+    return text_input(job_inputs, "schema") or "public"
 
 
 def discover_with(
