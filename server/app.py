@@ -8,10 +8,12 @@ on_call_tool(ctx, params)   look up the row, refuse what the settings refuse (pr
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
@@ -41,6 +43,14 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
 log = logging.getLogger("posthog_warehouse_mcp")
+
+# The server's icon in serverInfo (scripts/make_icon.py draws it); the bundle has icon.png.
+ICON = types.Icon(
+    src="data:image/svg+xml;base64,"
+    + base64.b64encode(Path(__file__).with_name("icon.svg").read_bytes()).decode(),
+    mime_type="image/svg+xml",
+    sizes=["any"],
+)
 
 
 def error_result(message: str, details: dict[str, Any] | None = None) -> types.CallToolResult:
@@ -257,6 +267,7 @@ def create_server(
         NAME,
         version=__version__,
         title="PostHog data warehouse",
+        icons=[ICON],
         instructions=INSTRUCTIONS + (SANDBOX_NOTE if settings.sandbox else ""),
         lifespan=lifespan,
         # The 2026-07-28 streamable-HTTP path checks Mcp-Param-* headers against a tool's
