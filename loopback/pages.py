@@ -5,6 +5,8 @@ What makes such a page safe to serve on 127.0.0.1 is here, once:
 
 - it answers only on its own address (the Host check: no DNS rebinding);
 - its link is for one use and expires (``OneTimeTokens``);
+- a client that keeps failing (guessing tokens) or a link whose form keeps being refused is
+  answered 429 for a while (``limits.Attempts``), and a guess then learns nothing;
 - a GET only shows the form: one with a query string is refused, so that no typed value
   travels in a URL (into a history, a log or a Referer);
 - the action is a POST, from the page itself (the Origin check: no cross-site posts);
@@ -38,9 +40,11 @@ HEADERS = {
 }
 
 
-def render(title: str, body: str, status: int) -> Response:
-    """A page with the headers above. `title` is escaped here; `body` is markup, in which the
-    caller has escaped every value."""
+def render(
+    title: str, body: str, status: int, *, headers: dict[str, str] | None = None
+) -> Response:
+    """A page with the headers above (and `headers`). `title` is escaped here; `body` is markup,
+    in which the caller has escaped every value."""
     document = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:32em;"
@@ -48,7 +52,7 @@ def render(title: str, body: str, status: int) -> Response:
         ".error{color:#b00}</style></head>"
         f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
-    return HTMLResponse(document, status_code=status, headers=HEADERS)
+    return HTMLResponse(document, status_code=status, headers={**HEADERS, **(headers or {})})
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,36 @@ class OneTimePage:
         A GET is answered by `show(value, token)`: the form. A POST from the page calls
         `act(value, token, fields)` with the form's non-empty text fields; `act` spends the
         token when the page has done its job (on a failure it may show the form again).
+
+        Every answer of 400 or more counts as a failed attempt of the client (its peer address:
+        on loopback, every local caller together) and, when the token is live, of the link;
+        past `tokens.attempts`' limits the answer is 429 with Retry-After, whatever the token.
         """
+        client = request.client.host if request.client else "unknown"
+        token = str(request.path_params.get("token", ""))
+        wait = tokens.attempts.retry_after(client, token)
+        if wait is not None:
+            return render(
+                "Too many attempts",
+                f"<p>Too many failed attempts. Try again in {wait} seconds.</p>",
+                429,
+                headers={"Retry-After": str(wait)},
+            )
+        live = tokens.get(token) is not None
+        answer = await self._answer(request, address=address, tokens=tokens, show=show, act=act)
+        if answer.status_code >= 400:
+            tokens.attempts.fail(client, token if live else None)
+        return answer
+
+    async def _answer(
+        self,
+        request: Request,
+        *,
+        address: str | None,
+        tokens: OneTimeTokens[T],
+        show: Callable[[T, str], Response],
+        act: Callable[[T, str, dict[str, str]], Awaitable[Response]],
+    ) -> Response:
         if address is None or request.headers.get("host") != host_of(address):
             return render(
                 "Not available", "<p>This page is only served on its own address.</p>", 400

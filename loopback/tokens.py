@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from .limits import Attempts
+
 T = TypeVar("T")
 
 
@@ -26,13 +28,16 @@ def tokens_match(given: str, expected: str) -> bool:
 
 
 class OneTimeTokens(Generic[T]):
-    """Tokens handed out for one use each, with what each is for, live for `ttl` seconds.
+    """Tokens handed out for one use each, with what each is for, live for `ttl` seconds, and
+    the failed attempts at using them (`attempts`: guesses, forms refused), which the page that
+    takes them limits.
 
     Thread-safe: tokens are issued, looked up and spent from the event loop and from threads.
     """
 
     def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
+        self.attempts = Attempts(clock)
         self._clock = clock
         self._live: dict[str, tuple[T, float]] = {}
         self._lock = threading.Lock()

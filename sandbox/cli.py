@@ -1,4 +1,5 @@
-"""`sandbox --host 127.0.0.1 --port 8010 --dir DIR [--api-key KEY] [--no-demo] [--cloud-rules]`."""
+"""`sandbox --host 127.0.0.1 --port 8010 --dir DIR [--api-key KEY] [--allowed-hosts H,...]
+[--no-demo] [--cloud-rules]`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ..loopback.hosts import is_loopback, listener_hosts, url_host
 from .access import STANDALONE_DIRECTORY
 from .app import create_app
 from .connect import CONNECT_PAGE
@@ -24,7 +26,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
     parser.add_argument("--port", type=int, default=8010, help="port to listen on")
     parser.add_argument("--dir", type=Path, default=STANDALONE_DIRECTORY, help="state folder")
-    parser.add_argument("--api-key", default=None, help="require this bearer key")
+    parser.add_argument(
+        "--api-key", default=None, help="require this bearer key (needed off loopback)"
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        default="",
+        help="comma list of further Host values to answer (name:port), for a name or address "
+        "other machines reach this one by; the bound address and localhost always are",
+    )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo database")
     parser.add_argument(
         "--cloud-rules",
@@ -38,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run the sandbox server until interrupted; return the exit code."""
     args = _parser().parse_args(argv)
+    if not is_loopback(args.host) and not args.api_key:
+        # Anyone who can reach the address could read, change and delete everything in it.
+        print(
+            "posthog-warehouse-mcp sandbox: Refusing to serve the sandbox on "
+            f"{args.host} without --api-key: anyone who can reach that address could use it. "
+            "Pass --api-key KEY (clients send it as a bearer token), or serve on 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    extra = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
@@ -48,7 +68,8 @@ def main(argv: list[str]) -> int:
         api_key=args.api_key,
         demo=not args.no_demo,
         cloud_rules=args.cloud_rules,
-        advertise=f"http://{_url_host(args.host)}:{args.port}",
+        advertise=f"http://{url_host(args.host)}:{args.port}",
+        allowed_hosts=[*listener_hosts(args.port, args.host), *extra],
     )
     # uvicorn sends access logs to stdout by default; everything goes to stderr here.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
@@ -78,15 +99,6 @@ class _HideConnectTokens(logging.Filter):
         if isinstance(args, tuple) and isinstance(path, str):
             record.args = (*args[:2], CONNECT_PAGE.without_token(path), *args[3:])
         return True
-
-
-def _url_host(host: str) -> str:
-    """The host to reach the server at: a wildcard address means this machine's loopback."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 if __name__ == "__main__":

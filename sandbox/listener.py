@@ -1,8 +1,11 @@
 """The in-process sandbox's loopback listener: its app on 127.0.0.1, on a free port, behind an
-access token and a Host check, for `posthog-warehouse-mcp sql`, curl and the connect page.
+access token and a Host and Origin check, for `posthog-warehouse-mcp sql`, curl and the connect
+page.
 
 The MCP server talks to its in-process sandbox without a network; this listener is for the
-person, and for a second program (the warehouse file is locked by this process).
+person, and for a second program (the warehouse file is locked by this process). When the
+server runs read-only, so does the listener: it answers reads (GET) and `query/` (what the
+`sql` command needs), and the connect page, and refuses every other write with 403.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +24,7 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..loopback.hosts import listener_hosts
+from ..loopback.hosts import Visitors, headers_of, listener_hosts
 from ..loopback.tokens import tokens_match
 from . import errors
 from .access import ACCESS_FILE, Access, remove
@@ -29,31 +33,66 @@ from .connect import CONNECT_PAGE
 logger = logging.getLogger(__name__)
 
 
-class TokenGuard:
-    """Answers only requests with the bearer token and a loopback Host (no DNS rebinding)."""
+# The one write a read-only listener takes: a query, which runs in a read-only transaction.
+QUERY_PATH = re.compile(r"/api/(?:environments|projects)/[^/]+/query/?")
+READS = ("GET", "HEAD")
+READ_ONLY = (
+    "This sandbox runs read-only (the MCP server's --read-only): its loopback API takes reads "
+    "(GET) and query/ only."
+)
 
-    def __init__(self, app: ASGIApp, token: str, port: int) -> None:
+
+class TokenGuard:
+    """Answers only requests with the bearer token, a loopback Host (no DNS rebinding) and no
+    foreign Origin; `read_only`: only reads and queries."""
+
+    def __init__(self, app: ASGIApp, token: str, port: int, *, read_only: bool = False) -> None:
         self.app = app
         self.token = token
-        self.hosts = listener_hosts(port)
+        self.visitors = Visitors(listener_hosts(port))
+        self.read_only = read_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if headers.get("host", "") not in self.hosts:
-            await _refuse(send, 400, errors.validation_error("Invalid Host header.").body)
+        headers = headers_of(scope)
+        problem = self.visitors.refusal(headers)
+        if problem is not None:
+            await refuse(send, *problem)
             return
-        if str(scope.get("path", "")).startswith(CONNECT_PAGE.prefix):
-            # A browser's page, guarded by its own one-time token and Origin check.
+        path = str(scope.get("path", ""))
+        if path.startswith(CONNECT_PAGE.prefix):
+            # A browser's page, guarded by its own one-time token, Origin check and limits.
             await self.app(scope, receive, send)
             return
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not tokens_match(token.strip(), self.token):
             await _refuse(send, 401, errors.invalid_key().body)
             return
+        if self.read_only and not (scope["method"] in READS or QUERY_PATH.fullmatch(path)):
+            await refuse(send, 403, READ_ONLY)
+            return
         await self.app(scope, receive, send)
+
+
+def refusal(status: int, detail: str) -> dict[str, object]:
+    """DRF's body for a request the sandbox will not take: 400 a validation error, 403 a
+    permission denied."""
+    if status == 403:
+        return {
+            "type": "authentication_error",
+            "code": "permission_denied",
+            "detail": detail,
+            "attr": None,
+        }
+    return errors.validation_error(detail).body
+
+
+async def refuse(send: Send, status: int, detail: str) -> None:
+    """Answer a request the sandbox will not take (a foreign Host or Origin, a write when
+    read-only) with `refusal`."""
+    await _refuse(send, status, refusal(status, detail))
 
 
 async def _refuse(send: Send, status: int, body: dict[str, object]) -> None:
@@ -78,16 +117,19 @@ class QuietServer(uvicorn.Server):
 
 
 @asynccontextmanager
-async def loopback(app: ASGIApp, directory: Path) -> AsyncIterator[Access]:
+async def loopback(
+    app: ASGIApp, directory: Path, *, read_only: bool = False
+) -> AsyncIterator[Access]:
     """Serve `app` on 127.0.0.1 (a free port) behind a new token, and write the access file,
-    for the duration of the block."""
+    for the duration of the block; `read_only`: answer only reads, queries and the connect
+    page."""
     token = secrets.token_urlsafe(24)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
     config = uvicorn.Config(
-        TokenGuard(app, token, port),
+        TokenGuard(app, token, port, read_only=read_only),
         log_level="warning",
         access_log=False,
         lifespan="off",

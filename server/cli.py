@@ -83,12 +83,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 async def _serve_stdio(settings: Settings) -> None:
-    from mcp.server.stdio import stdio_server
+    # The SDK's stdio, with malformed lines answered as JSON-RPC says rather than dropped.
+    from .stdio import stdio_streams
 
     # The adapter (and the sandbox) outlive the session: they close after it has ended.
     async with open_client(settings) as client:
         server = create_server(settings, client=client)
-        async with stdio_server() as (read, write):
+        async with stdio_streams() as (read, write):
             await server.run(read, write, server.create_initialization_options())
 
 

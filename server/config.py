@@ -131,6 +131,20 @@ class Settings(BaseSettings):
     mcp_stateless: bool = flagged(
         False, "--stateless", "stateless streamable HTTP (JSON answers, no sessions)"
     )
+    mcp_session_idle_timeout: float = flagged(
+        600.0,
+        "--session-idle-timeout",
+        "streamable HTTP: seconds a session may stay idle before it is closed",
+        gt=0,
+        le=86_400,
+    )
+    mcp_max_sessions: int = flagged(
+        200,
+        "--max-sessions",
+        "streamable HTTP: sessions open at once; past it a new one is refused (503)",
+        ge=1,
+        le=100_000,
+    )
     mcp_auth_token: SecretStr | None = Field(
         None, description="HTTP: the bearer token clients must send"
     )

@@ -30,12 +30,15 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         *,
         demo: bool,
         cloud_rules: bool = False,
+        read_only: bool = False,
         startup_timeout: float = 180.0,
         grace: float = 0.5,
     ):
         self.directory = directory  # None: the sandbox's IN_PROCESS_DIRECTORY
         self.demo = demo
         self.cloud_rules = cloud_rules
+        # The server's --read-only: its loopback listener then takes reads and queries only.
+        self.read_only = read_only
         self.startup_timeout = startup_timeout
         self.grace = grace
         self._wanted = anyio.Event()
@@ -76,7 +79,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             rules = CloudRules() if self.cloud_rules else None
             async with (
                 open_sandbox(directory, demo=self.demo, cloud_rules=rules) as app,
-                loopback(app, directory) as access,
+                loopback(app, directory, read_only=self.read_only) as access,
             ):
                 app.state.services.public_url = access.url  # the connect page's address
                 self._inner = httpx.ASGITransport(app=app)

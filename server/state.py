@@ -74,7 +74,10 @@ async def open_backend(settings: Settings) -> AsyncIterator[httpx.AsyncBaseTrans
     from .sandbox_backend import SandboxTransport
 
     backend = SandboxTransport(
-        settings.sandbox_dir, demo=settings.demo, cloud_rules=settings.sandbox_cloud_rules
+        settings.sandbox_dir,
+        demo=settings.demo,
+        cloud_rules=settings.sandbox_cloud_rules,
+        read_only=settings.read_only,
     )
     async with backend.running() as sandbox:
         yield sandbox
