@@ -6,8 +6,16 @@ them), whose every table is a warehouse table or a CTE of the query; table funct
 (`read_csv`, `query`, `file`...) are refused, whatever they are called. Table names resolve
 the ways PostHog users write them, and an unknown one is answered with the close names.
 
+Whether a name is a CTE is decided scope by scope (sqlglot's `optimizer.scope`), and the
+decision is then made binding: every CTE gets a name no table has (`__cte0_x`), and every
+reference sqlglot found to be that CTE is renamed with it, while every other reference becomes
+its warehouse table, schema-qualified (`main."postgres_orders"`). Where DuckDB's scoping differs
+from sqlglot's (the anchor of a recursive CTE does not see the CTE), DuckDB finds no such
+table and refuses: a disagreement is an error, never a read of an unlisted table.
+
 This is the first of three locks: DuckDB itself refuses file access outside its own folders
-(`warehouse.py`), and the query runs in a read-only transaction (`queries.py`).
+(`warehouse.py`, `query_worker.py`), and the query runs in a read-only transaction on copies
+of the published tables only (`query_worker.py`).
 """
 
 from __future__ import annotations
@@ -25,15 +33,25 @@ class QueryError(ValueError):
     """A query the sandbox will not run, with the reason for the person who wrote it."""
 
 
+# Python's recursion limit meets a query of brackets or operators nested some hundreds deep
+# (sqlglot parses and writes recursively); DuckDB refuses them too (`max_expression_depth`).
+NESTED_TOO_DEEPLY = (
+    "The query is nested too deeply for the sandbox to read (brackets, operators or subqueries "
+    "inside one another, some hundreds deep). Write it flatter, for example with a CTE."
+)
+
+
 @dataclass(frozen=True)
 class Compiled:
     """A HogQL query as DuckDB runs it: the SQL (asking one row more than `limit`), the row
     limit applied, and whether the query had a LIMIT of its own (PostHog pages only those
-    without one)."""
+    without one), and the warehouse tables it reads."""
 
     sql: str
     limit: int
     own_limit: bool
+    # The DuckDB tables the query reads (the values of `tables` it used).
+    tables: frozenset[str] = frozenset()
 
 
 # HogQL functions sqlglot leaves as they are, and what they are in DuckDB.
@@ -57,11 +75,19 @@ def compile_query(
     row more than the limit, so the caller can tell whether there were more.
 
     Raises:
-        QueryError: not one SELECT, a table function, an unknown table, or a syntax error.
+        QueryError: not one SELECT, a table function, an unknown table, a syntax error, or
+            nesting too deep to read.
     """
+    try:
+        return _compile(hogql, tables, default_limit, max_limit)
+    except RecursionError:
+        raise QueryError(NESTED_TOO_DEEPLY) from None
+
+
+def _compile(hogql: str, tables: Mapping[str, str], default_limit: int, max_limit: int) -> Compiled:
     import sqlglot
     from sqlglot import exp
-    from sqlglot.errors import ParseError, TokenError
+    from sqlglot.errors import ParseError, SqlglotError, TokenError
 
     try:
         statements = [s for s in sqlglot.parse(hogql, read="clickhouse") if s is not None]
@@ -84,9 +110,7 @@ def compile_query(
                 for e in tree.expressions
             ],
         )
-    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-    for table in list(tree.find_all(exp.Table)):
-        _resolve(table, tables, ctes)
+    used = _resolve_tables(tree, tables)
     for call in list(tree.find_all(exp.Anonymous)):
         cast = _CASTS.get(str(call.this).lower())
         if cast is not None and len(call.expressions) == 1:
@@ -94,29 +118,109 @@ def compile_query(
     own_limit = tree.args.get("limit") is not None
     limit = _limit(tree, default_limit, max_limit)
     wrapped = exp.select("*").from_(tree.subquery("_hogql")).limit(limit + 1)
-    return Compiled(wrapped.sql(dialect="duckdb"), limit, own_limit)
+    try:
+        sql = wrapped.sql(dialect="duckdb")
+    except (ValueError, SqlglotError) as exc:  # a construct sqlglot cannot write for DuckDB
+        raise QueryError(f"The sandbox cannot run this query: {_first_line(exc)}") from None
+    return Compiled(sql, limit, own_limit, frozenset(used))
 
 
-def _resolve(table: exp.Table, tables: Mapping[str, str], ctes: set[str]) -> None:
+def _resolve_tables(tree: exp.Query, tables: Mapping[str, str]) -> set[str]:
+    """Make every table of `tree` either one of its CTEs, renamed, or a warehouse table; return
+    the warehouse tables used.
+
+    Raises:
+        QueryError: a table function, an unknown table, or a table where no scope lists it.
+    """
+    from sqlglot import exp
+    from sqlglot.errors import SqlglotError
+    from sqlglot.optimizer.scope import Scope, traverse_scope
+
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            raise QueryError(
+                f"Table functions are not allowed ({table.this.sql(dialect='clickhouse')}): "
+                "query the warehouse's tables by name."
+            )
+    ctes = list(tree.find_all(exp.CTE))
+    if not ctes:  # no name can be a CTE: every table is the warehouse's (no scopes to build)
+        return {_to_warehouse(table, tables) for table in list(tree.find_all(exp.Table))}
+    # DuckDB matches names whatever their case, quoted or not: so must the scopes.
+    for cte in ctes:
+        alias = cte.args.get("alias")
+        if isinstance(alias, exp.TableAlias) and isinstance(alias.this, exp.Identifier):
+            alias.set("this", exp.to_identifier(alias.this.name.lower(), quoted=True))
+    for table in tree.find_all(exp.Table):
+        if not table.args.get("db"):
+            table.set("this", exp.to_identifier(table.name.lower(), quoted=True))
+    # A name no table has, nor any view or function of DuckDB's catalog (none starts with `__`;
+    # warehouse tables start with a letter).
+    renamed = {id(cte): f"__cte{i}_{cte.alias}" for i, cte in enumerate(ctes)}
+
+    used: set[str] = set()
+    checked: set[int] = set()
+    try:
+        scopes = traverse_scope(tree)
+    except SqlglotError as exc:
+        raise QueryError(f"The sandbox cannot read this query: {_first_line(exc)}") from None
+    for scope in scopes:
+        for table in scope.tables:
+            if id(table) in checked:
+                continue
+            checked.add(id(table))
+            source = None if table.args.get("db") else scope.cte_sources.get(table.name)
+            owner = _cte_of(source.expression) if isinstance(source, Scope) else None
+            if owner is not None and id(owner) in renamed:
+                alias = table.args.get("alias") or exp.TableAlias(
+                    this=exp.to_identifier(table.name, quoted=True)
+                )
+                table.set("this", exp.to_identifier(renamed[id(owner)], quoted=True))
+                table.set("alias", alias)
+            else:
+                used.add(_to_warehouse(table, tables))
+    for table in tree.find_all(exp.Table):
+        if id(table) not in checked:
+            raise QueryError(
+                f"The sandbox cannot check the table `{table.sql(dialect='clickhouse')}` where "
+                "this query names it; name tables in FROM and JOIN clauses."
+            )
+    for cte in ctes:
+        alias = cte.args["alias"]
+        alias.set("this", exp.to_identifier(renamed[id(cte)], quoted=True))
+    return used
+
+
+def _cte_of(node: exp.Expr | None) -> exp.CTE | None:
+    """The CTE whose body `node` is (or is the first branch of, for a recursive CTE)."""
     from sqlglot import exp
 
-    if not isinstance(table.this, exp.Identifier):
-        raise QueryError(
-            f"Table functions are not allowed ({table.this.sql(dialect='clickhouse')}): query "
-            "the warehouse's tables by name."
-        )
+    while node is not None and not isinstance(node, exp.CTE):
+        node = node.parent
+    return node
+
+
+def _to_warehouse(table: exp.Table, tables: Mapping[str, str]) -> str:
+    """Point `table` at its warehouse table, qualified so that no CTE can stand for it; return
+    that table.
+
+    Raises:
+        QueryError: not a table of the warehouse, answered with the close names.
+    """
+    from sqlglot import exp
+
     name = ".".join(part.name for part in table.parts).lower()
-    if name in ctes and not table.args.get("db"):
-        return
     target = tables.get(name)
     if target is None:
         close = difflib.get_close_matches(name, sorted(tables), n=3, cutoff=0.7)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise QueryError(f"Unknown table `{name}`.{hint}")
-    # A dotted name is referred to by its last part (`orders.id`), as in HogQL.
-    alias = table.alias or (table.name if table.args.get("db") else None)
-    replacement = exp.to_table(f'"{target}"', dialect="duckdb")
-    table.replace(replacement.as_(alias) if alias else replacement)
+    if not table.alias and table.args.get("db"):
+        # A dotted name is referred to by its last part (`orders.id`), as in HogQL.
+        table.set("alias", exp.TableAlias(this=exp.to_identifier(table.name)))
+    table.set("this", exp.to_identifier(target, quoted=True))
+    table.set("db", exp.to_identifier("main"))
+    table.set("catalog", None)
+    return target
 
 
 def _limit(tree: exp.Query, default_limit: int, max_limit: int) -> int:

@@ -1,49 +1,39 @@
 """PostHog's query API over the DuckDB warehouse: `HogQLQuery` and `DatabaseSchemaQuery`.
 
-A query runs on its own cursor, inside a read-only transaction, one at a time, with a time
-limit (DuckDB's `interrupt`) and the row limit `hogql.py` puts in it. DuckDB's transactions
-are snapshots: a query never sees a table half published, and never blocks a sync's write.
+A HogQL query is checked, translated and run in a worker process (`query_worker.py`) on the
+published copies of the tables it names, inside a read-only transaction, with PostHog's row
+limits; `query_pool.py` gives it a turn and stops it at its time or memory limit. A copy is
+written whole before a query can name it, so a query never sees a table half published, and
+never blocks a sync's write.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import threading
-from decimal import Decimal
+import json
+import logging
+from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-from .hogql import QueryError, compile_query
+import anyio
+
+from .hogql import NESTED_TOO_DEEPLY, QueryError, compile_query
+from .query_pool import QueryLimits, QueryPool, WorkerFailed
 from .store import Schema, Source, Store
 from .warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
 
 # PostHog's API limits (`LimitContext.QUERY`): rows without a LIMIT, and the most with one.
 DEFAULT_ROWS = 100
 MAX_ROWS = 50_000
-TIME_LIMIT_SECONDS = 10.0  # PostHog's max_execution_time for personal-API-key queries
+# The longest query text the sandbox reads: execute-sql's 20,000 characters and its wrapper,
+# with room to spare. Parsing takes about a second per 20,000 characters of `1+1+...`.
+MAX_QUERY_CHARS = 30_000
 
-# DuckDB's type names as ClickHouse's, as PostHog's `types` pairs show them.
-_CLICKHOUSE_TYPES = {
-    "BOOLEAN": "Bool",
-    "TINYINT": "Int8",
-    "SMALLINT": "Int16",
-    "INTEGER": "Int32",
-    "BIGINT": "Int64",
-    "HUGEINT": "Int128",
-    "UTINYINT": "UInt8",
-    "USMALLINT": "UInt16",
-    "UINTEGER": "UInt32",
-    "UBIGINT": "UInt64",
-    "FLOAT": "Float32",
-    "DOUBLE": "Float64",
-    "VARCHAR": "String",
-    "DATE": "Date",
-    "TIMESTAMP": "DateTime64(6, 'UTC')",
-    "TIMESTAMP WITH TIME ZONE": "DateTime64(6, 'UTC')",
-    "UUID": "UUID",
-    "BLOB": "String",
-}
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def hogql_name(source: Source, schema: Schema) -> str:
@@ -58,10 +48,21 @@ def hogql_name(source: Source, schema: Schema) -> str:
 class Queries:
     """Runs queries against the warehouse's published tables."""
 
-    def __init__(self, store: Store, warehouse: Warehouse) -> None:
+    def __init__(
+        self,
+        store: Store,
+        warehouse: Warehouse,
+        *,
+        limits: QueryLimits | None = None,
+        spill: Path | None = None,
+    ) -> None:
+        """Queries run in worker processes that spill under `spill` (default: `query.tmp/`
+        next to the warehouse)."""
         self.store = store
         self.warehouse = warehouse
-        self._one_at_a_time = threading.Lock()
+        self.pool = QueryPool(
+            warehouse.published_dir, spill or warehouse.path.with_name("query.tmp"), limits
+        )
 
     def synced_tables(self) -> list[tuple[Source, Schema]]:
         """Every schema with a published table, and its source."""
@@ -82,60 +83,81 @@ class Queries:
             names[hogql_name(source, schema)] = schema.table_name
         return names
 
-    def run_hogql(self, hogql: str, *, time_limit: float = TIME_LIMIT_SECONDS) -> dict[str, Any]:
-        """Run one HogQL SELECT; answer as PostHog's `HogQLQueryResponse`.
+    async def run_hogql(self, hogql: str) -> bytes:
+        """Run one HogQL SELECT; answer PostHog's `HogQLQueryResponse`, as JSON.
+
+        The query is compiled (in a thread: sqlglot takes a second for the longest) once it has
+        a turn, so that no more than the running queries' parses compete with the server, and
+        within its time limit.
 
         Raises:
-            QueryError: refused before running, or DuckDB's own error (a missing column...).
+            QueryError: refused before running, DuckDB's own error (a missing column...), or
+                stopped at the time or memory limit.
+            Busy: no turn for the query (the queue is full, or its time passed, or most of
+                it, waiting).
+            WorkerFailed: the query could not be run (logged).
         """
-        compiled = compile_query(
-            hogql, self.names(), default_limit=DEFAULT_ROWS, max_limit=MAX_ROWS
-        )
-        columns, types, rows = self._execute(compiled.sql, time_limit)
-        more = len(rows) > compiled.limit
-        rows = rows[: compiled.limit]
-        answer: dict[str, Any] = {
-            "query": hogql,
-            "hogql": hogql,
-            "clickhouse": compiled.sql,
-            "columns": columns,
-            "types": [[name, kind] for name, kind in zip(columns, types, strict=True)],
-            "results": [[_json_value(v) for v in row] for row in rows],
-            "timings": [],
-            "modifiers": {},
-        }
-        if not compiled.own_limit:
-            answer |= {"hasMore": more, "limit": compiled.limit, "offset": 0}
-        return answer
+        if len(hogql) > MAX_QUERY_CHARS:
+            raise QueryError(
+                f"The query is longer than {MAX_QUERY_CHARS} characters ({len(hogql)}). Shorten it."
+            )
+        async with self.pool.turn(anyio.current_time() + self.pool.limits.seconds) as turn:
+            for _ in range(2):  # a copy replaced between the request and its reading: ask again
+                with anyio.move_on_after(turn.deadline - anyio.current_time()):
+                    request = await anyio.to_thread.run_sync(
+                        self._request, hogql, abandon_on_cancel=True
+                    )
+                    kind, payload = await turn.run(request)
+                    if kind == b"A":
+                        return payload
+                    detail = str(json.loads(payload).get("detail", ""))
+                    if kind == b"E":
+                        raise QueryError(detail)
+                    if kind != b"S":
+                        logger.error("the query worker failed: %s", detail)
+                        raise WorkerFailed(detail)
+                    continue
+                raise turn.out_of_time()
+        raise QueryError("The tables changed while the query started; run it again.")
 
-    def _execute(self, sql: str, time_limit: float) -> tuple[list[str], list[str], list[Any]]:
-        import duckdb
+    def _request(self, hogql: str) -> dict[str, Any]:
+        """What a worker needs to run `hogql`: the query compiled against the tables published
+        now, and the copy of each table it reads (written now if the table was published since
+        its last copy). Blocking; run it in a worker thread.
 
-        with self._one_at_a_time:
-            cursor = self.warehouse.cursor()
-            timer = threading.Timer(time_limit, cursor.interrupt)
+        Raises:
+            QueryError: refused (not one SELECT, an unknown table...).
+        """
+        names = self.names()
+        try:
+            compiled = compile_query(hogql, names, default_limit=DEFAULT_ROWS, max_limit=MAX_ROWS)
+        except QueryError as exc:
+            if str(exc) == NESTED_TOO_DEEPLY:
+                logger.info("refused a query nested too deeply (%d characters)", len(hogql))
+            raise
+        files = {}
+        for table in sorted(compiled.tables):
             try:
-                cursor.execute("BEGIN TRANSACTION READ ONLY")
-                timer.start()
-                try:
-                    result = cursor.execute(sql)
-                    rows = result.fetchall()
-                except duckdb.InterruptException:
-                    raise QueryError(
-                        f"The query took longer than {time_limit:g} seconds and was stopped. "
-                        "Filter or aggregate more."
-                    ) from None
-                except duckdb.Error as exc:
-                    raise QueryError(_duckdb_message(exc)) from None
-                description = result.description or []
-                columns = [str(d[0]) for d in description]
-                types = [_clickhouse_type(str(d[1])) for d in description]
-                return columns, types, rows
-            finally:
-                timer.cancel()
-                with contextlib.suppress(duckdb.Error):
-                    cursor.execute("ROLLBACK")
-                cursor.close()
+                copy = self.warehouse.copy_for_query(table)
+            except Exception as exc:  # the disk, DuckDB: nothing the query's author can fix
+                logger.error("could not copy %s for queries: %s", table, _first_line(exc))
+                raise WorkerFailed(f"could not copy {table} for queries") from None
+            if copy is None:
+                raise QueryError(f"Unknown table `{table}`: it was deleted just now.")
+            files[table] = str(copy)
+        return {
+            "hogql": hogql,
+            "sql": compiled.sql,
+            "files": files,
+            # The worker lets go of the copies of tables no longer published.
+            "published": sorted(set(names.values())),
+            "limit": compiled.limit,
+            "own_limit": compiled.own_limit,
+        }
+
+    async def aclose(self) -> None:
+        """End the query workers."""
+        await self.pool.aclose()
 
     def database_schema(self) -> dict[str, Any]:
         """PostHog's `DatabaseSchemaQueryResponse` for the warehouse tables: keyed by the
@@ -179,39 +201,3 @@ class Queries:
                 },
             }
         return {"tables": tables, "joins": []}
-
-
-def _clickhouse_type(duck: str) -> str:
-    if duck.startswith("DECIMAL"):
-        return "Decimal" + duck[len("DECIMAL") :].replace(",", ", ")
-    return _CLICKHOUSE_TYPES.get(duck, duck)
-
-
-def _json_value(value: Any) -> Any:
-    """A value as PostHog's JSON renderer writes it: datetimes in ISO with `Z` for UTC (a time
-    without a zone is UTC, the sandbox's project time zone), decimals as numbers, UUIDs as
-    text."""
-    if isinstance(value, dt.datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return aware.isoformat().replace("+00:00", "Z")
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)  # as DRF's encoder writes a Decimal
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    return value
-
-
-def _duckdb_message(exc: Exception) -> str:
-    """DuckDB's error as a person reads it: its first line, and a missing column in HogQL's
-    words."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if 'Referenced column "' in text:
-        column = text.split('Referenced column "', 1)[1].split('"', 1)[0]
-        return f"Unable to resolve field: {column}"
-    return text

@@ -14,6 +14,7 @@ from .api import build_app
 from .cloud_rules import CloudRules
 from .demo import register_demo_source, start_demo_database
 from .engine import SyncEngine
+from .query_pool import QueryLimits
 from .services import Services
 from .store import Store, now
 from .warehouse import Warehouse
@@ -36,12 +37,14 @@ async def open_sandbox(
     demo: bool = True,
     scheduler_tick: float = SCHEDULER_TICK_SECONDS,
     cloud_rules: CloudRules | None = None,
+    query_limits: QueryLimits | None = None,
 ) -> AsyncIterator[Starlette]:
     """Start a sandbox in `directory` and yield its ASGI app; stop everything on exit.
 
     `api_key=None` accepts any bearer (or none). The app's `state.services` holds the store,
     warehouse and engine. `cloud_rules` makes new sources meet PostHog Cloud's host and TLS
-    rules (the demo database, on loopback without TLS, would not).
+    rules (the demo database, on loopback without TLS, would not). `query_limits` changes what
+    a query may take (time, turns, memory).
 
     Raises:
         DirectoryInUse: another process serves `directory`.
@@ -67,13 +70,17 @@ async def open_sandbox(
             await anyio.to_thread.run_sync(lambda: register_demo_source(store, creds))
         async with anyio.create_task_group() as tg:
             tg.start_soon(_schedule, engine, scheduler_tick)
+            services = Services(
+                store, warehouse, engine, cloud_rules=cloud_rules, query_limits=query_limits
+            )
             try:
-                services = Services(store, warehouse, engine, cloud_rules=cloud_rules)
                 if cloud_rules is not None and demo:
                     logger.info(DEMO_UNDER_CLOUD_RULES)
                 yield build_app(services, api_key=api_key)
             finally:
                 tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await services.queries.aclose()
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(engine.shutdown)

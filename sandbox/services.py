@@ -25,6 +25,7 @@ from .connectors import config as form
 from .engine import SyncEngine
 from .errors import ErrorAnswer
 from .queries import Queries
+from .query_pool import QueryLimits
 from .store import Schema, Source, Store, iso, new_id, now
 from .validation import create_settings, validate_prefix
 from .warehouse import Warehouse
@@ -75,6 +76,8 @@ class Services:
     cloud_rules: CloudRules | None = None
     # The address a browser reaches the sandbox at (its connect page), once it listens on one.
     public_url: str | None = None
+    # What queries may take (time, turns, memory); None: the defaults.
+    query_limits: QueryLimits | None = None
 
     @functools.cached_property
     def connect_links(self) -> OneTimeTokens[str]:
@@ -83,8 +86,8 @@ class Services:
 
     @functools.cached_property
     def queries(self) -> Queries:
-        """Queries over the warehouse (`query/`)."""
-        return Queries(self.store, self.warehouse)
+        """Queries over the warehouse (`query/`); no worker starts before the first query."""
+        return Queries(self.store, self.warehouse, limits=self.query_limits)
 
     def get_source(self, source_id: str) -> Source:
         """A live source.

@@ -1,9 +1,14 @@
-"""The DuckDB warehouse: staging loads and atomic publication of synced tables."""
+"""The DuckDB warehouse: staging loads and atomic publication of synced tables, and the copies of
+published tables that queries read (`query_worker.py`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +25,17 @@ if TYPE_CHECKING:
 
 STAGING_PREFIX = "_staging_"
 _STATE = "_sandbox_sync_state"
+# Where the copies queries read live: `<table>.<publication>.duckdb`, one a table.
+PUBLISHED_DIR = "published"
 
 
 class DirectoryInUse(RuntimeError):
-    """Another process has the sandbox directory's warehouse open."""
+    """Another process has the sandbox directory's warehouse open; `pid` is that process, when
+    DuckDB's lock error names it."""
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class Warehouse:
@@ -32,16 +44,28 @@ class Warehouse:
     Each schema's data has a generation, which every `drop_table` increments: a sync that read
     the table and its cursor in one generation can tell that they were deleted before it
     publishes. Generations live in memory; after a restart no sync is running.
+
+    Queries run in other processes, which cannot open this file while this one has it open
+    read-write; they read copies (`copy_for_query`). Each publication gets an id, saved with
+    the table in the same transaction; a table's copy is written when a query first reads the
+    table after a publication, from one snapshot of the id and the rows, and is named after the
+    id. So a copy is always one whole publication, and syncs never pay for copies nobody reads.
     """
 
     def __init__(
-        self, path: Path, *, staging_dir: Path | None = None, memory_limit: str = "256MB"
+        self,
+        path: Path,
+        *,
+        staging_dir: Path | None = None,
+        published_dir: Path | None = None,
+        memory_limit: str = "256MB",
     ) -> None:
-        """Open (or create) the warehouse file.
+        """Open (or create) the warehouse file; delete copies of publications no longer current.
 
         File access is then locked for good: DuckDB may read and write only its own files, the
-        spill folder and `staging_dir` (where syncs stage their CSV files), so no query can read
-        or write anything else, attach a database or load an extension.
+        spill folder, `staging_dir` (where syncs stage their CSV files) and `published_dir` (the
+        copies queries read; default `published/` next to the file), so no query can read or
+        write anything else, attach another database or load an extension.
 
         Raises:
             DirectoryInUse: another process has the file open.
@@ -49,20 +73,25 @@ class Warehouse:
         import duckdb
 
         self.path = path
+        self.published_dir = published_dir or path.with_name(PUBLISHED_DIR)
         try:
             self._con = duckdb.connect(str(path))
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise
+            found = re.search(r"\(PID (\d+)\)", str(exc))
+            pid = int(found[1]) if found else None
+            holder = f" (pid {pid})" if pid else ""
             raise DirectoryInUse(
-                f"{path} is in use by another process: a sandbox directory serves one process "
-                "at a time (stop the other sandbox or use another --dir)"
+                f"{path} is in use by another process{holder}: a sandbox directory serves one "
+                "process at a time (stop the other sandbox or use another --dir)",
+                pid=pid,
             ) from exc
         # Bounded memory: the sandbox's peak during a 1M-row sync must stay well under 500 MB.
         self._con.execute(f"SET memory_limit = '{memory_limit}'")
         self._con.execute("SET preserve_insertion_order = false")
         spill = path.with_name(path.name + ".tmp")
-        allowed = [spill, *([staging_dir] if staging_dir is not None else [])]
+        allowed = [spill, self.published_dir, *([staging_dir] if staging_dir else [])]
         for folder in allowed:
             folder.mkdir(parents=True, exist_ok=True)
         self._con.execute(f"SET temp_directory = '{spill}'")
@@ -80,6 +109,28 @@ class Warehouse:
             "(schema_id VARCHAR PRIMARY KEY, table_name VARCHAR, cursor_value VARCHAR, "
             "cursor_column VARCHAR)"
         )
+        # The id of the table's latest publication (tables published before ids existed get one).
+        self._con.execute(f"ALTER TABLE {_STATE} ADD COLUMN IF NOT EXISTS publication VARCHAR")
+        self._con.execute(
+            f"UPDATE {_STATE} SET publication = replace(uuid()::VARCHAR, '-', '') "
+            "WHERE publication IS NULL"
+        )
+        # One copier a table; the copies no longer current whose deletion failed (Windows: a
+        # query worker still has it open), tried again after the next copy or drop.
+        self._copiers: dict[str, threading.Lock] = {}
+        self._files_lock = threading.Lock()
+        self._stale: set[Path] = set()
+        # Each table's latest publication as last committed, and the copy last written: when
+        # they agree, a query needs neither DuckDB nor the file system to find its copy.
+        self._latest: dict[str, str] = {
+            str(name): str(publication)
+            for name, publication in self._con.execute(
+                f"SELECT table_name, publication FROM {_STATE} WHERE table_name IS NOT NULL"
+            ).fetchall()
+        }
+        self._copies: dict[str, tuple[str, Path]] = {}
+        current = {self._copy_path(name, p) for name, p in self._latest.items()}
+        self._retire(f for f in self.published_dir.iterdir() if f not in current)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection handle for one thread."""
@@ -90,6 +141,87 @@ class Warehouse:
         """Hold the write lock and yield a cursor: no publish or drop happens meanwhile."""
         with self._write_lock:
             yield self.cursor()
+
+    def copy_for_query(self, name: str) -> Path | None:
+        """The file holding the published table `name` as last published, for a query process
+        to open read-only; written now if the table was published since its last copy (about
+        0.3 s a million rows). None if no table `name` is published.
+
+        It takes no write lock: a sync may publish meanwhile, and the copy is then the
+        publication before it, whole. Blocking; call it from a worker thread.
+        """
+        with self._files_lock:
+            copier = self._copiers.setdefault(name, threading.Lock())
+            latest, copied = self._latest.get(name), self._copies.get(name)
+        if latest is not None and copied is not None and copied[0] == latest:
+            return copied[1]
+        with copier:
+            cur = self.cursor()
+            try:
+                publication = self._publication(cur, name)
+                if publication is None:
+                    return None
+                path: Path | None = self._copy_path(name, publication)
+                if path is not None and not path.is_file():
+                    path = self._write_copy(cur, name)
+            finally:
+                cur.close()
+            if path is None:
+                return None
+            with self._files_lock:
+                # Named `<table>.<publication>.duckdb`: the name says which publication it is.
+                self._copies[name] = (path.name[len(name) + 1 : -len(".duckdb")], path)
+        self._retire(f for f in self.published_dir.glob(f"{name}.*.duckdb") if f != path)
+        return path
+
+    def _publication(self, cur: duckdb.DuckDBPyConnection, name: str) -> str | None:
+        row = cur.execute(
+            f"SELECT publication FROM {_STATE} WHERE table_name = ? LIMIT 1", [name]
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _copy_path(self, name: str, publication: str) -> Path:
+        return self.published_dir / f"{name}.{publication}.duckdb"
+
+    def _write_copy(self, cur: duckdb.DuckDBPyConnection, name: str) -> Path | None:
+        """Copy the table as one transaction sees it, with the id of the publication it sees,
+        into a file named after that id; None if the table is gone."""
+        temporary = self.published_dir / f".{uuid.uuid4().hex}.tmp"
+        database = f"_copy_{uuid.uuid4().hex[:12]}"
+        path: Path | None = None
+        cur.execute(f"ATTACH {_sql_str(str(temporary))} AS {database}")
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                publication = self._publication(cur, name)
+                if publication is not None:
+                    path = self._copy_path(name, publication)
+                    cur.execute(
+                        f"CREATE TABLE {database}.main.{quote_ident(name)} AS "
+                        f"SELECT * FROM main.{quote_ident(name)}"
+                    )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        finally:
+            cur.execute(f"DETACH {database}")
+            if path is None:
+                temporary.unlink(missing_ok=True)
+        if path is not None:
+            os.replace(temporary, path)
+        return path
+
+    def _retire(self, paths: Iterable[Path] = ()) -> None:
+        """Delete copies no longer current (and those a sweep could not delete before). A query
+        process that has one open reads it until its next query (POSIX); where an open file
+        cannot be deleted (Windows), it stays until a later sweep."""
+        with self._files_lock:
+            self._stale.update(paths)
+            for path in list(self._stale):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+                    self._stale.discard(path)
 
     def generation(self, schema_id: str) -> int:
         """How many times the schema's data was dropped (hold `locked()` to rely on it)."""
@@ -232,15 +364,24 @@ class Warehouse:
                     source = f"SELECT * FROM {stg}"
                 cur.execute(f"INSERT INTO {fin} BY NAME {source}")
                 cur.execute(f"DROP TABLE {stg}")
+            publication = uuid.uuid4().hex
             cur.execute(
-                f"INSERT OR REPLACE INTO {_STATE} "
-                "(schema_id, table_name, cursor_value, cursor_column) VALUES (?, ?, ?, ?)",
-                [schema_id, final, new_cursor, cursor_column if new_cursor is not None else None],
+                f"INSERT OR REPLACE INTO {_STATE} (schema_id, table_name, cursor_value, "
+                "cursor_column, publication) VALUES (?, ?, ?, ?, ?)",
+                [
+                    schema_id,
+                    final,
+                    new_cursor,
+                    cursor_column if new_cursor is not None else None,
+                    publication,
+                ],
             )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+        with self._files_lock:
+            self._latest[final] = publication
         return action
 
     def _add_new_columns(self, cur: duckdb.DuckDBPyConnection, stg: str, fin: str) -> None:
@@ -269,6 +410,11 @@ class Warehouse:
         cur.execute(f"DELETE FROM {_STATE} WHERE schema_id = ?", [schema_id])
         cur.execute("COMMIT")
         self._generations[schema_id] = self.generation(schema_id) + 1
+        if name:
+            with self._files_lock:
+                self._latest.pop(name, None)
+                self._copies.pop(name, None)
+            self._retire(self.published_dir.glob(f"{name}.*.duckdb"))
 
     def columns(self, name: str) -> list[tuple[str, str]]:
         """Name and DuckDB type of each column of a published table."""
@@ -281,6 +427,7 @@ class Warehouse:
         with self._write_lock:
             self._con.execute("CHECKPOINT")
             self._con.close()
+        self._retire()
 
 
 def _sql_str(value: str) -> str:
