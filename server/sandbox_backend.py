@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from ..tools.errors import TransportError
+from ..tools.errors import BackendUnavailable, TransportError
 
 log = logging.getLogger("posthog_warehouse_mcp.sandbox")
 
@@ -46,6 +46,8 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         self._stop = anyio.Event()
         self._inner: httpx.AsyncBaseTransport | None = None
         self._failure = ""
+        # A failure no retry can mend (the directory held by another process, no extra).
+        self._lasting = False
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[SandboxTransport]:
@@ -65,11 +67,13 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             from ..sandbox.cloud_rules import CloudRules
             from ..sandbox.listener import loopback
             from ..sandbox.runtime import open_sandbox
+            from ..sandbox.warehouse import DirectoryInUse
         except ImportError:
             self._failure = (
                 "the sandbox is not installed; install it with "
                 "pip install 'posthog-warehouse-mcp[sandbox]'"
             )
+            self._lasting = True
             log.error("%s", self._failure)
             self._ready.set()
             return
@@ -86,6 +90,15 @@ class SandboxTransport(httpx.AsyncBaseTransport):
                 log.info("sandbox ready in %s", directory)
                 self._ready.set()
                 await self._stop.wait()
+        except DirectoryInUse as exc:
+            holder = f" (pid {exc.pid})" if exc.pid else ""
+            self._failure = (
+                f"the sandbox directory {directory} is in use by another process{holder}; a "
+                "directory serves one server at a time. Stop that process, or start this server "
+                "with another directory (--sandbox-dir, or POSTHOG_SANDBOX_DIR)"
+            )
+            self._lasting = True
+            log.error("%s", self._failure)
         except Exception as exc:
             log.exception("sandbox failed to start")
             self._failure = (
@@ -109,5 +122,6 @@ class SandboxTransport(httpx.AsyncBaseTransport):
                 f"the sandbox is still starting after {self.startup_timeout:g} s; try again"
             )
         if self._inner is None:
-            raise TransportError(f"{self._failure or 'the sandbox has stopped'}.")
+            failure = f"{self._failure or 'the sandbox has stopped'}; nothing was sent."
+            raise BackendUnavailable(failure) if self._lasting else TransportError(failure)
         return await self._inner.handle_async_request(request)

@@ -12,6 +12,7 @@ import anyio
 import httpx
 
 from .errors import (
+    BackendUnavailable,
     MalformedResponse,
     PostHogError,
     RateLimited,
@@ -94,7 +95,7 @@ class PostHogClient:
                 # Honour Retry-After (429, or a 503 during maintenance), but never wait longer
                 # than the whole retry budget: the error then says how long to wait.
                 return exc.retry_after if exc.retry_after <= self.retry.total_wait else False
-            return isinstance(exc, TransportError)
+            return isinstance(exc, TransportError) and not isinstance(exc, BackendUnavailable)
 
         try:
             # Most requests succeed at once, and a retry context costs about 0.08 ms a call:
@@ -156,7 +157,7 @@ class PostHogClient:
         except TransportError as exc:
             # A transport that explains itself (the in-process sandbox: still starting, not
             # installed...) raises the error a model should read; only say which request.
-            raise TransportError(f"{what}: {exc.message}") from None
+            raise type(exc)(f"{what}: {exc.message}") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransportError(
                 f"{what}: could not reach {self.http.base_url.host or 'PostHog'} "

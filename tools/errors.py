@@ -11,6 +11,7 @@
     │   ├── RateLimited               429: carries ``retry_after``
     │   └── ServerError               5xx
     ├── TransportError                no answer: connection refused/reset, timeout
+    │   └── BackendUnavailable        the local sandbox cannot serve at all (not retried)
     └── MalformedResponse             an answer that is not the JSON PostHog sends
 
 PostHog uses four error-body shapes (``{"detail"}``, ``{"message"}``,
@@ -198,7 +199,8 @@ class RateLimited(APIError):
         wait = f"{self.retry_after:g} seconds" if self.retry_after is not None else "a minute"
         return (
             f"PostHog rate limit exceeded (429): {self.message} Retry after {wait}; "
-            "PostHog allows 480 requests a minute per personal API key."
+            "PostHog allows 480 requests a minute per personal API key, and only a few queries "
+            "at once."
         )
 
 
@@ -229,6 +231,11 @@ class ServerError(APIError):
 
 class TransportError(PostHogError):
     """No answer: the host could not be reached or did not answer in time."""
+
+
+class BackendUnavailable(TransportError):
+    """The local sandbox cannot serve at all (not installed, its directory held by another
+    process): trying again cannot help, so the adapter does not retry it."""
 
 
 class MalformedResponse(PostHogError):

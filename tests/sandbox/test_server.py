@@ -8,11 +8,14 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from mcp import Client
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres
 from posthog_warehouse_mcp.sandbox.engine import INTERRUPTED
 from posthog_warehouse_mcp.sandbox.warehouse import DirectoryInUse
+from posthog_warehouse_mcp.server.app import create_server
+from posthog_warehouse_mcp.server.sandbox_backend import SandboxTransport
 from tests.sandbox.support import (
     API,
     Upstream,
@@ -24,7 +27,7 @@ from tests.sandbox.support import (
     wait_until_up,
     warehouse_rows,
 )
-from tests.support import free_port
+from tests.support import free_port, settings, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -119,9 +122,37 @@ async def test_a_directory_in_use_by_another_process_is_refused_clearly(tmp_path
     with sandbox_process(directory, port):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             await wait_until_up(c)
-        with pytest.raises(DirectoryInUse):
+        with pytest.raises(DirectoryInUse) as refused:
             async with open_sandbox(directory, demo=False):
                 pass
+    assert refused.value.pid is not None and f"(pid {refused.value.pid})" in str(refused.value)
+
+
+async def test_a_server_on_a_directory_in_use_says_who_holds_it_and_does_not_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    directory = tmp_path / "sandbox"
+    sent: list[str] = []
+    handle = SandboxTransport.handle_async_request
+
+    async def counted(self: SandboxTransport, request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return await handle(self, request)
+
+    monkeypatch.setattr(SandboxTransport, "handle_async_request", counted)
+    with sandbox_process(directory, port) as holder:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            await wait_until_up(c)
+        config = settings(sandbox=True, sandbox_dir=directory, demo=False)
+        async with Client(create_server(config), mode="legacy") as client:
+            assert len((await client.list_tools()).tools) > 0  # the handshake still answers
+            result = await client.call_tool("external-data-sources-list", {})
+    text = text_of(result)
+    assert result.is_error is True
+    assert str(directory) in text and f"pid {holder.pid}" in text
+    assert "--sandbox-dir" in text and "Stop that process" in text and "nothing was sent" in text
+    assert len(sent) == 1  # no retries: trying again cannot free the directory
 
 
 def test_a_postgres_left_running_by_a_killed_sandbox_is_adopted_and_stopped(
