@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything into .venv, then run what CI runs: lint, format, types, and the tests:
-# the fast default set, then the slow set (soaks, restarts, subprocesses, large tables).
+# the fast default set, then the slow set (soaks, restarts, subprocesses, large tables), each
+# spread over every core (pytest-xdist; see pyproject.toml's addopts).
 # Arguments go to both pytest runs (e.g. -x, -k name).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
 fi
-.venv/bin/python -m pip install -q -e '.[sandbox,dev]'
+# Installs again only when pyproject.toml (or Python) changed since this script's last install:
+# the install is editable, code changes need none, and pip takes ~10 s to find nothing to do.
+stamp=.venv/.installed-dev
+want=$(.venv/bin/python -c 'import hashlib,sys; print(hashlib.sha256(open("pyproject.toml","rb").read() + sys.version.encode()).hexdigest())')
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  rm -f "$stamp"
+  .venv/bin/python -m pip install -q -e '.[sandbox,dev]'
+  echo "$want" >"$stamp"
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

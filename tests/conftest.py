@@ -1,11 +1,55 @@
-"""Fixtures only; the helpers the tests share are in tests/support.py."""
+"""Fixtures, and where the run keeps its scratch files; the helpers the tests share are in
+tests/support.py."""
 
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+# The tests' sandboxes (SQLite, DuckDB) and embedded servers create, fsync and delete thousands
+# of small files, several times slower on a disk than in memory. Unless TMPDIR says where,
+# pytest's tmp_path and every tempfile (in this process, its xdist workers and the servers they
+# start) go to /dev/shm when it has room.
+MEMORY = Path("/dev/shm")
+MEMORY_NEEDED = 2 * 1024**3
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist's workers must collect the same test ids, and some ids print a set: one hash seed
+    # for them all, still a new one each run (see the report header) unless already set.
+    if not hasattr(config, "workerinput"):
+        os.environ.setdefault("PYTHONHASHSEED", str(random.randint(1, 2**32 - 1)))
+    if "TMPDIR" in os.environ or not os.access(MEMORY, os.W_OK | os.X_OK):
+        return
+    if shutil.disk_usage(MEMORY).free >= MEMORY_NEEDED:
+        os.environ["TMPDIR"] = str(MEMORY)
+        tempfile.tempdir = None  # gettempdir() looks again
+        config.stash[_chosen] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_chosen, False):
+        del os.environ["TMPDIR"]
+        tempfile.tempdir = None
+
+
+_chosen = pytest.StashKey[bool]()
+
+
+def pytest_report_header() -> str:
+    return f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', 'random')}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The soaks take a minute or more each, the rest seconds: started first (one per xdist
+    # worker), the other workers run the rest meanwhile instead of waiting for them at the end.
+    items.sort(key=lambda item: item.path.name != "test_soak.py")
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ exception instance once grew the sandbox by 230 MB over 40,000 wrong-key request
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from http.client import HTTPConnection
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
@@ -62,32 +63,37 @@ async def process(argv: list[str], env: dict[str, str], url: str) -> AsyncIterat
         await terminate(proc, within=30)
 
 
-async def hammer(count: int, send: Callable[[httpx.AsyncClient], Any]) -> None:
-    """Make ``count`` requests with ``send``, ``WORKERS`` at a time, each checked by ``send``."""
-    left = count
+Send = Callable[[HTTPConnection], None]
+"""One request on a keep-alive connection, its answer read and checked."""
 
-    async def worker(http: httpx.AsyncClient) -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await send(http)
 
-    async with httpx.AsyncClient(timeout=30) as http, anyio.create_task_group() as tg:
-        for _ in range(WORKERS):
-            tg.start_soon(worker, http)
+async def hammer(port: int, count: int, send: Send) -> None:
+    """Make ``count`` requests with ``send``, ``WORKERS`` at a time (each on its own keep-alive
+    connection), each checked by ``send``. Blocking clients in threads, not httpx: they spend a
+    sixth of its CPU time a request, which would otherwise be most of the soak's."""
+
+    def worker(share: int) -> None:
+        http = HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for _ in range(share):
+                send(http)
+        finally:
+            http.close()
+
+    async with anyio.create_task_group() as tg:
+        for n in range(WORKERS):
+            tg.start_soon(anyio.to_thread.run_sync, worker, (count + n) // WORKERS)
 
 
 async def soak(
-    pid: int,
-    unauthenticated: Callable[[httpx.AsyncClient], Any],
-    authenticated: Callable[[httpx.AsyncClient], Any],
+    pid: int, port: int, unauthenticated: Send, authenticated: Send
 ) -> tuple[float, float]:
     """Warm up, then send both kinds; return resident memory before and after, in MB."""
-    await hammer(WARM_UP, unauthenticated)
-    await hammer(WARM_UP, authenticated)
+    await hammer(port, WARM_UP, unauthenticated)
+    await hammer(port, WARM_UP, authenticated)
     before = rss_mb(pid)
-    await hammer(EACH, unauthenticated)
-    await hammer(EACH, authenticated)
+    await hammer(port, EACH, unauthenticated)
+    await hammer(port, EACH, authenticated)
     after = rss_mb(pid)
     print(f"resident memory {before:.1f} MB -> {after:.1f} MB")  # shown with pytest -s
     return before, after
@@ -102,20 +108,24 @@ def clean_env(**extra: str) -> dict[str, str]:
 async def test_standalone_sandbox_memory_stays_flat(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    sources = f"{base}/api/environments/1/external_data_sources/"
+    sources = "/api/environments/1/external_data_sources/"
     argv = [sys.executable, "-m", "posthog_warehouse_mcp.sandbox", "--port", str(port)]
     argv += ["--dir", str(tmp_path / "sandbox"), "--no-demo", "--api-key", KEY]
 
-    async def wrong_key(http: httpx.AsyncClient) -> None:
-        answer = await http.get(sources, headers={"Authorization": "Bearer phx_wrong"})
-        assert answer.status_code == 401
+    def wrong_key(http: HTTPConnection) -> None:
+        http.request("GET", sources, headers={"Authorization": "Bearer phx_wrong"})
+        answer = http.getresponse()
+        answer.read()
+        assert answer.status == 401
 
-    async def right_key(http: httpx.AsyncClient) -> None:
-        answer = await http.get(sources, headers={"Authorization": f"Bearer {KEY}"})
-        assert answer.status_code == 200
+    def right_key(http: HTTPConnection) -> None:
+        http.request("GET", sources, headers={"Authorization": f"Bearer {KEY}"})
+        answer = http.getresponse()
+        answer.read()
+        assert answer.status == 200
 
     async with process(argv, clean_env(), base) as pid:
-        before, after = await soak(pid, wrong_key, right_key)
+        before, after = await soak(pid, port, wrong_key, right_key)
     assert after - before < GROWTH_LIMIT_MB, f"grew from {before:.1f} MB to {after:.1f} MB"
 
 
@@ -139,17 +149,22 @@ async def test_hosted_streamable_http_memory_stays_flat(tmp_path: Path) -> None:
     argv += ["--port", str(port), "--sandbox", "--no-demo", "--sandbox-dir", str(tmp_path)]
     env = clean_env(POSTHOG_MCP_AUTH_TOKEN=TOKEN, POSTHOG_LOG_LEVEL="WARNING")
 
-    async def no_token(http: httpx.AsyncClient) -> None:
-        answer = await http.post(url, json=CALL, headers=HEADERS)
-        assert answer.status_code == 401
+    call = json.dumps(CALL).encode()
 
-    async def with_token(http: httpx.AsyncClient) -> None:
-        answer = await http.post(
-            url, json=CALL, headers={**HEADERS, "Authorization": f"Bearer {TOKEN}"}
-        )
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["result"]["isError"] is False
+    def no_token(http: HTTPConnection) -> None:
+        http.request("POST", "/mcp", body=call, headers=HEADERS)
+        answer = http.getresponse()
+        answer.read()
+        assert answer.status == 401
+
+    def with_token(http: HTTPConnection) -> None:
+        headers = {**HEADERS, "Authorization": f"Bearer {TOKEN}"}
+        http.request("POST", "/mcp", body=call, headers=headers)
+        answer = http.getresponse()
+        body = answer.read()
+        assert answer.status == 200, body
+        assert json.loads(body)["result"]["isError"] is False
 
     async with process(argv, env, url) as pid:
-        before, after = await soak(pid, no_token, with_token)
+        before, after = await soak(pid, port, no_token, with_token)
     assert after - before < GROWTH_LIMIT_MB, f"grew from {before:.1f} MB to {after:.1f} MB"
