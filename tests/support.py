@@ -5,6 +5,7 @@ no test imports a conftest or another test module."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -364,7 +365,8 @@ async def terminate(process: Process, *, within: float) -> bool:
 
     Returns whether it stopped by itself.
     """
-    process.terminate()
+    with contextlib.suppress(ProcessLookupError):  # it may have ended by itself already
+        process.terminate()
     with anyio.move_on_after(within):
         await process.wait()
     if process.returncode is not None:
