@@ -163,8 +163,14 @@ async def flood(url: str, count: int) -> tuple[dict[int, int], str]:
             if answer.status_code == 200:
                 newest[0] = answer.headers["mcp-session-id"]
 
+    # A new connection for each request: a kept-alive one can be closed by the server just as
+    # a request goes out on it (a ReadError on a loaded machine), which says nothing of sessions.
+    one_shot = httpx.Limits(max_connections=20, max_keepalive_connections=0)
     with anyio.fail_after(600):
-        async with fresh_client() as http, anyio.create_task_group() as tg:
+        async with (
+            httpx.AsyncClient(timeout=30, limits=one_shot) as http,
+            anyio.create_task_group() as tg,
+        ):
             for _ in range(20):
                 tg.start_soon(abandon, http, count // 20)
     return statuses, newest[0]
