@@ -154,6 +154,46 @@ async def test_a_reference_toward_an_unbound_host_is_refused(fields: dict[str, A
     assert recorder.seen == []
 
 
+@pytest.mark.parametrize(
+    ("fields", "allowed"),
+    [
+        ({"host": "127.0.0.1", "port": 6543}, True),
+        ({"host": "127.0.0.1", "port": "6543"}, True),
+        ({"host": "127.0.0.1:6543", "port": 1}, True),  # the host's own port wins
+        ({"host": "[::1]", "port": 6543}, True),
+        ({"host": "127.0.0.1", "port": 6544}, False),
+        ({"host": "127.0.0.1", "port": None}, False),  # no port named: not the bound one
+        ({"host": "127.0.0.1", "port": "x"}, False),
+        ({"host": "localhost", "port": 6543}, False),  # a name is not its address
+        (
+            {"host": "127.0.0.1", "port": 6543, "ssh_tunnel": {"host": "127.0.0.1", "port": 22}},
+            False,
+        ),
+        ({"host": "127.0.0.1", "connection_string": "host=127.0.0.1 port=6543"}, False),
+        (
+            {"host": "127.0.0.1", "port": 6543, "connection_string": "host=127.0.0.1 port=6543"},
+            True,
+        ),
+        (
+            {"host": "127.0.0.1", "port": 6543, "connection_string": "postgres://127.0.0.1:1/x"},
+            False,
+        ),
+    ],
+)
+async def test_a_binding_with_a_port_allows_that_port_only(
+    monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], allowed: bool
+) -> None:
+    monkeypatch.setenv(NAME, VALUE)
+    monkeypatch.setenv(f"{NAME}_HOSTS", "127.0.0.1:6543,[::1]:6543")
+    text, failed, recorder = await call(CREATE, create(password=REF, **fields))
+    assert failed is not allowed, text
+    if allowed:
+        assert recorder.seen[0].body["payload"]["password"] == VALUE
+    else:
+        assert f"{NAME} is bound to 127.0.0.1:6543, [::1]:6543" in text
+        assert recorder.seen == []
+
+
 async def test_a_referenced_connection_string_is_checked_against_its_own_host(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

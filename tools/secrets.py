@@ -12,8 +12,9 @@ each refused before anything is sent, with a message naming it:
   `user`, `database`, `schema`, a host or a table name, which go out before any authentication.
 - The secret goes only toward the hosts the person bound it to when they set it:
   `POSTHOG_SECRET_<NAME>_HOSTS`, a comma list of host names, IP addresses and `*.domain`
-  wildcards (every host the request names must be one of them: `host`, an SSH tunnel's host,
-  the host of any URL or connection string, the referenced value's own included), or, for a
+  wildcards, each with a port or without (`db.example.com:5432` only there; every host the
+  request names must be one of them: `host`, an SSH tunnel's host, the host of any URL or
+  connection string, the referenced value's own included), or, for a
   service whose fields name no host, its source type as `source:Stripe` (never mistaken for a
   host name). A reference without a binding is refused everywhere, loopback included: any
   local process can listen there, one a model with a shell started among them.
@@ -47,6 +48,10 @@ SOURCE_ENTRY = "source:"
 # keyword form (`host=a,b`).
 _URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://([^/?#\s\"'<>]*)")
 _HOST_KEYWORD = re.compile(r"(?i)(?:^|\s)(?:host|hostaddr)\s*=\s*'?([^\s']+)")
+_PORT_KEYWORD = re.compile(r"(?i)(?:^|\s)port\s*=\s*'?([0-9,]+)")
+
+# Where a request goes: a host, and its port when the request names one.
+Address = tuple[str, int | None]
 
 
 class SecretRefused(ValueError):
@@ -77,12 +82,12 @@ class Destination:
     """Where a request's credentials go: the source type and the hosts its fields name."""
 
     source_type: str | None
-    named: frozenset[str]  # in the fields the caller wrote
-    inside: frozenset[str] = field(default_factory=frozenset)  # inside resolved secrets
+    named: frozenset[Address]  # in the fields the caller wrote
+    inside: frozenset[Address] = field(default_factory=frozenset)  # inside resolved secrets
 
     @property
-    def hosts(self) -> frozenset[str]:
-        """Every host the request names."""
+    def hosts(self) -> frozenset[Address]:
+        """Every host (with its port, when given) the request names."""
         return self.named | self.inside
 
 
@@ -244,14 +249,15 @@ def destination_of(
     return Destination(source_type if isinstance(source_type, str) else None, named, inside)
 
 
-def _hosts(value: Any, path: Path) -> Iterator[str]:
+def _hosts(value: Any, path: Path) -> Iterator[Address]:
     if isinstance(value, dict):
+        port = _port(value.get("port")) if "port" in value else None
         for k, v in value.items():
             key = str(k).lower()
             if len(path) < 2 and key in _NOT_CONNECTION:
                 continue
             if (key in _HOST_KEYS or key.endswith("_host")) and isinstance(v, str):
-                yield from _hosts_of_field(v)
+                yield from _hosts_of_field(v, port)
             else:
                 yield from _hosts(v, (*path, key))
     elif isinstance(value, list):
@@ -261,36 +267,51 @@ def _hosts(value: Any, path: Path) -> Iterator[str]:
         yield from _hosts_in_text(value)
 
 
-def _hosts_of_field(value: str) -> Iterator[str]:
+def _hosts_of_field(value: str, port: int | None) -> Iterator[Address]:
+    """The hosts of a host field (a comma list, a URL), with `port`, the port field beside it,
+    for those that name none of their own."""
     if "://" in value:
         yield from _hosts_in_text(value)
         return
     for part in value.split(","):
-        host = _normal(_strip_port(part.strip()))
-        if host:
-            yield host
+        host, own = _split_port(part.strip())
+        if host := _normal(host):
+            yield host, own if own is not None else port
 
 
-def _hosts_in_text(text: str) -> Iterator[str]:
+def _hosts_in_text(text: str) -> Iterator[Address]:
     for authority in _URL.findall(text):
-        hosts = authority.rsplit("@", 1)[-1]
-        for part in hosts.split(","):
-            host = _normal(_strip_port(part))
-            if host:
-                yield host
+        for part in authority.rsplit("@", 1)[-1].split(","):
+            host, port = _split_port(part)
+            if host := _normal(host):
+                yield host, port
+    ports = [_port(p) for m in _PORT_KEYWORD.findall(text) for p in m.split(",")]
     for hosts in _HOST_KEYWORD.findall(text):
-        for part in hosts.split(","):
-            host = _normal(part)
-            if host:
-                yield host
+        names = [h for h in (_normal(part) for part in hosts.split(",")) if h]
+        # libpq: one port for every host, or one port for each.
+        paired = ports if len(ports) == len(names) else [ports[0] if len(ports) == 1 else None]
+        for i, host in enumerate(names):
+            yield host, paired[i] if len(paired) > 1 else paired[0]
 
 
-def _strip_port(host: str) -> str:
+def _port(value: Any) -> int | None:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def _split_port(host: str) -> tuple[str, int | None]:
+    """`host:port`, `[v6]:port`, a bare IPv6 address or a bare host, as (host, port)."""
+    host = host.strip()
     if host.startswith("["):
-        return host[1:].split("]", 1)[0]
+        inside, _, rest = host[1:].partition("]")
+        return inside, _port(rest[1:]) if rest.startswith(":") else None
     if host.count(":") == 1:
-        return host.split(":", 1)[0]
-    return host
+        name, _, port = host.partition(":")
+        return name, _port(port)
+    return host, None
 
 
 def _normal(host: str) -> str:
@@ -301,16 +322,29 @@ def _normal(host: str) -> str:
         return host
 
 
+def _shown(address: Address) -> str:
+    host, port = address
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def binding_of(name: str, environ: Mapping[str, str]) -> tuple[str, ...]:
     """The hosts (or source types) ``name`` may go to, as the person wrote them."""
     raw = environ.get(name + BINDING_SUFFIX) or ""
     return tuple(e.strip() for e in re.split(r"[,\s]+", raw) if e.strip())
 
 
-def _matches(host: str, entry: str) -> bool:
+def _matches(address: Address, entry: str) -> bool:
+    """Whether `entry` of a binding allows `address`: the same host (or a subdomain of a
+    `*.` wildcard), and, when the entry names a port, that very port."""
     if entry.lower().startswith(SOURCE_ENTRY):
         return False  # a source type, never a host
-    pattern = _normal(entry)
+    host, port = address
+    pattern, wanted = _split_port(entry)
+    pattern = _normal(pattern)
+    if wanted is not None and port != wanted:
+        return False
     if pattern.startswith("*."):
         return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
     return host == pattern
@@ -341,7 +375,9 @@ def _check_binding(
             f"source type ({given}) in {variable}; nothing was sent. If the secret belongs to "
             f"that service, ask the user to add {SOURCE_ENTRY}<type> to it."
         )
-    unbound = sorted(h for h in destination.named if not any(_matches(h, e) for e in binding))
+    unbound = sorted(
+        _shown(a) for a in destination.named if not any(_matches(a, e) for e in binding)
+    )
     hidden = any(not any(_matches(h, e) for e in binding) for h in destination.inside)
     if not unbound and not hidden:
         return
