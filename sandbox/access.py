@@ -23,6 +23,9 @@ IN_PROCESS_DIRECTORY = Path.home() / ".posthog-warehouse-mcp" / "sandbox"
 STANDALONE_DIRECTORY = Path("sandbox-data")
 # The sandbox has one project, PostHog's environment id "1" (or its "@current" alias).
 ENVIRONMENT_ID = "1"
+# The secret reference (`{"env": DEMO_SECRET}`) that stands for the demo database's password:
+# the MCP server running the sandbox in-process defines it, bound to the demo's address.
+DEMO_SECRET = "POSTHOG_SECRET_SANDBOX_DEMO"
 
 
 @dataclass(frozen=True)

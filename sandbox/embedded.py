@@ -84,7 +84,11 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `port`: no socket listens there. Connections the last
+    server closed linger in TIME_WAIT for a minute; PostgreSQL binds with SO_REUSEADDR, so they
+    do not stop it, and must not make its port look taken either."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -110,6 +114,9 @@ class EmbeddedPostgres:
         self._port_file = self.pgdata.parent / f"{self.pgdata.name}.port"
         self._started_here = False
         self.credentials: PostgresCredentials | None = None
+        # The port this folder's server had, when it was taken at the last start and the
+        # server moved to another one.
+        self.moved_from: int | None = None
 
     @property
     def _user(self) -> str | None:
@@ -168,6 +175,18 @@ class EmbeddedPostgres:
         finally:
             pwfile.unlink(missing_ok=True)
 
+    @property
+    def secret_file(self) -> Path:
+        """The owner-only file that holds the server's password."""
+        return self._secret_file
+
+    def recorded_port(self) -> int | None:
+        """The port this folder's server last listened on (None: it never started)."""
+        try:
+            return int(self._port_file.read_text())
+        except (OSError, ValueError):
+            return None
+
     def _running_port(self) -> int | None:
         """The port of a server already running on this data folder (left by a killed sandbox)."""
         pidfile = self.pgdata / "postmaster.pid"
@@ -204,9 +223,15 @@ class EmbeddedPostgres:
             # A server left running by a sandbox that was killed: adopt it, and stop it on exit.
             self._started_here = True
         else:
-            port = int(self._port_file.read_text()) if self._port_file.exists() else 0
+            recorded = self.recorded_port()
+            port = recorded or 0
             if not port or not _port_is_free(port):
                 port = _free_port()
+                if recorded:
+                    logger.warning(
+                        "port %d of %s is taken; it moves to %d", recorded, self.pgdata, port
+                    )
+                    self.moved_from = recorded
             self._port_file.write_text(str(port))
             self._pg_ctl_start(port)
             self._started_here = True

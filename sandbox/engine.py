@@ -25,6 +25,7 @@ from .connectors import (
     check_cancelled,
     connector,
 )
+from .demo import DemoDatabase
 from .row_filters import RowFilterError, check_row_filters
 from .serializers import secret_values
 from .store import Job, LogEntry, Schema, Store, iso, new_id, now
@@ -101,11 +102,19 @@ class SyncEngine:
     """Starts syncs in threads so the event loop never waits on a database."""
 
     def __init__(
-        self, store: Store, warehouse: Warehouse, staging_dir: Path, *, max_concurrent: int = 2
+        self,
+        store: Store,
+        warehouse: Warehouse,
+        staging_dir: Path,
+        *,
+        max_concurrent: int = 2,
+        demo: DemoDatabase | None = None,
     ) -> None:
         self.store = store
         self.warehouse = warehouse
         self.staging_dir = staging_dir
+        # The demo database: a connection failure toward its address says why.
+        self.demo = demo or DemoDatabase()
         # A test seam: called in the sync thread at each Checkpoint, so a test can hold a sync
         # there and force an interleaving. None in production.
         self.hook: Callable[[Checkpoint], None] | None = None
@@ -301,7 +310,7 @@ class SyncEngine:
         inputs = source.job_inputs
         namespace = upstream.schema_name(inputs)
         # One connection for discovery and export: authenticating costs as much as a small sync.
-        with upstream.connect(inputs) as conn:
+        with self.demo.explained(inputs), upstream.connect(inputs) as conn:
             run.stop_upstream = lambda: upstream.cancel(conn, inputs)
             try:
                 # A cancel that came before there was a query to stop.

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from .api import build_app
 from .cloud_rules import CloudRules
-from .demo import register_demo_source, start_demo_database
+from .demo import DemoDatabase, register_demo_source, start_demo_database
 from .engine import SyncEngine
 from .query_pool import QueryLimits
 from .services import Services
@@ -59,19 +59,29 @@ async def open_sandbox(
     except BaseException:
         store.close()
         raise
-    engine = SyncEngine(store, warehouse, directory / "staging")
     demo_server = None
+    engine: SyncEngine | None = None
     try:
-        await anyio.to_thread.run_sync(engine.recover)
         if demo:
-            demo_server, creds = await anyio.to_thread.run_sync(
+            demo_server, database = await anyio.to_thread.run_sync(
                 lambda: start_demo_database(directory)
             )
-            await anyio.to_thread.run_sync(lambda: register_demo_source(store, creds))
+            await anyio.to_thread.run_sync(
+                lambda: register_demo_source(store, database, demo_server.moved_from)
+            )
+        else:
+            database = DemoDatabase.recorded(directory)
+        engine = SyncEngine(store, warehouse, directory / "staging", demo=database)
+        await anyio.to_thread.run_sync(engine.recover)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_schedule, engine, scheduler_tick)
             services = Services(
-                store, warehouse, engine, cloud_rules=cloud_rules, query_limits=query_limits
+                store,
+                warehouse,
+                engine,
+                cloud_rules=cloud_rules,
+                query_limits=query_limits,
+                demo=database,
             )
             try:
                 if cloud_rules is not None and demo:
@@ -83,7 +93,8 @@ async def open_sandbox(
                     await services.queries.aclose()
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(engine.shutdown)
+            if engine is not None:
+                await anyio.to_thread.run_sync(engine.shutdown)
             await anyio.to_thread.run_sync(warehouse.close)
             store.close()
             if demo_server is not None:

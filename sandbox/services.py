@@ -4,7 +4,7 @@ side effects that combine them."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -22,6 +22,7 @@ from .connectors import (
     inspect,
 )
 from .connectors import config as form
+from .demo import DemoDatabase
 from .engine import SyncEngine
 from .errors import ErrorAnswer
 from .queries import Queries
@@ -78,6 +79,8 @@ class Services:
     public_url: str | None = None
     # What queries may take (time, turns, memory); None: the defaults.
     query_limits: QueryLimits | None = None
+    # The demo database, running or not: a failed connection toward it says why.
+    demo: DemoDatabase = field(default_factory=DemoDatabase)
 
     @functools.cached_property
     def connect_links(self) -> OneTimeTokens[str]:
@@ -121,7 +124,12 @@ class Services:
             SourceError: the source cannot be reached or read (ConnectionFailed says why).
         """
         upstream = connector(source_type)
-        return await anyio.to_thread.run_sync(lambda: discover(upstream, job_inputs, only))
+
+        def run() -> list[Table]:
+            with self.demo.explained(job_inputs):
+                return discover(upstream, job_inputs, only)
+
+        return await anyio.to_thread.run_sync(run)
 
     async def inspect(
         self, source_type: str, job_inputs: dict[str, Any]
@@ -132,7 +140,12 @@ class Services:
             SourceError: the source cannot be reached or read (ConnectionFailed says why).
         """
         upstream = connector(source_type)
-        return await anyio.to_thread.run_sync(lambda: inspect(upstream, job_inputs))
+
+        def run() -> list[tuple[Table, TableStats]]:
+            with self.demo.explained(job_inputs):
+                return inspect(upstream, job_inputs)
+
+        return await anyio.to_thread.run_sync(run)
 
     def connectable(self, source_type: str, job_inputs: dict[str, Any]) -> dict[str, Any]:
         """A new connection's fields checked as PostHog checks them before connecting (the

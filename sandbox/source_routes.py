@@ -510,9 +510,13 @@ def matches_auto_sync(name: str, patterns: list[str] | None) -> bool:
 
 def _refresh_error(exc: SourceError) -> str:
     reason = exc.reason if isinstance(exc, ConnectionFailed) else None
-    if reason is None or reason not in _REFRESH_ERRORS:
-        return "Could not fetch schemas from source."
-    return _REFRESH_ERRORS[reason]
+    message = (
+        _REFRESH_ERRORS.get(reason, "Could not fetch schemas from source.")
+        if reason
+        else ("Could not fetch schemas from source.")
+    )
+    hint = exc.hint if isinstance(exc, ConnectionFailed) else ""
+    return f"{message} {hint}" if hint else message
 
 
 @route("POST", "external_data_sources/{id}/reload/")

@@ -34,7 +34,7 @@ from . import asking
 from .auth import bearer
 from .config import Settings
 from .filters import enabled, why_disabled
-from .prompts import INSTRUCTIONS, PROMPTS, PROMPTS_BY_NAME, SANDBOX_NOTE
+from .prompts import PROMPTS, PROMPTS_BY_NAME, instructions
 from .state import NAME, Context, LazyClient, ServerState, open_client
 from .store import SqliteSpent
 
@@ -144,7 +144,7 @@ async def on_call_tool(
             base_path=settings.base_path(),
             api_key=forwarded_key(ctx.request) if settings.forward_key else None,
             progress=ctx.session.report_progress,
-            secrets=settings.secret_policy,
+            secrets=state.client.secret_policy,
             open_url=asking.url_opener(ctx),
             wait_cap=settings.wait_cap_seconds,
         )
@@ -268,7 +268,7 @@ def create_server(
         version=__version__,
         title="PostHog data warehouse",
         icons=[ICON],
-        instructions=INSTRUCTIONS + (SANDBOX_NOTE if settings.sandbox else ""),
+        instructions=instructions(settings),
         lifespan=lifespan,
         # The 2026-07-28 streamable-HTTP path checks Mcp-Param-* headers against a tool's
         # input schema; without this lookup the SDK would call list_tools on every call.

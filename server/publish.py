@@ -55,7 +55,7 @@ def render(prompt: Prompt) -> str:
             for a in prompt.arguments
         )
         lines.append("")
-    lines.append(prompt.template.format(**{a.name: f"<{a.name}>" for a in prompt.arguments}))
+    lines.append(prompt.render({a.name: f"<{a.name}>" for a in prompt.arguments}))
     return "\n".join(lines) + "\n"
 
 

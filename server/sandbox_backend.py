@@ -17,6 +17,8 @@ import anyio
 import httpx
 
 from ..tools.errors import BackendUnavailable, TransportError
+from ..tools.redact import remember_secrets
+from ..tools.secrets import BINDING_SUFFIX
 
 log = logging.getLogger("posthog_warehouse_mcp.sandbox")
 
@@ -48,6 +50,10 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         self._failure = ""
         # A failure no retry can mend (the directory held by another process, no extra).
         self._lasting = False
+        # The secret references this sandbox defines (the demo database's password, bound to
+        # the demo's address), filled while it runs: the server resolves them before its own
+        # environment.
+        self.references: dict[str, str] = {}
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[SandboxTransport]:
@@ -63,7 +69,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         with anyio.move_on_after(self.grace):
             await self._wanted.wait()
         try:
-            from ..sandbox.access import IN_PROCESS_DIRECTORY
+            from ..sandbox.access import DEMO_SECRET, IN_PROCESS_DIRECTORY
             from ..sandbox.cloud_rules import CloudRules
             from ..sandbox.listener import loopback
             from ..sandbox.runtime import open_sandbox
@@ -86,6 +92,14 @@ class SandboxTransport(httpx.AsyncBaseTransport):
                 loopback(app, directory, read_only=self.read_only) as access,
             ):
                 app.state.services.public_url = access.url  # the connect page's address
+                demo = app.state.services.demo.credentials
+                if demo is not None:
+                    remember_secrets([demo.password])
+                    self.references[DEMO_SECRET] = demo.password
+                    # The demo listens on 127.0.0.1 only; `localhost` names it too.
+                    self.references[DEMO_SECRET + BINDING_SUFFIX] = (
+                        f"{demo.host}:{demo.port},localhost:{demo.port}"
+                    )
                 self._inner = httpx.ASGITransport(app=app)
                 log.info("sandbox ready in %s", directory)
                 self._ready.set()
@@ -106,6 +120,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             )
         finally:
             self._inner = None
+            self.references.clear()
             self._ready.set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

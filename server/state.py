@@ -4,9 +4,10 @@ in-process sandbox when configured, and the confirmation tokens (the handlers'
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import mcp_types as types
@@ -14,7 +15,9 @@ from mcp.server import ServerRequestContext
 
 from .. import __version__
 from ..tools.confirm import Confirmations
+from ..tools.secrets import SecretPolicy
 from .config import Settings
+from .sandbox_backend import SandboxTransport
 
 if TYPE_CHECKING:
     import httpx
@@ -59,6 +62,17 @@ class LazyClient:
             self._client = PostHogClient(http)
         return self._client
 
+    @property
+    def secret_policy(self) -> SecretPolicy:
+        """How a call's credential fields are treated: the settings' policy, with the
+        references the in-process sandbox defines (its demo's password) ahead of the server's
+        environment."""
+        policy = self.settings.secret_policy
+        if not isinstance(self.transport, SandboxTransport) or not self.transport.references:
+            return policy
+        environ = os.environ if policy.environ is None else policy.environ
+        return replace(policy, environ={**environ, **self.transport.references})
+
     async def aclose(self) -> None:
         """Close the pool, if it was ever opened."""
         if self._client is not None:
@@ -71,8 +85,6 @@ async def open_backend(settings: Settings) -> AsyncIterator[httpx.AsyncBaseTrans
     if not settings.sandbox:
         yield None
         return
-    from .sandbox_backend import SandboxTransport
-
     backend = SandboxTransport(
         settings.sandbox_dir,
         demo=settings.demo,

@@ -8,9 +8,15 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from posthog_warehouse_mcp.server.prompts import PROMPTS, Prompt
+from posthog_warehouse_mcp.server.prompts import (
+    INSTRUCTIONS,
+    PROMPTS,
+    PROMPTS_BY_NAME,
+    Prompt,
+    instructions,
+)
 from posthog_warehouse_mcp.tools.table import BY_NAME
-from tests.support import MODES, Recorder, connect
+from tests.support import MODES, Recorder, connect, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -91,3 +97,37 @@ async def test_prompts_list_and_get(mode: str) -> None:
     assert [p.name for p in listed] == [p.name for p in PROMPTS]
     content = got.messages[0].content
     assert isinstance(content, types.TextContent) and "shop" in content.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names_the_demo"),
+    [
+        ({"sandbox": True}, True),
+        ({"sandbox": True, "demo": False}, False),
+        ({"sandbox": True, "mcp_transport": "http", "mcp_auth_token": "t" * 32}, False),  # refs off
+        ({"sandbox": False}, False),
+    ],
+)
+def test_the_instructions_name_the_demo_reference_where_it_resolves(
+    overrides: dict[str, object], names_the_demo: bool
+) -> None:
+    text = instructions(settings(**overrides))
+    assert text.startswith(INSTRUCTIONS)
+    assert ('{"env": "POSTHOG_SECRET_SANDBOX_DEMO"}' in text) is names_the_demo
+    assert ("local sandbox" in text) is bool(overrides["sandbox"])
+
+
+def test_the_sandbox_tour_uses_the_demo_reference_in_order() -> None:
+    text = PROMPTS_BY_NAME["try-the-sandbox"].render({})
+    reference = '{"env": "POSTHOG_SECRET_SANDBOX_DEMO"}'
+    tools = (
+        "external-data-sources-list",
+        "external-data-sources-db-schema",
+        "external-data-sources-create",
+        "external-data-sources-jobs-wait",
+        "execute-sql",
+    )
+    positions = [text.index(t) for t in tools]
+    assert positions == sorted(positions)
+    assert text.index(reference) > text.index("external-data-sources-db-schema")
+    assert reference in PROMPTS_BY_NAME["connect-postgres"].render({})

@@ -47,9 +47,18 @@ class Unreachable(enum.Enum):
 class ConnectionFailed(SourceError):
     """A connection to the source failed; `reason` is None when no known cause matched."""
 
-    def __init__(self, reason: Unreachable | None, fallback: str) -> None:
-        super().__init__(reason.value if reason is not None else fallback)
+    def __init__(self, reason: Unreachable | None, fallback: str, *, hint: str = "") -> None:
+        message = reason.value if reason is not None else fallback
+        if hint:
+            message = f"{message.rstrip('.')}. {hint}"
+        super().__init__(message)
         self.reason = reason
+        self.fallback = fallback
+        self.hint = hint
+
+    def with_hint(self, hint: str) -> ConnectionFailed:
+        """The same failure, its message followed by `hint` (what the address is, what to do)."""
+        return ConnectionFailed(self.reason, self.fallback, hint=hint)
 
 
 class SyncCancelled(Exception):
