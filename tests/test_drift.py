@@ -78,3 +78,12 @@ def test_tools_doc_and_manifest_name_every_scope_and_toolset() -> None:
     toolsets = ", ".join(TOOLSETS)
     assert f"Comma list of {toolsets};" in user_config["toolsets"]["description"]
     assert ", ".join(f"`{t}`" for t in TOOLSETS) in " ".join(doc.split())
+
+
+def test_the_readme_names_every_scope_a_key_needs() -> None:
+    # A newcomer creates the key from the README's PostHog section, not from the reference.
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Use it with PostHog")
+    section = readme[start : readme.index("\n## ", start)]
+    for scope in sorted({scope for row in ENDPOINTS for scope in row.scopes}):
+        assert f"`{scope}`" in section, scope
