@@ -1,1 +1,1 @@
-"""Scripts that measure the numbers the README quotes."""
+"""Scripts that measure the numbers docs/benchmarks.md quotes."""

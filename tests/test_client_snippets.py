@@ -1,8 +1,10 @@
-"""Every client configuration in docs/clients.md starts a server that lists its tools.
+"""Every client configuration in docs/clients.md and the README starts a server that lists its
+tools.
 
-Each snippet's launcher (``uvx --from SPEC`` or ``pipx run --spec SPEC``) is checked for shape and
-replaced by this venv's ``posthog-warehouse-mcp``, so the test runs offline; the server's own
-flags from the snippet are passed on unchanged, so the CLI parser really accepts them.
+Each snippet's launcher (``uvx --from SPEC``, ``pipx run --spec SPEC``, or a path to the console
+script) is checked for shape and replaced by this venv's ``posthog-warehouse-mcp``, so the test
+runs offline; the server's own flags from the snippet are passed on unchanged, so the CLI parser
+really accepts them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from tests.support import use_env
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "clients.md"
+CLIENTS_DOC = ROOT / "docs" / "clients.md"
+README = ROOT / "README.md"
 ENTRY = "posthog-warehouse-mcp"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 HEADING = re.compile(r"^## (.+)$", re.MULTILINE)
@@ -43,21 +46,23 @@ class Snippet:
     type: str | None = None
 
 
-def _blocks(language: str) -> list[tuple[str, str]]:
-    """(section heading, body) of every fenced block in ``language``."""
-    text = DOC.read_text(encoding="utf-8")
+def _blocks(language: str, doc: Path = CLIENTS_DOC) -> list[tuple[str, str]]:
+    """(section heading, body) of every fenced block in ``language``; the README's sections
+    are named ``README <heading>``."""
+    text = doc.read_text(encoding="utf-8")
+    prefix = "README " if doc == README else ""
     headings = [(m.start(), m.group(1)) for m in HEADING.finditer(text)]
     found: list[tuple[str, str]] = []
     for match in FENCE.finditer(text):
         if match.group(1) == language:
             section = [title for start, title in headings if start < match.start()]
-            found.append((section[-1] if section else "top", match.group(2)))
+            found.append((prefix + (section[-1] if section else "top"), match.group(2)))
     return found
 
 
-def _json_snippets() -> list[Snippet]:
+def _json_snippets(doc: Path = CLIENTS_DOC) -> list[Snippet]:
     snippets: list[Snippet] = []
-    for index, (section, body) in enumerate(_blocks("json")):
+    for index, (section, body) in enumerate(_blocks("json", doc)):
         config = json.loads(body)
         servers = config.get("mcpServers", config.get("servers"))
         assert isinstance(servers, dict) and servers, f"{section}: no mcpServers/servers"
@@ -96,13 +101,17 @@ def _claude_mcp_add_snippets() -> list[Snippet]:
     return snippets
 
 
-SNIPPETS = _json_snippets() + _claude_mcp_add_snippets()
+SNIPPETS = _json_snippets() + _claude_mcp_add_snippets() + _json_snippets(README)
 
 
 def server_flags(snippet: Snippet) -> list[str]:
     """The server's own flags, after checking the launcher's arguments."""
     args = list(snippet.args)
     if snippet.command == ENTRY:
+        return args
+    if Path(snippet.command).name == ENTRY:
+        # The console script by path (a clone's .venv), as GUI clients without a PATH need it.
+        assert snippet.command.endswith(f"/.venv/bin/{ENTRY}"), snippet.where
         return args
     launcher = Path(snippet.command).name
     if launcher == "uvx":
@@ -159,6 +168,15 @@ def test_every_client_has_snippets() -> None:
     for section, body in _blocks("json"):
         key = "servers" if section.startswith("VS Code") else "mcpServers"
         assert key in json.loads(body), f"{section}: VS Code uses 'servers', others 'mcpServers'"
+
+
+def test_the_readme_shows_a_sandbox_and_a_read_only_posthog_configuration() -> None:
+    readme = [s for s in SNIPPETS if s.where.startswith("README ")]
+    sandbox = [s for s in readme if "--sandbox" in s.args]
+    posthog = [s for s in readme if dict(s.env).get("POSTHOG_PERSONAL_API_KEY")]
+    assert sandbox and all(not s.env for s in sandbox)
+    assert posthog and all("--read-only" in s.args for s in posthog)
+    assert all("mcpServers" in json.loads(body) for _, body in _blocks("json", README))
 
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda s: s.where)

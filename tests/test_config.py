@@ -29,7 +29,8 @@ def test_only_the_secrets_have_no_flag() -> None:
 
 def test_readme_configuration_table_is_the_settings_model() -> None:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Configuration") : text.index("## Tools")]
+    start = text.index("## Configuration")
+    section = text[start : text.index("\n## ", start)]
     rows = re.findall(
         r"^\| `(POSTHOG_[A-Z_]+)` \| (?:`(--[a-z-]+)`|\(env only\)) \|", section, re.M
     )

@@ -1,5 +1,5 @@
-"""manifest.json and the README say what the table says: their generated parts are a fresh render
-(``python -m posthog_warehouse_mcp.tools.snapshot``), and the hand-written rest agrees."""
+"""manifest.json and docs/tools.md say what the table says: their generated parts are a fresh
+render (``python -m posthog_warehouse_mcp.tools.snapshot``), and the hand-written rest agrees."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ STALE = (
 
 
 def test_the_command_writes_the_files_these_tests_read() -> None:
-    assert snapshot.README == ROOT / "README.md"
+    assert snapshot.TOOLS_DOC == ROOT / "docs" / "tools.md"
     assert snapshot.MANIFEST == ROOT / "manifest.json"
 
 
-def test_readme_generated_regions_are_current() -> None:
+def test_tools_doc_generated_regions_are_current() -> None:
     # The tool table and read-only mode's list, between their begin/end generated markers.
-    committed = snapshot.README.read_text()
-    assert committed == snapshot.render_readme(committed), STALE.format("README.md")
+    committed = snapshot.TOOLS_DOC.read_text()
+    assert committed == snapshot.render_tools_doc(committed), STALE.format("docs/tools.md")
 
 
 def test_manifest_tools_are_current() -> None:
@@ -35,24 +35,24 @@ def test_manifest_tools_are_current() -> None:
 
 
 def test_the_generated_parts_name_every_tool_once() -> None:
-    readme = snapshot.README.read_text()
+    doc = snapshot.TOOLS_DOC.read_text()
     manifest = json.loads(snapshot.MANIFEST.read_text())
     assert [t["name"] for t in manifest["tools"]] == [row.name for row in ENDPOINTS]
     for row in ENDPOINTS:
-        assert readme.count(f"| `{row.name}` | {row.method} | `{row.path}` |") == 1, row.name
+        assert doc.count(f"| `{row.name}` | {row.method} | `{row.path}` |") == 1, row.name
 
 
-def test_a_readme_without_a_region_is_refused_not_skipped() -> None:
-    readme = snapshot.README.read_text()
-    broken = readme.replace(snapshot.end_marker("read-only-tools"), "")
+def test_a_tools_doc_without_a_region_is_refused_not_skipped() -> None:
+    doc = snapshot.TOOLS_DOC.read_text()
+    broken = doc.replace(snapshot.end_marker("read-only-tools"), "")
     with pytest.raises(ValueError, match="read-only-tools"):
-        snapshot.render_readme(broken)
+        snapshot.render_tools_doc(broken)
 
 
 def test_a_region_is_rewritten_whatever_it_holds() -> None:
-    readme = snapshot.README.read_text()
-    emptied = snapshot.replace_region(readme, "tool-table", ["hand-edited"])
-    assert snapshot.render_readme(emptied) == snapshot.render_readme(readme)
+    doc = snapshot.TOOLS_DOC.read_text()
+    emptied = snapshot.replace_region(doc, "tool-table", ["hand-edited"])
+    assert snapshot.render_tools_doc(emptied) == snapshot.render_tools_doc(doc)
 
 
 def test_manifest_is_the_bundle_the_package_describes() -> None:
@@ -69,12 +69,21 @@ def test_pyproject_version_matches() -> None:
     assert f'version = "{__version__}"' in text
 
 
-def test_readme_and_manifest_name_every_scope_and_toolset() -> None:
-    readme = snapshot.README.read_text()
+def test_tools_doc_and_manifest_name_every_scope_and_toolset() -> None:
+    doc = snapshot.TOOLS_DOC.read_text()
     user_config = json.loads(snapshot.MANIFEST.read_text())["user_config"]
     for scope in sorted({scope for row in ENDPOINTS for scope in row.scopes}):
-        assert f"`{scope}`" in readme, scope
+        assert f"`{scope}`" in doc, scope
         assert scope in user_config["api_key"]["description"], scope
     toolsets = ", ".join(TOOLSETS)
     assert f"Comma list of {toolsets};" in user_config["toolsets"]["description"]
-    assert ", ".join(f"`{t}`" for t in TOOLSETS) in readme
+    assert ", ".join(f"`{t}`" for t in TOOLSETS) in " ".join(doc.split())
+
+
+def test_the_readme_names_every_scope_a_key_needs() -> None:
+    # A newcomer creates the key from the README's PostHog section, not from the reference.
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Use it with PostHog")
+    section = readme[start : readme.index("\n## ", start)]
+    for scope in sorted({scope for row in ENDPOINTS for scope in row.scopes}):
+        assert f"`{scope}`" in section, scope

@@ -4,7 +4,7 @@
     python -m posthog_warehouse_mcp.tools.snapshot --check  # only say what is (exit status 1)
 
 - ``tools/tools.json``: every tool definition (the reviewed snapshot and the start-up cache);
-- ``README.md``: the tool table and read-only mode's tool list, each between a
+- ``docs/tools.md``: the tool table and read-only mode's tool list, each between a
   ``<!-- begin generated NAME ... -->`` and an ``<!-- end generated NAME -->`` line (the text
   around them is written by hand and left as it is);
 - ``manifest.json``: the bundle's ``tools`` list (the rest of the file is kept as it is).
@@ -27,9 +27,9 @@ from .definitions import TOOLS_JSON, generate
 from .table import ENDPOINTS, Endpoint
 
 COMMAND = "python -m posthog_warehouse_mcp.tools.snapshot"
-# The repository root, through the tools/ link (README.md and manifest.json are not packaged).
+# The repository root, through the tools/ link (docs/ and manifest.json are not packaged).
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+TOOLS_DOC = ROOT / "docs" / "tools.md"
 MANIFEST = ROOT / "manifest.json"
 
 
@@ -39,14 +39,14 @@ def render() -> str:
 
 
 def nature(row: Endpoint) -> str:
-    """What a call does, as the README's table says it: from the row's annotations."""
+    """What a call does, as the tool table says it: from the row's annotations."""
     if row.is_destructive:
         return "destructive"
     return "read-only" if row.is_read_only else "write"
 
 
 def tool_table(rows: Iterable[Endpoint] = ENDPOINTS) -> list[str]:
-    """The README's tool table, one line per row, in the table's order."""
+    """The tool table of ``docs/tools.md``, one line per row, in the table's order."""
     lines = ["", "| tool | method | path | toolset | nature |", "|---|---|---|---|---|"]
     for row in rows:
         cells = (f"`{row.name}`", row.method, f"`{row.path}`", row.toolset, nature(row))
@@ -56,7 +56,7 @@ def tool_table(rows: Iterable[Endpoint] = ENDPOINTS) -> list[str]:
 
 
 def read_only_tools(rows: Sequence[Endpoint] = ENDPOINTS) -> list[str]:
-    """The README's list of what read-only mode keeps, and the read-only tools it leaves out."""
+    """The list of what read-only mode keeps, and the read-only tools it leaves out."""
     kept = [row.name for row in rows if row.read_scoped]
     left_out = [row for row in rows if row.is_read_only and not row.read_scoped]
     scopes = sorted({scope for row in left_out for scope in row.scopes})
@@ -65,7 +65,7 @@ def read_only_tools(rows: Sequence[Endpoint] = ENDPOINTS) -> list[str]:
         f"- annotated `readOnlyHint` but needing {_names(scopes)}, so left out: "
         f"{_names(row.name for row in left_out)}.",
     )
-    # Wrapped as the README is (a list inside a list item), never inside a name.
+    # Wrapped as docs/tools.md is (a list inside a list item), never inside a name.
     return [
         line
         for item in items
@@ -79,7 +79,7 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join(f"`{name}`" for name in names) or "none"
 
 
-# The README's generated regions, by the name their markers carry.
+# The generated regions of docs/tools.md, by the name their markers carry.
 REGIONS: dict[str, Callable[[], list[str]]] = {
     "tool-table": tool_table,
     "read-only-tools": read_only_tools,
@@ -116,8 +116,8 @@ def replace_region(text: str, name: str, lines: Sequence[str]) -> str:
     return text[: match.start()] + block + text[match.end() :]
 
 
-def render_readme(text: str) -> str:
-    """``README.md`` with every generated region rendered from the table."""
+def render_tools_doc(text: str) -> str:
+    """``docs/tools.md`` with every generated region rendered from the table."""
     for name, lines in REGIONS.items():
         text = replace_region(text, name, lines())
     return text
@@ -140,7 +140,7 @@ class Generated:
 
 GENERATED = (
     Generated(TOOLS_JSON, lambda _text: render()),
-    Generated(README, render_readme),
+    Generated(TOOLS_DOC, render_tools_doc),
     Generated(MANIFEST, render_manifest),
 )
 

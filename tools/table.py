@@ -1,7 +1,7 @@
 """The endpoint table: one row per PostHog data-warehouse endpoint, the single source of truth.
 
 The MCP tool list, argument validation, routing, annotations, read-only mode, toolsets, the
-manifest's tool list and the README's tool table all derive from (or are checked against)
+manifest's tool list and docs/tools.md's tool table all derive from (or are checked against)
 :data:`ENDPOINTS`. Paths are relative to ``/api/{prefix}/{environment_id}/``.
 """
 
