@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 echo "== Context cost of the tool definitions (python -m benchmarks.tool_size)"
 .venv/bin/python -m benchmarks.tool_size
 echo
+echo "== Context cost of the list answers on the demo (python -m benchmarks.answer_size)"
+.venv/bin/python -m benchmarks.answer_size
+
 echo "== Server overhead against the SDK floor (python -m benchmarks.overhead --runs 5)"
 .venv/bin/python -m benchmarks.overhead --runs 5
 echo
