@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from ..loopback.pages import Input, OneTimePage, render
 from . import drf, errors
+from .connection_strings import READERS, ConnectionStringError, fill_in
 from .connectors import (
     SUPPORTED_SOURCE_TYPES,
     connector,
@@ -138,7 +139,20 @@ async def connect_page(request: Request, services: Services) -> Response:
     """GET and POST /connect/{token}: the form, and storing what it was given."""
 
     async def store(source_type: str, token: str, fields: dict[str, str]) -> Response:
-        job_inputs = job_inputs_of(fields)
+        form_fields = connector(source_type).SOURCE_CONFIG["fields"]
+        labels = {f["name"]: str(f.get("label") or f["name"]) for f in form_fields}
+        try:
+            typed = fill_in(source_type, fields, labels)
+        except ConnectionStringError as exc:
+            return _form(source_type, token, error=str(exc), status=400)
+        missing = [
+            labels[f["name"]]
+            for f in form_fields
+            if f.get("required") and not str(typed.get(f["name"], "")).strip()
+        ]
+        if missing:
+            return _form(source_type, token, error=_fill_in(source_type, missing), status=400)
+        job_inputs = job_inputs_of(typed)
         try:
             await services.inspect_new(source_type, job_inputs)
         except ErrorAnswer as exc:
@@ -170,7 +184,18 @@ async def connect_page(request: Request, services: Services) -> Response:
     )
 
 
+def _fill_in(source_type: str, labels: list[str]) -> str:
+    """What to type when required fields were left empty."""
+    named = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+    if source_type in READERS:
+        return f"Fill in {named}, or paste a connection string."
+    return f"Fill in {named}."
+
+
 def _form(source_type: str, token: str, *, error: str | None = None, status: int = 200) -> Response:
+    reader = READERS.get(source_type)
+    # A connection string can stand for these: the browser must let them be sent empty.
+    optional = set(reader.fills) if reader is not None else set()
     inputs = []
     for spec in connector(source_type).SOURCE_CONFIG["fields"]:
         if spec.get("type") in ("ssh-tunnel",):
@@ -182,13 +207,20 @@ def _form(source_type: str, token: str, *, error: str | None = None, status: int
                 label=spec.get("label") or spec["name"],
                 kind="number" if spec["type"] == "number" else "password" if secret else "text",
                 placeholder=str(spec.get("placeholder") or ""),
-                required=bool(spec.get("required")),
+                required=bool(spec.get("required")) and spec["name"] not in optional,
             )
         )
     problem = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    how = (
+        " Paste a connection string, or fill in the fields; a field you fill in must agree with "
+        "the connection string."
+        if reader is not None
+        else ""
+    )
     body = (
         f"<p>Enter the connection details of your {html.escape(source_type)} database. They "
         "are checked against the database, then kept by the sandbox only, for one source "
-        f"setup within 24 hours.</p>{problem}" + CONNECT_PAGE.form(token, inputs, button="Connect")
+        f"setup within 24 hours.{how}</p>{problem}"
+        + CONNECT_PAGE.form(token, inputs, button="Connect")
     )
     return render(f"Connect {source_type}", body, status)

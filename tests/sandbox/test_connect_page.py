@@ -5,13 +5,16 @@ must. Skipped where Chromium is not installed (`.ci/run` installs it)."""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -22,7 +25,7 @@ from mcp import Client
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.listener import loopback
 from posthog_warehouse_mcp.server.app import create_server
-from tests.sandbox.support import Upstream, call
+from tests.sandbox.support import Upstream, call, services_of
 from tests.support import eventually, settings
 
 pytestmark = pytest.mark.anyio
@@ -147,6 +150,107 @@ async def test_a_person_types_the_credentials_and_the_agent_never_sees_them(
     # The sandbox keeps the source's credentials in its owner-only store, as PostHog keeps them.
     store = await anyio.Path(app.state.services.warehouse.path).with_name("metadata.sqlite3").stat()
     assert store.st_mode & 0o777 == 0o600
+
+
+@browser_needed
+async def test_a_person_pastes_only_a_connection_string(
+    served: tuple[Client, str, Any], upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client, _, _ = served
+    role = f"cs_{uuid.uuid4().hex[:10]}"
+    # Every character a URL gives a meaning to, so the string must carry it percent-encoded.
+    password = f"p@ss/w:rd#{uuid.uuid4().hex[:8]}?%&="
+    upstream.execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, total int);"
+        "INSERT INTO orders SELECT g, g FROM generate_series(1, 7) g;"
+        f"CREATE ROLE {role} LOGIN PASSWORD '{password}'; GRANT SELECT ON orders TO {role};"
+    )
+    creds = upstream.creds
+    encoded = quote(password, safe="")
+    url = f"postgresql://{role}:{encoded}@{creds.host}:{creds.port}/{creds.database}?sslmode=prefer"
+    seen: list[Any] = []
+    link = await call(client, "data-warehouse-source-connect-link", {"source_type": "Postgres"})
+    page = await anyio.to_thread.run_sync(
+        lambda: fill_in_browser(link["connect_url"], {"connection_string": url})
+    )
+    assert "Connection details stored" in page
+    assert password not in page and encoded not in page
+    stored = await call(
+        client, "data-warehouse-stored-credentials-list", {"source_type": "Postgres"}
+    )
+    (credential,) = stored["results"]
+    created = await call(
+        client,
+        "data-warehouse-source-setup",
+        {"source_type": "Postgres", "payload": {"credential_id": credential["credential_id"]}},
+    )
+    seen += [stored, created]
+
+    async def synced() -> dict[str, Any] | None:
+        jobs = await call(client, "external-data-sources-jobs", {"id": created["id"]})
+        done = jobs["results"] and all(j["status"] == "Completed" for j in jobs["results"])
+        return jobs if done else None
+
+    jobs = await eventually(synced, within=60)
+    assert [j["rows_synced"] for j in jobs["results"]] == [7]
+    source = await call(client, "external-data-sources-retrieve", {"id": created["id"]})
+    seen += [jobs, source]
+    inputs = source["job_inputs"]
+    assert (inputs["host"], str(inputs["port"]), inputs["database"], inputs["user"]) == (
+        creds.host,
+        str(creds.port),
+        creds.database,
+        role,
+    )
+    assert "connection_string" not in inputs
+    assert password not in json.dumps(seen) and encoded not in json.dumps(seen)
+    ours = [
+        r.getMessage() for r in caplog.records if not r.name.startswith(("selenium", "urllib3"))
+    ]
+    assert ours and not any(password in line or encoded in line for line in ours)
+
+
+async def test_a_connection_string_that_cannot_be_used_changes_nothing(
+    served: tuple[Client, str, Any], upstream: Upstream
+) -> None:
+    client, base, app = served
+    link = await call(client, "data-warehouse-source-connect-link", {"source_type": "Postgres"})
+    url = link["connect_url"]
+    creds = upstream.creds
+    good = f"postgresql://{creds.user}:{quote(creds.password, safe='')}@{creds.host}:{creds.port}"
+    origin = {"Origin": base}
+    async with httpx.AsyncClient() as http:
+        form = (await http.get(url)).text
+        # The fields a connection string fills are not required by the browser.
+        assert 'name="host" type="text" placeholder="db.example.com" autocomplete="off">' in form
+        for data, says in [
+            ({"connection_string": good}, "names no database"),
+            ({"connection_string": "mysql://u:zq-secret@h/db"}, "must start with postgresql://"),
+            (
+                {"connection_string": f"{good}/{creds.database}", "host": "elsewhere.example"},
+                "the Host field you typed differ",
+            ),
+            ({"port": "5432"}, "Fill in Host, Database, User and Password, or paste a connection"),
+        ]:
+            refused = await http.post(url, data=data, headers=origin)
+            assert refused.status_code == 400, refused.text
+            assert says in html.unescape(refused.text)
+            assert creds.password not in refused.text and "zq-secret" not in refused.text
+            assert services_of(app).store.credentials == {}
+        # The link still works: the same page takes a good string.
+        stored = await http.post(
+            url, data={"connection_string": f"{good}/{creds.database}"}, headers=origin
+        )
+        assert stored.status_code == 201, stored.text
+    (credential,) = services_of(app).store.credentials.values()
+    assert credential.job_inputs == {
+        "host": creds.host,
+        "port": str(creds.port),
+        "database": creds.database,
+        "user": creds.user,
+        "password": creds.password,
+    }
 
 
 async def test_the_page_refuses_what_it_must(
