@@ -4,7 +4,9 @@ sqlglot parses the query with its ClickHouse dialect (HogQL is ClickHouse-flavou
 writes it back in DuckDB's. Before that the tree is checked: exactly one SELECT (or UNION of
 them), whose every table is a warehouse table or a CTE of the query; table functions
 (`read_csv`, `query`, `file`...) are refused, whatever they are called. Table names resolve
-the ways PostHog users write them, and an unknown one is answered with the close names.
+the ways PostHog users write them. An unknown one is answered as PostHog answers it ("Unknown
+table `x`."), then with the close names and the source each comes from, or, for the name of a
+table that holds no data now, with why.
 
 Whether a name is a CTE is decided scope by scope (sqlglot's `optimizer.scope`), and the
 decision is then made binding: every CTE gets a name no table has (`__cte0_x`), and every
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -65,26 +67,63 @@ _CASTS = {
 }
 
 
+@dataclass(frozen=True)
+class Catalog:
+    """The names a query may use, and what an unknown name's error says.
+
+    `tables` maps every accepted name (lower case) to its DuckDB table; `owners` names, for a
+    DuckDB table, where it comes from (`source 0190...`), so that close names of different
+    sources can be told apart; `empty` explains names that belong to a table holding no data
+    now (never synced, or its data deleted): such a name gets that explanation, not other
+    tables' names.
+    """
+
+    tables: Mapping[str, str]
+    owners: Mapping[str, str] = field(default_factory=dict)
+    empty: Mapping[str, str] = field(default_factory=dict)
+
+    def unknown(self, name: str) -> str:
+        """The error for a name no table has: why, or the close names with their sources."""
+        if name in self.empty:
+            return f"Unknown table `{name}`. {self.empty[name]}"
+        close = difflib.get_close_matches(name, sorted(self.tables), n=6, cutoff=0.7)
+        by_table: dict[str, list[str]] = {}
+        for candidate in close:
+            by_table.setdefault(self.tables[candidate], []).append(candidate)
+        shown = [
+            " or ".join(names[:2]) + (f" ({self.owners[table]})" if table in self.owners else "")
+            for table, names in list(by_table.items())[:3]
+        ]
+        hint = f" Did you mean: {', '.join(shown)}?" if shown else ""
+        return f"Unknown table `{name}`.{hint}"
+
+
 def compile_query(
-    hogql: str, tables: Mapping[str, str], *, default_limit: int, max_limit: int
+    hogql: str,
+    tables: Mapping[str, str] | Catalog,
+    *,
+    default_limit: int,
+    max_limit: int,
 ) -> Compiled:
     """The DuckDB SQL for a HogQL query, and the row limit applied to it.
 
-    `tables` maps every accepted name (lower case) to its DuckDB table. Without a LIMIT the
-    query gets `default_limit`; a larger LIMIT is lowered to `max_limit`. The SQL asks for one
-    row more than the limit, so the caller can tell whether there were more.
+    `tables` maps every accepted name (lower case) to its DuckDB table, or is a `Catalog` that
+    also says what an unknown name's error tells. Without a LIMIT the query gets
+    `default_limit`; a larger LIMIT is lowered to `max_limit`. The SQL asks for one row more
+    than the limit, so the caller can tell whether there were more.
 
     Raises:
         QueryError: not one SELECT, a table function, an unknown table, a syntax error, or
             nesting too deep to read.
     """
+    catalog = tables if isinstance(tables, Catalog) else Catalog(tables)
     try:
-        return _compile(hogql, tables, default_limit, max_limit)
+        return _compile(hogql, catalog, default_limit, max_limit)
     except RecursionError:
         raise QueryError(NESTED_TOO_DEEPLY) from None
 
 
-def _compile(hogql: str, tables: Mapping[str, str], default_limit: int, max_limit: int) -> Compiled:
+def _compile(hogql: str, catalog: Catalog, default_limit: int, max_limit: int) -> Compiled:
     import sqlglot
     from sqlglot import exp
     from sqlglot.errors import ParseError, SqlglotError, TokenError
@@ -110,7 +149,7 @@ def _compile(hogql: str, tables: Mapping[str, str], default_limit: int, max_limi
                 for e in tree.expressions
             ],
         )
-    used = _resolve_tables(tree, tables)
+    used = _resolve_tables(tree, catalog)
     for call in list(tree.find_all(exp.Anonymous)):
         cast = _CASTS.get(str(call.this).lower())
         if cast is not None and len(call.expressions) == 1:
@@ -125,7 +164,7 @@ def _compile(hogql: str, tables: Mapping[str, str], default_limit: int, max_limi
     return Compiled(sql, limit, own_limit, frozenset(used))
 
 
-def _resolve_tables(tree: exp.Query, tables: Mapping[str, str]) -> set[str]:
+def _resolve_tables(tree: exp.Query, catalog: Catalog) -> set[str]:
     """Make every table of `tree` either one of its CTEs, renamed, or a warehouse table; return
     the warehouse tables used.
 
@@ -144,7 +183,7 @@ def _resolve_tables(tree: exp.Query, tables: Mapping[str, str]) -> set[str]:
             )
     ctes = list(tree.find_all(exp.CTE))
     if not ctes:  # no name can be a CTE: every table is the warehouse's (no scopes to build)
-        return {_to_warehouse(table, tables) for table in list(tree.find_all(exp.Table))}
+        return {_to_warehouse(table, catalog) for table in list(tree.find_all(exp.Table))}
     # DuckDB matches names whatever their case, quoted or not: so must the scopes.
     for cte in ctes:
         alias = cte.args.get("alias")
@@ -177,7 +216,7 @@ def _resolve_tables(tree: exp.Query, tables: Mapping[str, str]) -> set[str]:
                 table.set("this", exp.to_identifier(renamed[id(owner)], quoted=True))
                 table.set("alias", alias)
             else:
-                used.add(_to_warehouse(table, tables))
+                used.add(_to_warehouse(table, catalog))
     for table in tree.find_all(exp.Table):
         if id(table) not in checked:
             raise QueryError(
@@ -199,7 +238,7 @@ def _cte_of(node: exp.Expr | None) -> exp.CTE | None:
     return node
 
 
-def _to_warehouse(table: exp.Table, tables: Mapping[str, str]) -> str:
+def _to_warehouse(table: exp.Table, catalog: Catalog) -> str:
     """Point `table` at its warehouse table, qualified so that no CTE can stand for it; return
     that table.
 
@@ -209,11 +248,9 @@ def _to_warehouse(table: exp.Table, tables: Mapping[str, str]) -> str:
     from sqlglot import exp
 
     name = ".".join(part.name for part in table.parts).lower()
-    target = tables.get(name)
+    target = catalog.tables.get(name)
     if target is None:
-        close = difflib.get_close_matches(name, sorted(tables), n=3, cutoff=0.7)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise QueryError(f"Unknown table `{name}`.{hint}")
+        raise QueryError(catalog.unknown(name))
     if not table.alias and table.args.get("db"):
         # A dotted name is referred to by its last part (`orders.id`), as in HogQL.
         table.set("alias", exp.TableAlias(this=exp.to_identifier(table.name)))

@@ -16,7 +16,8 @@ from typing import Any
 
 import anyio
 
-from .hogql import NESTED_TOO_DEEPLY, QueryError, compile_query
+from .engine import table_name
+from .hogql import NESTED_TOO_DEEPLY, Catalog, QueryError, compile_query
 from .query_pool import QueryLimits, QueryPool, WorkerFailed
 from .store import Schema, Source, Store
 from .warehouse import Warehouse
@@ -43,6 +44,29 @@ def hogql_name(source: Source, schema: Schema) -> str:
     prefix = (source.prefix or "").strip("_").lower()
     table = schema.name.replace(".", "__").lower()
     return f"{source_type}.{prefix}.{table}" if prefix else f"{source_type}.{table}"
+
+
+def _source_label(source: Source) -> str:
+    """How an error names a source: its id, and its description when it has one."""
+    described = f', "{source.description}"' if source.description else ""
+    return f"source {source.id}{described}"
+
+
+def _no_data(source: Source, schema: Schema) -> str:
+    """Why a schema's table holds no data now, and what brings it back."""
+    where = f"It is table {schema.name} of {_source_label(source)}, which holds no data now"
+    if schema.status == "Running":
+        return f"{where}: its sync is running. Query it once the sync completes."
+    if not schema.should_sync:
+        return (
+            f"{where}: it is not synced. Turn its sync on (should_sync) to import it "
+            "(external-data-schemas-partial-update)."
+        )
+    return (
+        f"{where}: it was not synced since it was created or since its data was deleted "
+        "(external-data-schemas-delete-data). Sync it to query it "
+        "(external-data-schemas-reload)."
+    )
 
 
 class Queries:
@@ -76,12 +100,31 @@ class Queries:
     def names(self) -> dict[str, str]:
         """Every name a query may use for a table (its stored name and its dotted HogQL name,
         lower case), to the DuckDB table."""
+        return dict(self.catalog().tables)
+
+    def catalog(self) -> Catalog:
+        """The names a query may use, the source of each table, and why the names of the
+        tables that hold no data now (PostHog deletes a table whose data is deleted, and its
+        name is then unknown, as it is before the first sync) are unknown."""
+        with self.store.lock:
+            schemas = [(self.store.sources[s.source_id], s) for s in self.store.live_schemas()]
         names: dict[str, str] = {}
-        for source, schema in self.synced_tables():
-            assert schema.table_name is not None
-            names[schema.table_name.lower()] = schema.table_name
-            names[hogql_name(source, schema)] = schema.table_name
-        return names
+        owners: dict[str, str] = {}
+        empty: dict[str, str] = {}
+        for source, schema in schemas:
+            if schema.table_name:
+                names[schema.table_name.lower()] = schema.table_name
+                names[hogql_name(source, schema)] = schema.table_name
+                owners[schema.table_name] = _source_label(source)
+        for source, schema in schemas:
+            if schema.table_name:
+                continue
+            why = _no_data(source, schema)
+            stored = table_name(source.prefix, source.source_type, schema.name)
+            for name in (hogql_name(source, schema), stored):
+                if name not in names:
+                    empty.setdefault(name, why)
+        return Catalog(names, owners, empty)
 
     async def run_hogql(self, hogql: str) -> bytes:
         """Run one HogQL SELECT; answer PostHog's `HogQLQueryResponse`, as JSON.
@@ -128,9 +171,9 @@ class Queries:
         Raises:
             QueryError: refused (not one SELECT, an unknown table...).
         """
-        names = self.names()
+        catalog = self.catalog()
         try:
-            compiled = compile_query(hogql, names, default_limit=DEFAULT_ROWS, max_limit=MAX_ROWS)
+            compiled = compile_query(hogql, catalog, default_limit=DEFAULT_ROWS, max_limit=MAX_ROWS)
         except QueryError as exc:
             if str(exc) == NESTED_TOO_DEEPLY:
                 logger.info("refused a query nested too deeply (%d characters)", len(hogql))
@@ -150,7 +193,7 @@ class Queries:
             "sql": compiled.sql,
             "files": files,
             # The worker lets go of the copies of tables no longer published.
-            "published": sorted(set(names.values())),
+            "published": sorted(set(catalog.tables.values())),
             "limit": compiled.limit,
             "own_limit": compiled.own_limit,
         }

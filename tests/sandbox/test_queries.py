@@ -12,7 +12,18 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tests.sandbox.support import API, Upstream, gate, synced, wait_for_jobs, warehouse_rows
+from posthog_warehouse_mcp.sandbox.hogql import Catalog, QueryError, compile_query
+from tests.sandbox.support import (
+    API,
+    Upstream,
+    create_source,
+    gate,
+    reload_and_wait,
+    schema_by_name,
+    synced,
+    wait_for_jobs,
+    warehouse_rows,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +74,8 @@ async def test_hogql_runs_translated_and_answers_as_posthog(
         ("SELECT nope FROM postgres.orders", "Unable to resolve field: nope"),
         (
             "SELECT * FROM postgres.order",
-            "Unknown table `postgres.order`. Did you mean: postgres.orders, postgres_orders?",
+            "Unknown table `postgres.order`. Did you mean: postgres.orders or postgres_orders "
+            "(source ",
         ),
         ("INSERT INTO postgres_orders VALUES (1)", "Only SELECT queries are allowed, not INSERT."),
         ("UPDATE postgres_orders SET status = 'x'", "Only SELECT queries are allowed, not UPDATE."),
@@ -104,6 +116,94 @@ async def test_what_is_refused_changes_and_reads_nothing(
     assert body["detail"].startswith(detail), body["detail"]
     assert warehouse_rows(app, "SELECT count(*) FROM postgres_orders") == [(200,)]
     assert not await anyio.Path("/tmp/out.csv").exists()
+
+
+async def test_a_deleted_tables_name_is_unknown_and_never_answered_with_another_sources(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    _, client = sandbox
+    upstream.execute(ORDERS_SQL)
+    mine, mine_schema = await synced(client, upstream, "orders")
+    schema = {"name": "orders", "should_sync": True, "sync_type": "full_refresh"}
+    shop = await create_source(client, upstream, [schema], prefix="shop_", description="Shop DB")
+    await wait_for_jobs(client, shop["id"], 1)
+    deleted = await client.delete(f"{API}/external_data_schemas/{mine_schema}/delete_data/")
+    assert deleted.status_code == 200
+
+    # PostHog deletes the table with its data: the name is unknown, as before the first sync.
+    for name in ("postgres.orders", "postgres_orders"):
+        response = await hogql(client, f"SELECT count() FROM {name}")
+        assert response.status_code == 400, response.text
+        detail = response.json()["detail"]
+        assert detail == (
+            f"Unknown table `{name}`. It is table orders of source {mine['id']}, which holds no "
+            "data now: it was not synced since it was created or since its data was deleted "
+            "(external-data-schemas-delete-data). Sync it to query it "
+            "(external-data-schemas-reload)."
+        )
+        assert "shop" not in detail  # the other source's orders is not offered in its place
+    # A name close to another source's table is answered with that table's source.
+    typo = (await hogql(client, "SELECT count() FROM postgres.shop.order")).json()["detail"]
+    assert typo == (
+        "Unknown table `postgres.shop.order`. Did you mean: postgres.shop.orders "
+        f'(source {shop["id"]}, "Shop DB")?'
+    )
+    still = await hogql(client, "SELECT count() FROM postgres.shop.orders")
+    assert still.json()["results"] == [[200]]
+
+    await reload_and_wait(client, mine["id"], mine_schema, 2)
+    again = await hogql(client, "SELECT count() FROM postgres.orders")
+    assert again.status_code == 200, again.text
+    assert again.json()["results"] == [[200]]
+
+
+async def test_a_table_not_synced_yet_says_why_its_name_is_unknown(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    _, client = sandbox
+    upstream.execute(ORDERS_SQL + "CREATE TABLE refunds (id int PRIMARY KEY);")
+    source = await create_source(
+        client,
+        upstream,
+        [
+            {"name": "orders", "should_sync": True, "sync_type": "full_refresh"},
+            {"name": "refunds", "should_sync": False},
+        ],
+    )
+    await wait_for_jobs(client, source["id"], 1)
+    detail = (await hogql(client, "SELECT * FROM postgres.refunds")).json()["detail"]
+    assert detail == (
+        f"Unknown table `postgres.refunds`. It is table refunds of source {source['id']}, which "
+        "holds no data now: it is not synced. Turn its sync on (should_sync) to import it "
+        "(external-data-schemas-partial-update)."
+    )
+    assert schema_by_name(source, "refunds")["table"] is None
+
+
+def test_close_names_are_grouped_by_table_and_named_by_source() -> None:
+    catalog = Catalog(
+        tables={
+            "postgres.orders": "postgres_orders",
+            "postgres_orders": "postgres_orders",
+            "postgres.shop.orders": "shop_postgres_orders",
+            "shop_postgres_orders": "shop_postgres_orders",
+        },
+        owners={"postgres_orders": "source a", "shop_postgres_orders": "source b"},
+        empty={"mysql.orders": "It is table orders of source c, which holds no data now."},
+    )
+    with pytest.raises(QueryError) as raised:
+        compile_query("SELECT * FROM postgres.order", catalog, default_limit=1, max_limit=1)
+    assert str(raised.value) == (
+        "Unknown table `postgres.order`. Did you mean: postgres.orders or postgres_orders "
+        "(source a), postgres.shop.orders or shop_postgres_orders (source b)?"
+    )
+    with pytest.raises(QueryError) as raised:
+        compile_query("SELECT * FROM mysql.orders", catalog, default_limit=1, max_limit=1)
+    assert str(raised.value) == (
+        "Unknown table `mysql.orders`. It is table orders of source c, which holds no data now."
+    )
+    with pytest.raises(QueryError, match=r"^Unknown table `nothing_like_it`\.$"):
+        compile_query("SELECT * FROM nothing_like_it", catalog, default_limit=1, max_limit=1)
 
 
 async def test_duckdb_itself_refuses_files_and_writes(
