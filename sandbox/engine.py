@@ -364,10 +364,23 @@ class SyncEngine:
         # exported again: appending those on top would duplicate them, so replace the table.
         # Incremental needs no such care: it merges on the primary key.
         replace_table = run.replace or (mode == "append" and existing and cursor_value is None)
-        self._log(run, "DEBUG", _cursor_used(cursor_column, cursor_value, mode == "incremental"))
+        cursor_type = next((c.incremental_type for c in columns if c.name == cursor_column), None)
+        # PostHog's `incremental_type_to_operator`: `>` past the saved cursor, but `>=` for a
+        # date, which holds only the day: rows added later that day share it.
+        inclusive = cursor_type == "date"
+        self._log(run, "DEBUG", _cursor_used(cursor_column, cursor_value, inclusive))
+        if inclusive and cursor_value is not None:
+            again = f"merged on {', '.join(primary_key)}"
+            if mode == "append":
+                again = "appended again, as PostHog appends them"
+            self._log(
+                run,
+                "INFO",
+                f"Rows with {cursor_column} >= {cursor_value} are read again: a date cursor "
+                f"holds only the day, and rows added later that day share it; {again}",
+            )
         lookback = schema.incremental_field_lookback_seconds if mode == "incremental" else None
         if cursor_column and cursor_value is not None and lookback:
-            cursor_type = next(c.incremental_type for c in columns if c.name == cursor_column)
             shifted = looked_back(cursor_value, cursor_type, lookback)
             if shifted != cursor_value:
                 self._log(run, "DEBUG", f"Lookback of {lookback}s: reading from {shifted}")
@@ -386,8 +399,7 @@ class SyncEngine:
             columns,
             cursor_column=cursor_column,
             cursor_value=cursor_value,
-            # Merge dedups on the key, so re-reading the boundary rows is safe and loses nothing.
-            inclusive=mode == "incremental",
+            inclusive=inclusive,
             path=csv_path,
             cancelled=run.cancelled,
             progress=lambda rows: self._progress(run, rows),

@@ -107,7 +107,9 @@ async def test_agent_verifies_an_incremental_sync_and_finds_a_new_column(
         assert "read-data-warehouse-schema lists" in text_of(unknown)
 
         upstream.execute(
-            "ALTER TABLE orders ADD COLUMN coupon text; UPDATE orders SET coupon = 'x'"
+            # The rows change, so their cursor moves: an incremental sync reads past it only.
+            "ALTER TABLE orders ADD COLUMN coupon text;"
+            "UPDATE orders SET coupon = 'x', updated_at = now()"
         )
         await call(client, "external-data-sources-refresh-schemas", {"id": created["id"]})
         await call(client, "external-data-schemas-reload", {"id": schema_id, "wait_seconds": 60})

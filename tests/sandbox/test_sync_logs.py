@@ -26,6 +26,7 @@ from tests.sandbox.support import (
     services_of,
     sync_log,
     synced,
+    warehouse_rows,
 )
 
 pytestmark = pytest.mark.anyio
@@ -98,12 +99,13 @@ async def test_a_completed_sync_logs_each_step_newest_first(orders: Synced) -> N
     ]
     jobs = await reload_and_wait(client, source["id"], schema_id, 3)
     third = await sync_log(client, schema_id, instance_id=jobs[0]["workflow_run_id"])
+    # As in PostHog, only rows past the cursor: nothing changed, nothing is read.
     assert log_lines(third)[:5] == [
-        ("INFO", "Sync completed: 1 row synced in Ns"),
+        ("INFO", "Sync completed: 0 rows synced in Ns"),
         ("INFO", "Published postgres_orders (merged on id): 30 rows in the table"),
-        ("INFO", "Loaded 1 row into the warehouse"),
-        ("INFO", "Read 1 row from Postgres table public.orders"),
-        ("DEBUG", "Cursor: rows where id >= 30"),
+        ("INFO", "Loaded 0 rows into the warehouse"),
+        ("INFO", "Read 0 rows from Postgres table public.orders"),
+        ("DEBUG", "Cursor: rows where id > 30"),
     ]
 
 
@@ -211,3 +213,78 @@ async def test_a_sync_killed_by_a_restart_logs_an_error(tmp_path: Path, upstream
     async with open_sandbox(tmp_path, demo=False) as app, client_for(app) as client:
         body = await sync_log(client, schema_id, instance_id=job.workflow_run_id)
         assert log_lines(body) == [("ERROR", f"Sync failed: {INTERRUPTED}"), *FIRST_SYNC]
+
+
+VISITS_SQL = """
+CREATE TABLE visits (id int PRIMARY KEY, at timestamptz NOT NULL, day date NOT NULL);
+INSERT INTO visits SELECT g, timestamptz '2025-01-01 00:00:00+00' + g * interval '1 hour',
+       date '2025-01-01' + g / 4 FROM generate_series(1, 10) g;
+"""
+# Rows 8, 9 and 10 share the last day, 2025-01-03.
+
+
+async def test_an_unchanged_reload_reads_nothing_and_a_date_cursor_reads_its_day_again(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    upstream.execute(VISITS_SQL)
+    source, schema_id = await synced(
+        client,
+        upstream,
+        "visits",
+        sync_type="incremental",
+        incremental_field="at",
+        incremental_field_type="timestamp",
+    )
+    # PostHog reads `at > <last value>`: a reload with nothing changed reads no row.
+    jobs = await reload_and_wait(client, source["id"], schema_id, 2)
+    assert [j["rows_synced"] for j in jobs] == [0, 10]
+    lines = log_lines(await sync_log(client, schema_id, instance_id=jobs[0]["workflow_run_id"]))
+    assert ("INFO", "Read 0 rows from Postgres table public.visits") in lines
+    assert any(m.startswith("Cursor: rows where at > 2025-01-01 10:00:00") for _, m in lines)
+    assert not any("read again" in m for _, m in lines)
+
+    # A date holds only the day: PostHog reads `day >= <last day>`, and merges on the key.
+    patched = await client.patch(
+        f"{API}/external_data_schemas/{schema_id}/",
+        json={"incremental_field": "day", "incremental_field_type": "date"},
+    )
+    assert patched.status_code == 200, patched.text
+    await reload_and_wait(client, source["id"], schema_id, 3)  # a new cursor: every row
+    upstream.execute("INSERT INTO visits VALUES (11, '2025-01-03 23:00:00+00', '2025-01-03')")
+    jobs = await reload_and_wait(client, source["id"], schema_id, 4)
+    assert jobs[0]["rows_synced"] == 4  # the three rows of 2025-01-03 again, and the new one
+    lines = log_lines(await sync_log(client, schema_id, instance_id=jobs[0]["workflow_run_id"]))
+    assert ("DEBUG", "Cursor: rows where day >= 2025-01-03") in lines
+    assert (
+        "INFO",
+        "Rows with day >= 2025-01-03 are read again: a date cursor holds only the day, and rows "
+        "added later that day share it; merged on id",
+    ) in lines
+    sql = "SELECT count(*), count(DISTINCT id) FROM postgres_visits"
+    assert warehouse_rows(app, sql) == [(11, 11)]
+
+
+async def test_an_append_on_a_date_cursor_appends_its_last_day_again_as_posthog_does(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    upstream.execute(VISITS_SQL)
+    source, schema_id = await synced(
+        client,
+        upstream,
+        "visits",
+        sync_type="append",
+        incremental_field="day",
+        incremental_field_type="date",
+    )
+    jobs = await reload_and_wait(client, source["id"], schema_id, 2)
+    assert [j["rows_synced"] for j in jobs] == [3, 10]
+    lines = log_lines(await sync_log(client, schema_id, instance_id=jobs[0]["workflow_run_id"]))
+    assert (
+        "INFO",
+        "Rows with day >= 2025-01-03 are read again: a date cursor holds only the day, and rows "
+        "added later that day share it; appended again, as PostHog appends them",
+    ) in lines
+    sql = "SELECT count(*), count(DISTINCT id) FROM postgres_visits"
+    assert warehouse_rows(app, sql) == [(13, 10)]
