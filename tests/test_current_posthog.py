@@ -154,6 +154,20 @@ async def test_clouds_host_refusal_says_what_to_ask_the_user() -> None:
     assert "Ask the user for a public host" in text
 
 
+async def test_a_connection_string_alone_is_refused_with_where_it_is_read() -> None:
+    message = "Invalid source config: Required field 'host' is missing"
+    recorder = Recorder(respond=answer(400, {"message": message}))
+    async with connect(recorder) as client:
+        result = await client.call_tool(
+            "external-data-sources-db-schema", arguments("external-data-sources-db-schema")
+        )
+    text = text_of(result)
+    assert result.is_error is True
+    assert message in text
+    assert "never reads connection_string" in text
+    assert "data-warehouse-source-connect-link" in text
+
+
 async def test_a_partly_saved_bulk_update_is_reported_as_posthog_words_it() -> None:
     detail = (
         "These schemas in the batch could not be saved: orders (Invalid sync time of day). Any "

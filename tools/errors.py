@@ -103,6 +103,13 @@ KNOWN_REFUSALS = (
         "or connect through an SSH tunnel.",
     ),
     (
+        "Required field 'host' is missing",
+        "PostHog's API connects with the form's fields and never reads connection_string (its "
+        "web form splits the string in the browser). Send the user "
+        "data-warehouse-source-connect-link, whose page reads a connection string, or give host, "
+        "port, database, user and password.",
+    ),
+    (
         "Couldn't resolve the host",
         "Check the host name with the user; it must resolve on the public internet.",
     ),
