@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..tools.definitions import definitions
 from ..tools.dispatch import ArgumentError, Call, validate
 from ..tools.errors import PostHogError
 from ..tools.output import cap, dumps
+from ..tools.plans import PlanRefused, Plans
 from ..tools.redact import redact_text, remember_secrets
 from ..tools.secrets import SecretRefused
 from ..tools.table import ENDPOINTS, Endpoint, lookup
@@ -147,6 +149,7 @@ async def on_call_tool(
             secrets=state.client.secret_policy,
             open_url=asking.url_opener(ctx),
             wait_cap=settings.wait_cap_seconds,
+            plans=state.plans,
         )
         question = await decide(
             row, call, state.confirmations, answered=answer.token if answer else None
@@ -162,6 +165,8 @@ async def on_call_tool(
         return error_result(exc.describe(), exc.details)
     except SecretRefused as exc:
         return error_result(str(exc))
+    except PlanRefused as exc:
+        return error_result(f"{row.name}: {exc}; nothing was sent.")
     except ConfirmationRefused as exc:
         return error_result(
             f"{row.name}: {exc}; nothing was sent. Call it again without confirmation_token to "
@@ -245,23 +250,21 @@ def create_server(
     )
     listing = listing_for(settings)
     schemas: Mapping[str, Mapping[str, Any]] = {t.name: t.input_schema for t in listing.tools}
-    confirmations = None
-    if settings.confirm_destructive:
-        shared = settings.confirm_secret.get_secret_value() if settings.confirm_secret else None
-        spent = SqliteSpent(settings.state_dir.expanduser())
-        confirmations = (
-            Confirmations(key=hashlib.sha256(shared.encode()).digest(), spent=spent)
-            if shared
-            else Confirmations(spent=spent)
-        )
+    # One key signs confirmation tokens and plan ids (each under its own derivation), so every
+    # instance sharing POSTHOG_CONFIRM_SECRET verifies both; one record of what is spent.
+    shared = settings.confirm_secret.get_secret_value() if settings.confirm_secret else None
+    key = hashlib.sha256(shared.encode()).digest() if shared else secrets.token_bytes(32)
+    spent = SqliteSpent(settings.state_dir.expanduser())
+    confirmations = Confirmations(key=key, spent=spent) if settings.confirm_destructive else None
+    plans = Plans(key=hashlib.sha256(key + b"/plans").digest(), spent=spent)
 
     @asynccontextmanager
     async def lifespan(_: Server[ServerState]) -> AsyncIterator[ServerState]:
         if client is not None:
-            yield ServerState(settings, client, listing, confirmations)
+            yield ServerState(settings, client, listing, confirmations, plans)
             return
         async with open_client(settings, transport=transport) as own:
-            yield ServerState(settings, own, listing, confirmations)
+            yield ServerState(settings, own, listing, confirmations, plans)
 
     return Server(
         NAME,

@@ -15,6 +15,7 @@ from mcp.server import ServerRequestContext
 
 from .. import __version__
 from ..tools.confirm import Confirmations
+from ..tools.plans import Plans
 from ..tools.secrets import SecretPolicy
 from .config import Settings
 from .sandbox_backend import SandboxTransport
@@ -120,6 +121,8 @@ class ServerState:
     listing: types.ListToolsResult
     # Confirmation tokens of destructive calls (None: confirmations are off).
     confirmations: Confirmations | None = None
+    # Plan ids of external-data-schemas-plan (None: the server keeps none).
+    plans: Plans | None = None
 
 
 Context = ServerRequestContext[ServerState]

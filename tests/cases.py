@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from mcp import Client
+
 from tests.support import SCHEMA_ID, SOURCE_ID
 
 BASE = "/api/environments/42/"
 SRC = f"{BASE}external_data_sources/{SOURCE_ID}/"
 SCH = f"{BASE}external_data_schemas/{SCHEMA_ID}/"
+
+
+# Stands for a plan id that a plan made on the same server gives (with_plan).
+PLAN_ID = "<plan_id of external-data-schemas-plan's case>"
 
 
 class Case(NamedTuple):
@@ -219,6 +225,23 @@ CASES: dict[str, Case] = {
     "external-data-sources-audit": Case(
         {}, "GET", f"{BASE}external_data_sources/", [("limit", "100")], None
     ),
+    # A plan reads the source (then its jobs); applying one reads the source, then sends the
+    # plan's changes. Its plan id comes from a plan made in the same test (PLAN_ID).
+    "external-data-schemas-plan": Case(
+        {
+            "id": SOURCE_ID,
+            "changes": [
+                {"id": SCHEMA_ID, "set": {"sync_type": "full_refresh", "sync_frequency": "1hour"}}
+            ],
+        },
+        "GET",
+        SRC,
+        [],
+        None,
+    ),
+    "external-data-schemas-apply-plan": Case(
+        {"id": SOURCE_ID, "plan_id": PLAN_ID}, "GET", SRC, [], None
+    ),
     "data-warehouse-source-connect-link": Case(
         {"source_type": "Postgres"},
         "GET",
@@ -271,6 +294,7 @@ CASES: dict[str, Case] = {
 }
 
 DESTRUCTIVE = {
+    "external-data-schemas-apply-plan",
     "external-data-sources-destroy",
     "external-data-sources-delete-webhook-create",
     "external-data-sources-repair-cdc-create",
@@ -297,6 +321,7 @@ READ_SCOPED = {
     "data-warehouse-stored-credentials-list",
     "external-data-sources-jobs-wait",
     "external-data-sources-audit",
+    "external-data-schemas-plan",
 }
 # Annotated read-only: those, and four that change nothing yet need write.
 READ_ONLY = READ_SCOPED | {
@@ -333,6 +358,8 @@ TOOLSET_TOOLS = {
         "external-data-schemas-destroy",
         "external-data-schemas-delete-data",
         "external-data-schemas-incremental-fields-create",
+        "external-data-schemas-plan",
+        "external-data-schemas-apply-plan",
     },
     "sync": {
         "external-data-sources-repair-cdc-create",
@@ -370,9 +397,25 @@ TOOLSET_TOOLS = {
 
 
 # Tools that read more than once (all GETs): the first request is the documented one.
-SEVERAL_READS = {"external-data-sources-audit"}
+SEVERAL_READS = {"external-data-sources-audit", "external-data-schemas-plan"}
+# Tools whose documented read is followed by the changes they carry (a plan's PATCHes).
+READ_THEN_WRITE = {"external-data-schemas-apply-plan"}
 
 
 def arguments(tool: str) -> dict[str, Any]:
     """Valid arguments for ``tool``: a copy of its case's, free to change."""
     return dict(CASES[tool].arguments)
+
+
+async def with_plan(client: Client, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with PLAN_ID replaced by a plan id from the plan tool's own case, made on the
+    server ``client`` talks to (a plan id is signed with that server's key)."""
+    if args.get("plan_id") != PLAN_ID:
+        return args
+    planned = await client.call_tool(
+        "external-data-schemas-plan", CASES["external-data-schemas-plan"].arguments
+    )
+    assert isinstance(planned.structured_content, dict), planned.content
+    plan_id = planned.structured_content["plan_id"]
+    assert isinstance(plan_id, str), planned.structured_content
+    return {**args, "plan_id": plan_id}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -223,10 +224,25 @@ class Recorder:
         )
 
     def answer_as(self, row: Endpoint) -> None:
+        if row.response in (m.SchemaPlan, m.PlanApplied):
+            self.respond = like_posthog  # a plan reads a source and its jobs, then changes
+            return
+        self.respond = None
         # A hooked row whose result is not PostHog's answer (the audit) reads the sources list.
         self.default = (
             SAMPLE_BODIES.get(row.response) or SAMPLE_BODIES[m.PaginatedExternalDataSourceList]
         )
+
+
+def like_posthog(request: Request, seen: Seen) -> Response:
+    """Each sample body where PostHog would answer it: a source, its jobs, a schema."""
+    if seen.path.endswith("/jobs/"):
+        return JSONResponse([JOB])
+    if "/external_data_schemas/" in seen.path:
+        return JSONResponse(SCHEMA)
+    if re.search(r"/external_data_sources/[0-9a-f-]{36}/$", seen.path):
+        return JSONResponse(SOURCE)
+    return JSONResponse(SAMPLE_BODIES[m.PaginatedExternalDataSourceList][1])
 
 
 def settings(**overrides: Any) -> Settings:

@@ -9,7 +9,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.cases import CASES, SCH, SEVERAL_READS, SRC
+from tests.cases import CASES, PLAN_ID, READ_THEN_WRITE, SCH, SEVERAL_READS, SRC, with_plan
 from tests.support import MODES, SCHEMA_ID, SOURCE_ID, Recorder, connect, text_of
 
 pytestmark = pytest.mark.anyio
@@ -46,10 +46,15 @@ async def test_valid_call_sends_the_documented_request(name: str, mode: str) -> 
     recorder = Recorder()
     recorder.answer_as(BY_NAME[name])
     async with connect(recorder, mode=mode) as client:
+        if args.get("plan_id") == PLAN_ID:
+            args = await with_plan(client, args)
+            recorder.seen.clear()
         result = await client.call_tool(name, args)
     assert result.is_error is False, result.content
     if name in SEVERAL_READS:
         assert {s.method for s in recorder.seen} == {"GET"}
+    elif name in READ_THEN_WRITE:
+        assert [s.method for s in recorder.seen] == ["GET", "PATCH"]
     else:
         assert len(recorder.seen) == 1
     seen = recorder.seen[0]

@@ -21,7 +21,7 @@ from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.tools import confirm
 from posthog_warehouse_mcp.tools.models import ConfirmedIdParams
 from posthog_warehouse_mcp.tools.previews import removals
-from tests.cases import DESTRUCTIVE, arguments
+from tests.cases import DESTRUCTIVE, arguments, with_plan
 from tests.support import MODES, SCHEMA, SCHEMA_ID, SOURCE, Recorder, Seen, settings, text_of
 
 pytestmark = pytest.mark.anyio
@@ -31,9 +31,14 @@ SCHEMA_WITH_TABLE = {**SCHEMA, "table": {"name": "app_postgres_orders", "row_cou
 
 
 def posthog(request: Request, seen: Seen) -> Response:
-    """Reads answer the sample source and schema; a change answers 204."""
+    """Reads answer the sample source, schema and no jobs; a schema's PATCH answers it, as
+    PostHog does; another change answers 204."""
+    if request.method == "PATCH" and "external_data_schemas" in request.url.path:
+        return JSONResponse(SCHEMA_WITH_TABLE)
     if request.method != "GET":
         return Response(status_code=204)
+    if request.url.path.endswith("/jobs/"):
+        return JSONResponse([])
     if "webhook_info" in request.url.path:
         return JSONResponse({"supports_webhooks": True, "exists": True, "webhook_url": "https://x"})
     if "external_data_schemas" in request.url.path:
@@ -61,7 +66,8 @@ async def test_without_elicitation_a_preview_and_a_token_then_one_request(
 ) -> None:
     recorder = Recorder(respond=posthog)
     async with asking(recorder, mode) as client:
-        first = await client.call_tool(tool, arguments(tool))
+        args = await with_plan(client, arguments(tool))
+        first = await client.call_tool(tool, args)
         assert first.is_error is False, text_of(first)
         answer = first.structured_content or {}
         assert answer["confirmation_required"] is True
@@ -69,7 +75,7 @@ async def test_without_elicitation_a_preview_and_a_token_then_one_request(
         assert "Show the preview to the user" in answer["next"]
         assert changes(recorder) == []  # only reads so far
         second = await client.call_tool(
-            tool, {**arguments(tool), "confirmation_token": answer["confirmation_token"]}
+            tool, {**args, "confirmation_token": answer["confirmation_token"]}
         )
     assert second.is_error is False, text_of(second)
     assert len(changes(recorder)) == 1

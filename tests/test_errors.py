@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from posthog_warehouse_mcp.tools.errors import BadRequest, NotFound
-from tests.cases import CASES, READ_SCOPED, arguments
+from posthog_warehouse_mcp.tools.table import BY_NAME
+from tests.cases import CASES, PLAN_ID, READ_SCOPED, arguments, with_plan
 from tests.support import CANARY_KEY, MODES, SOURCE_ID, Recorder, answer, connect, text_of
 
 pytestmark = pytest.mark.anyio
@@ -166,9 +167,15 @@ def test_posthog_messages_keep_their_own_punctuation(
 
 @pytest.mark.parametrize("tool", sorted(CASES))
 async def test_a_403_names_the_scope_the_tool_needs(tool: str) -> None:
-    recorder = Recorder(respond=answer(403, {"detail": "You do not have permission."}))
+    refused = answer(403, {"detail": "You do not have permission."})
+    recorder = Recorder(respond=refused)
     async with connect(recorder) as client:
-        result = await client.call_tool(tool, arguments(tool))
+        args = arguments(tool)
+        if args.get("plan_id") == PLAN_ID:  # the plan is made before the key loses its scopes
+            recorder.answer_as(BY_NAME[tool])
+            args = await with_plan(client, args)
+            recorder.respond = refused
+        result = await client.call_tool(tool, args)
     assert result.is_error is True
     if tool == "data-warehouse-data-health-issues-retrieve":
         needs = "the scopes warehouse_view:read and external_data_source:read,"

@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from mcp import Client
 
 from posthog_warehouse_mcp.tools.definitions import definition
-from posthog_warehouse_mcp.tools.table import ENDPOINTS, Endpoint
-from tests.cases import SEVERAL_READS
-from tests.support import Recorder, connect, text_of
+from posthog_warehouse_mcp.tools.models import SchemaSettings
+from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, Endpoint
+from tests.cases import PLAN_ID, READ_THEN_WRITE, SEVERAL_READS, with_plan
+from tests.support import SOURCE_ID, Recorder, connect, text_of
 
 EXAMPLES = 25  # per tool, per kind (valid, invalid), per protocol mode
 SAMPLE = 4  # the same, in the default run; `-m slow` runs all EXAMPLES
@@ -38,8 +39,23 @@ FUZZ = settings(
     derandomize=True,  # the same examples on every run: CI never flakes on a new draw
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+def schema_settings() -> st.SearchStrategy[Any]:
+    """A plan's `set`: the fields of external-data-schemas-partial-update, which the plan tool
+    names by reference rather than repeating their schema, with values that tool's schema
+    allows."""
+    schema = dict(definition(BY_NAME["external-data-schemas-partial-update"])["inputSchema"])
+    fields = {k: v for k, v in schema["properties"].items() if k in SchemaSettings.model_fields}
+    node = {"properties": fields, "additionalProperties": False}
+    return valid_object(node, schema.get("$defs", {}))
+
+
 # The server waits for syncs when asked; a fuzzed wait would only make the test slow.
-VALID_OVERRIDES: dict[str, st.SearchStrategy[Any]] = {"wait_seconds": st.just(0)}
+VALID_OVERRIDES: dict[str, st.SearchStrategy[Any]] = {
+    "wait_seconds": st.just(0),
+    "set": st.deferred(schema_settings),
+}
 TRAVERSAL = [
     "../../projects/1",
     "..%2F..%2Fprojects%2F1",
@@ -236,6 +252,13 @@ class Session:
         self.recorder.answer_as(row)
         return self.portal.call(self.client.call_tool, row.name, arguments)
 
+    def planned(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """``arguments`` with a plan id this server made (a plan id is signed; no generated
+        one is valid), for the source the plan is of."""
+        self.recorder.answer_as(BY_NAME["external-data-schemas-plan"])
+        wanted = {**arguments, "id": SOURCE_ID, "plan_id": PLAN_ID}
+        return dict(self.portal.call(with_plan, self.client, wanted))
+
 
 @pytest.fixture(scope="module", params=["legacy", "auto"])
 def session(request: pytest.FixtureRequest) -> Iterator[Session]:
@@ -255,6 +278,8 @@ def path_pattern(row: Endpoint) -> re.Pattern[str]:
 
 def check(session: Session, row: Endpoint, arguments: dict[str, Any]) -> bool:
     """Call the tool once and check every property; return whether the input was valid."""
+    if row.name in READ_THEN_WRITE and isinstance(arguments.get("plan_id"), str):
+        arguments = session.planned(arguments)
     try:
         params = row.params.model_validate(arguments)
     except pydantic.ValidationError:
@@ -273,13 +298,15 @@ def check(session: Session, row: Endpoint, arguments: dict[str, Any]) -> bool:
     assert result.structured_content is not None
     if row.name in SEVERAL_READS:
         assert {s.method for s in seen} == {"GET"}
+    elif row.name in READ_THEN_WRITE:
+        assert [s.method for s in seen] == [row.method, "PATCH"]
     else:
         assert [s.method for s in seen] == [row.method]
     path = seen[0].path
     assert path_pattern(row).match(path), path
     assert path == BASE + row.path.format(**params.model_dump(include=set(row.path_fields)))
     allowed = set(row.params.model_fields) | set(row.inject_body)
-    if row.name in SEVERAL_READS:  # its reads go through other rows, checked there
+    if row.name in SEVERAL_READS | READ_THEN_WRITE:  # through other rows, checked there
         return True
     if row.build_query is not None:  # the query PostHog's own tool sends, not the arguments
         assert {k for k, _ in seen[0].query} == set(row.build_query(params))

@@ -12,9 +12,7 @@ server/store.py).
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import secrets
 import threading
@@ -24,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from ..loopback.tokens import tokens_match
 from .models import CarriesConfirmation
+from .signing import Forged, seal, unseal
 
 if TYPE_CHECKING:
     from .dispatch import Call
@@ -92,8 +90,7 @@ class Confirmations:
             "e": int(time.time()) + self.seconds,
             "n": secrets.token_urlsafe(9),
         }
-        body = base64.urlsafe_b64encode(json.dumps(claims, sort_keys=True).encode()).decode()
-        return f"{body}.{self._sign(body)}"
+        return seal(self.key, claims)
 
     def check(self, token: str, tool: str, params: BaseModel, caller: str) -> None:
         """Accept the token for this very call, once.
@@ -102,10 +99,12 @@ class Confirmations:
             ConfirmationRefused: forged, expired, spent, or for another tool, arguments or
                 caller; StoreUnavailable when the record of spent tokens cannot be reached.
         """
-        body, _, signature = token.partition(".")
-        if not tokens_match(signature, self._sign(body)):
-            raise ConfirmationRefused("the confirmation_token is not one this server issued")
-        claims = json.loads(base64.urlsafe_b64decode(body.encode()))
+        try:
+            claims = unseal(self.key, token)
+        except Forged:
+            raise ConfirmationRefused(
+                "the confirmation_token is not one this server issued"
+            ) from None
         if claims.get("e", 0) < time.time():
             raise ConfirmationRefused("the confirmation_token has expired")
         if claims.get("t") != tool or claims.get("a") != _digest(params):
@@ -116,9 +115,6 @@ class Confirmations:
             raise ConfirmationRefused("the confirmation_token was issued to another caller")
         if not self.spent.spend(claims["n"], claims["e"]):
             raise ConfirmationRefused("the confirmation_token was used already")
-
-    def _sign(self, body: str) -> str:
-        return hmac.new(self.key, body.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def _digest(params: BaseModel) -> str:
@@ -192,6 +188,7 @@ def confirmation_message(tool: str, shown: dict[str, Any]) -> str:
     lines = [f"{tool} will: {shown.get('effect')}"]
     for table in shown.get("tables") or []:
         lines.append(f"- {table.get('name')}: {table.get('rows')} rows in {table.get('table')}")
+        lines.extend(f"  - {change}" for change in table.get("changes") or [])
         lines.extend(f"  - {removal}" for removal in table.get("removes") or [])
         if "rows_removed" in table:
             lines.append(f"  - rows removed: {table['rows_removed']}")

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import pydantic
 from pydantic import BaseModel
 
+from .confirm import caller_of
 from .errors import MalformedResponse, NotSucceeded, PermissionDenied
 from .hooks import OpenUrl, Progress
 from .models import Ack
@@ -27,6 +28,7 @@ from .waiting import DEFAULT_WAIT_CAP
 if TYPE_CHECKING:
     # The adapter imports httpx; nothing here needs it until a call is made.
     from .client import PostHogClient, Reply
+    from .plans import Plans
 
 
 class ArgumentError(ValueError):
@@ -154,6 +156,13 @@ class Call:
     secrets: SecretPolicy | None = None
     open_url: OpenUrl | None = None
     wait_cap: float = DEFAULT_WAIT_CAP
+    # Plan ids (tools/plans.py), signed with the server's key; None: the server keeps none.
+    plans: Plans | None = None
+
+    @property
+    def caller(self) -> str:
+        """Who is calling: a digest of the forwarded key, or "" for the server's own callers."""
+        return caller_of(self.api_key)
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""
@@ -178,9 +187,14 @@ async def run(row: Endpoint, call: Call) -> dict[str, Any]:
     async def send_this() -> dict[str, Any]:
         return await send(row, call)
 
-    if row.hook is not None:
+    if row.hook is None:
+        return await send_this()
+    try:
         return await row.hook(call, send_this)
-    return await send_this()
+    except PermissionDenied as exc:
+        # A hook's reads go through other rows; the key needs what the tool called needs.
+        exc.scopes = row.scopes
+        raise
 
 
 async def send(row: Endpoint, call: Call) -> dict[str, Any]:

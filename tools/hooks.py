@@ -12,9 +12,12 @@ type-checks; a test checks each row's params model is the one its hook and previ
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from .plans import Plans
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 Send = Callable[[], Awaitable[dict[str, Any]]]
@@ -46,6 +49,16 @@ class Caller(Protocol[P]):
     @property
     def open_url(self) -> OpenUrl | None:
         """Shows the person a URL, when the client supports URL-mode elicitation."""
+        ...
+
+    @property
+    def caller(self) -> str:
+        """Who is calling: a digest of a forwarded key, or "" for the server's own callers."""
+        ...
+
+    @property
+    def plans(self) -> Plans | None:
+        """Issues and reads plan ids (tools/plans.py); None where the server keeps none."""
         ...
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from pydantic import (
     ConfigDict,
     Field,
     RootModel,
+    ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -446,12 +448,78 @@ class ExternalDataSchemaPartialUpdateParams(SchemaSettings):
     confirmation_token: str | None = CONFIRMATION
 
 
+_SCHEMA_ITEMS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "properties": {"id": {"type": "string", "format": "uuid"}},
+        "required": ["id"],
+    },
+}
+
+
 class ExternalDataSourceBulkUpdateSchemasParams(IdParams):
     """Arguments of external-data-sources-bulk-update-schemas-partial-update."""
 
-    schemas: list[SchemaUpdate] = Field(
-        min_length=1, description="Changes per schema; ids unique, all of this source."
+    # Each item takes external-data-schemas-partial-update's fields, checked here in full;
+    # the schema names only the id, so the tool list states those fields once.
+    schemas: Annotated[list[SchemaUpdate], WithJsonSchema(_SCHEMA_ITEMS)] = Field(
+        min_length=1,
+        description="Per table: id and fields as in external-data-schemas-partial-update "
+        "(not the lookback; apply_sync_defaults fills PostHog's default method); ids unique, "
+        "all of this source.",
     )
+    confirmation_token: str | None = CONFIRMATION
+
+
+def _schema_settings(value: Any) -> Any:
+    """A change of a plan: exactly the fields external-data-schemas-partial-update takes."""
+    if not isinstance(value, dict):
+        return value
+    try:
+        SchemaSettings.model_validate(value)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in error["loc"])
+            unknown = error["type"] == "extra_forbidden"
+            problems.append(f"{where}: {'not a schema setting' if unknown else error['msg']}")
+        raise refuse("; ".join(problems)) from None
+    return value
+
+
+class SchemaChange(Params):
+    """One table's change in a plan."""
+
+    id: UUID = Field(description="Schema id.")
+    set: dict[str, Any] = Field(description="Fields of external-data-schemas-partial-update.")
+
+    _settings = field_validator("set")(_schema_settings)
+
+
+class ExternalDataSchemasPlanParams(Params):
+    """Arguments of external-data-schemas-plan."""
+
+    id: UUID = Field(description="Source id.")
+    changes: list[SchemaChange] | None = Field(
+        None, max_length=500, description="Per table, in the order to apply."
+    )
+    match: str | None = Field(
+        None, max_length=200, description="With set: table names matching (* ?); default all."
+    )
+    set: dict[str, Any] | None = Field(
+        None, description="A change for each matching table, after changes."
+    )
+
+    _settings = field_validator("set")(_schema_settings)
+
+
+class ExternalDataSchemasApplyPlanParams(Params):
+    """Arguments of external-data-schemas-apply-plan."""
+
+    id: UUID = Field(description="Source id the plan is for.")
+    plan_id: str = Field(min_length=1, max_length=60_000, description="From the plan.")
     confirmation_token: str | None = CONFIRMATION
 
 
@@ -950,6 +1018,24 @@ class AuditReport(Response):
 
     findings: list[dict[str, Any]]
     checked: dict[str, Any]
+
+
+class SchemaPlan(Response):
+    """What a batch of schema changes would do, per table and in total, with its plan id."""
+
+    plan_id: str | None = None
+    expires_at: str | None = None
+    tables: list[dict[str, Any]]
+    totals: dict[str, Any]
+    refused: list[dict[str, Any]]
+
+
+class PlanApplied(Confirmable):
+    """What applying a plan changed, and what it did not reach."""
+
+    applied: list[dict[str, Any]] | None = None
+    failed: dict[str, Any] | None = None
+    not_applied: list[dict[str, Any]] | None = None
 
 
 class Ack(Confirmable):

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from . import models as m
 from .audit import audit
 from .hooks import Hook, Preview
+from .plans import apply_plan, plan_changes, plan_preview
 from .previews import (
     bulk_settings_preview,
     schema_preview,
@@ -692,6 +693,42 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         toolset="diagnose",
         scopes=READ,
         hook=audit,
+    ),
+    Endpoint(
+        "external-data-schemas-plan",
+        "GET",
+        SOURCE,
+        params=m.ExternalDataSchemasPlanParams,
+        response=m.SchemaPlan,
+        title="Plan changes to many tables",
+        description=(
+            "Before changing several tables: per table what changes, whether it re-imports in "
+            "full (rows), billed rows a month before and after (estimates), what PostHog "
+            "refuses. Only reads; returns plan_id for apply-plan."
+        ),
+        toolset="schemas",
+        scopes=READ,
+        hook=plan_changes,
+    ),
+    Endpoint(
+        "external-data-schemas-apply-plan",
+        "GET",
+        SOURCE,
+        params=m.ExternalDataSchemasApplyPlanParams,
+        response=m.PlanApplied,
+        title="Apply a plan of table changes",
+        description=(
+            "Apply a plan_id: refused if a table changed since the plan; stops at the first "
+            "failure, saying what was applied."
+        ),
+        toolset="schemas",
+        scopes=WRITE,
+        read_only=False,
+        destructive=True,
+        idempotent=False,
+        retry_safe=True,  # its own request reads the source; each change is its own row's
+        hook=apply_plan,
+        preview=plan_preview,
     ),
     Endpoint(
         "execute-sql",

@@ -99,6 +99,15 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
             "external-data-sources-revenue-analytics-config-partial-update",
             {"id": source_id, "enabled": True},
         )
+        plan = await use(
+            "external-data-schemas-plan",
+            {"id": source_id, "match": "not*", "set": {"sync_frequency": "12hour"}},
+        )
+        assert [t["name"] for t in plan["tables"]] == ["notes"] and plan["refused"] == []
+        applied = await use(
+            "external-data-schemas-apply-plan", {"id": source_id, "plan_id": plan["plan_id"]}
+        )
+        assert [a["name"] for a in applied["applied"]] == ["notes"]
         await use("external-data-sources-refresh-schemas", {"id": source_id})
         await use("external-data-schemas-list", {"search": "orders"})
         await use("external-data-schemas-retrieve", {"id": ids["orders"]})
