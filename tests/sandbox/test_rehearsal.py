@@ -203,6 +203,8 @@ def test_tables_built_to_fail_are_reported_with_their_fixes(
     dupes = by_name(answer, "dupes")
     unique = check(dupes, "primary_key_unique")
     assert (unique["duplicate_keys"], unique["duplicate_rows"]) == (10, 10)
+    # Merged on the key, as the incremental sync would: one row a key.
+    assert dupes["local_sync"]["rows_in_table"] == (40 if rows == 1000 else 3)
     assert unique["example_key"][0] in range(1, 11)
     assert where in unique["how"]
     found = problems(dupes)["duplicate_primary_key"]
