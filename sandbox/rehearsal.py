@@ -81,6 +81,8 @@ DAYS_A_MONTH = 30
 DEFAULT_FREQUENCY = "6hour"
 # How far back the rate of change is measured on a time column.
 RECENT_DAYS = 7
+# DuckDB's buffer for the temporary warehouse.
+REHEARSAL_MEMORY = "128MB"
 # The inputs of a source that are secret whatever the form says.
 _SECRET_INPUTS = ("password", "connection_string")
 
@@ -395,7 +397,13 @@ class _Rehearsal:
         workdir = Path(tempfile.mkdtemp(prefix="posthog-rehearsal-"))
         results: list[dict[str, Any]] = []
         try:
-            warehouse = Warehouse(workdir / "warehouse.duckdb", staging_dir=workdir / "staging")
+            # Half the sandbox's buffer: a rehearsal runs beside the MCP server, and its memory
+            # must not grow with the table (DuckDB spills to the temporary folder instead).
+            warehouse = Warehouse(
+                workdir / "warehouse.duckdb",
+                staging_dir=workdir / "staging",
+                memory_limit=REHEARSAL_MEMORY,
+            )
             try:
                 for index, target in enumerate(targets):
                     results.append(self._table(warehouse, workdir, index, target))
