@@ -53,6 +53,12 @@ def _public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def is_public(address: str) -> bool:
+    """Whether PostHog Cloud's host rule takes an address as public (an IPv4-mapped IPv6
+    address by its IPv4 address)."""
+    return _public(address)
+
+
 @dataclass(frozen=True)
 class CloudRules:
     """Cloud's host and TLS rules; `resolver` maps a host to its addresses."""

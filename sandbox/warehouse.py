@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,17 @@ STAGING_PREFIX = "_staging_"
 _STATE = "_sandbox_sync_state"
 # Where the copies queries read live: `<table>.<publication>.duckdb`, one a table.
 PUBLISHED_DIR = "published"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A value DuckDB could not convert to its column's type: the column, its place in the CSV
+    row (1-based), the row as the file has it, and DuckDB's message."""
+
+    column: str
+    index: int
+    csv_line: str
+    message: str
 
 
 class DirectoryInUse(RuntimeError):
@@ -287,15 +299,38 @@ class Warehouse:
     ) -> int:
         """Load a COPY CSV file into a new staging table; return its row count."""
         check_cancelled(cancelled)
-        types = ", ".join(f"{_sql_str(c.name)}: {_sql_str(c.duck_type)}" for c in columns)
         cur.execute(
-            f"CREATE TABLE {quote_ident(staging)} AS SELECT * FROM read_csv(?, header = false, "
-            f"auto_detect = false, columns = {{{types}}}, quote = '\"', escape = '\"', "
-            "allow_quoted_nulls = false, new_line = '\\n')",
+            f"CREATE TABLE {quote_ident(staging)} AS SELECT * FROM {_read_csv(columns)}",
             [str(csv_path)],
         )
         row = cur.execute(f"SELECT count(*) FROM {quote_ident(staging)}").fetchone()
         return int(row[0]) if row else 0
+
+    def load_convertible(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        csv_path: Path,
+        staging: str,
+        columns: list[Column],
+    ) -> tuple[int, list[Rejected]]:
+        """Load the rows of a COPY CSV file whose values all convert (after `load_staging`
+        refused the file); return their count and the values that did not convert, one a
+        rejected row and column, in file order."""
+        cur.execute(f"DROP TABLE IF EXISTS {quote_ident(staging)}")
+        cur.execute(
+            f"CREATE TABLE {quote_ident(staging)} AS SELECT * FROM "
+            f"{_read_csv(columns, store_rejects=True)}",
+            [str(csv_path)],
+        )
+        row = cur.execute(f"SELECT count(*) FROM {quote_ident(staging)}").fetchone()
+        rejected = [
+            Rejected(str(name), int(index), str(line), str(message))
+            for name, index, line, message in cur.execute(
+                "SELECT column_name, column_idx, csv_line, error_message FROM reject_errors "
+                "ORDER BY line, column_idx"
+            ).fetchall()
+        ]
+        return (int(row[0]) if row else 0), rejected
 
     def publish(
         self,
@@ -432,6 +467,17 @@ class Warehouse:
 
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _read_csv(columns: list[Column], *, store_rejects: bool = False) -> str:
+    """DuckDB's reading of a COPY CSV file (its path the one parameter), with the exact column
+    types; `store_rejects` keeps the rows that convert and lists the others in `reject_errors`."""
+    types = ", ".join(f"{_sql_str(c.name)}: {_sql_str(c.duck_type)}" for c in columns)
+    rejects = ", store_rejects = true" if store_rejects else ""
+    return (
+        f"read_csv(?, header = false, auto_detect = false, columns = {{{types}}}, quote = '\"', "
+        f"escape = '\"', allow_quoted_nulls = false, new_line = '\\n'{rejects})"
+    )
 
 
 def _dedupe(stg: str, primary_key: list[str], cursor_column: str | None) -> str:

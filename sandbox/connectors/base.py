@@ -139,7 +139,8 @@ class Export:
     """What a sync asks a connector to export: a table's columns, as CSV to `path`.
 
     With a cursor, only rows past `cursor_value` of `cursor_column` (`>=` if `inclusive`); with
-    row filters, only the rows they all match.
+    row filters, only the rows they all match; with `limit`, at most that many rows (the first
+    the database hands over, in no set order).
     """
 
     namespace: str
@@ -153,6 +154,8 @@ class Export:
     progress: Progress
     # PostHog's row filters, checked and coerced: ANDed onto the query.
     row_filters: tuple[RowFilter, ...] = ()
+    # A rehearsal's bound on the rows it reads (syncs read every row: None).
+    limit: int | None = None
 
     @property
     def past_cursor(self) -> tuple[str, str] | None:

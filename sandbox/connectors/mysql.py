@@ -284,6 +284,8 @@ def export(conn: Connection[Any], export: Export) -> int:
         params.extend(values)
     if conditions:
         query += " WHERE " + " AND ".join(conditions)
+    if export.limit is not None:
+        query += f" LIMIT {int(export.limit)}"
     rows = 0
     # Unbuffered: rows stream from the server instead of being held in memory.
     cur = conn.cursor(pymysql.cursors.SSCursor)

@@ -283,6 +283,8 @@ def copy_statement(export: Export) -> str:
         conditions.append(f"{quote_ident(row_filter.column)} {row_filter.operator} {literal}")
     if conditions:
         query += " WHERE " + " AND ".join(conditions)
+    if export.limit is not None:
+        query += f" LIMIT {int(export.limit)}"
     return f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
 
 
