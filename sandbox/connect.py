@@ -135,6 +135,18 @@ def take_credential(
     return credential
 
 
+def peek_credential(
+    services: Services, credential_id: str, source_type: str
+) -> dict[str, Any] | None:
+    """The connection fields of a stored, unexpired credential for `source_type`, without
+    spending it (a rehearsal reads it; only a create or setup uses it up); None if none."""
+    _purge_expired(services)
+    credential = services.store.credentials.get(credential_id)
+    if credential is None or credential.source_type != source_type:
+        return None
+    return dict(credential.job_inputs)
+
+
 async def connect_page(request: Request, services: Services) -> Response:
     """GET and POST /connect/{token}: the form, and storing what it was given."""
 

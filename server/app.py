@@ -26,9 +26,9 @@ from ..tools import dispatch
 from ..tools.confirm import ConfirmationRefused, Confirmations, decide
 from ..tools.definitions import definitions
 from ..tools.dispatch import ArgumentError, Call, validate
-from ..tools.errors import PostHogError
+from ..tools.errors import NothingSent, PostHogError
 from ..tools.output import cap, dumps
-from ..tools.plans import PlanRefused, Plans
+from ..tools.plans import Plans
 from ..tools.redact import redact_text, remember_secrets
 from ..tools.secrets import SecretRefused
 from ..tools.table import ENDPOINTS, Endpoint, lookup
@@ -150,6 +150,7 @@ async def on_call_tool(
             open_url=asking.url_opener(ctx),
             wait_cap=settings.wait_cap_seconds,
             plans=state.plans,
+            rehearse=state.client.rehearse,
         )
         question = await decide(
             row, call, state.confirmations, answered=answer.token if answer else None
@@ -165,7 +166,7 @@ async def on_call_tool(
         return error_result(exc.describe(), exc.details)
     except SecretRefused as exc:
         return error_result(str(exc))
-    except PlanRefused as exc:
+    except NothingSent as exc:
         return error_result(f"{row.name}: {exc}; nothing was sent.")
     except ConfirmationRefused as exc:
         return error_result(

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -19,6 +20,9 @@ import httpx
 from ..tools.errors import BackendUnavailable, TransportError
 from ..tools.redact import remember_secrets
 from ..tools.secrets import BINDING_SUFFIX
+
+if TYPE_CHECKING:
+    from ..sandbox.services import Services
 
 log = logging.getLogger("posthog_warehouse_mcp.sandbox")
 
@@ -47,6 +51,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._inner: httpx.AsyncBaseTransport | None = None
+        self._services: Services | None = None
         self._failure = ""
         # A failure no retry can mend (the directory held by another process, no extra).
         self._lasting = False
@@ -100,6 +105,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
                     self.references[DEMO_SECRET + BINDING_SUFFIX] = (
                         f"{demo.host}:{demo.port},localhost:{demo.port}"
                     )
+                self._services = app.state.services
                 self._inner = httpx.ASGITransport(app=app)
                 log.info("sandbox ready in %s", directory)
                 self._ready.set()
@@ -120,6 +126,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             )
         finally:
             self._inner = None
+            self._services = None
             self.references.clear()
             self._ready.set()
 
@@ -140,3 +147,17 @@ class SandboxTransport(httpx.AsyncBaseTransport):
             failure = f"{self._failure or 'the sandbox has stopped'}; nothing was sent."
             raise BackendUnavailable(failure) if self._lasting else TransportError(failure)
         return await self._inner.handle_async_request(request)
+
+    async def stored_credential(
+        self, credential_id: str, source_type: str
+    ) -> dict[str, Any] | None:
+        """The fields the local connect page stored under `credential_id` for `source_type`,
+        read without spending them; None if there is none (or the sandbox is not up)."""
+        self._wanted.set()
+        with anyio.move_on_after(self.startup_timeout):
+            await self._ready.wait()
+        if self._services is None:
+            return None
+        from ..sandbox.connect import peek_credential
+
+        return peek_credential(self._services, credential_id, source_type)

@@ -16,8 +16,10 @@ from mcp.server import ServerRequestContext
 from .. import __version__
 from ..tools.confirm import Confirmations
 from ..tools.plans import Plans
+from ..tools.rehearsal import Rehearse
 from ..tools.secrets import SecretPolicy
 from .config import Settings
+from .rehearsal import rehearser
 from .sandbox_backend import SandboxTransport
 
 if TYPE_CHECKING:
@@ -73,6 +75,15 @@ class LazyClient:
             return policy
         environ = os.environ if policy.environ is None else policy.environ
         return replace(policy, environ={**environ, **self.transport.references})
+
+    @property
+    def rehearse(self) -> Rehearse:
+        """Rehearsals on this machine; with the in-process sandbox, they can read what its
+        connect page stored (PostHog never gives a stored credential back)."""
+        backend = self.transport
+        return rehearser(
+            backend.stored_credential if isinstance(backend, SandboxTransport) else None
+        )
 
     async def aclose(self) -> None:
         """Close the pool, if it was ever opened."""

@@ -225,6 +225,27 @@ CASES: dict[str, Case] = {
     "external-data-sources-audit": Case(
         {}, "GET", f"{BASE}external_data_sources/", [("limit", "100")], None
     ),
+    # Answered on this machine: nothing reaches PostHog (LOCAL). The case's database is not
+    # there, so the answer is the connector's refusal; the sandbox tests rehearse for real.
+    "external-data-sources-rehearse": Case(
+        {
+            "source_type": "Postgres",
+            "payload": {
+                "host": "127.0.0.1",
+                "port": 9,
+                "database": "app",
+                "user": "app",
+                "password": "pw-not-used-0123",
+                "schemas": [{"name": "orders", "should_sync": True, "sync_type": "full_refresh"}],
+            },
+            "rows": 10,
+            "seconds": 5,
+        },
+        "LOCAL",
+        "(this machine)",
+        [],
+        None,
+    ),
     # A plan reads the source (then its jobs); applying one reads the source, then sends the
     # plan's changes. Its plan id comes from a plan made in the same test (PLAN_ID).
     "external-data-schemas-plan": Case(
@@ -322,6 +343,7 @@ READ_SCOPED = {
     "external-data-sources-jobs-wait",
     "external-data-sources-audit",
     "external-data-schemas-plan",
+    "external-data-sources-rehearse",
 }
 # Annotated read-only: those, and four that change nothing yet need write.
 READ_ONLY = READ_SCOPED | {
@@ -386,6 +408,7 @@ TOOLSET_TOOLS = {
         "external-data-sources-check-cdc-prerequisites-create",
         "data-warehouse-source-connect-link",
         "data-warehouse-stored-credentials-list",
+        "external-data-sources-rehearse",
     },
     "diagnose": {
         "external-data-sync-logs",
@@ -398,6 +421,8 @@ TOOLSET_TOOLS = {
 
 # Tools that read more than once (all GETs): the first request is the documented one.
 SEVERAL_READS = {"external-data-sources-audit", "external-data-schemas-plan"}
+# Tools answered on this machine, which send nothing to PostHog.
+LOCAL = {"external-data-sources-rehearse"}
 # Tools whose documented read is followed by the changes they carry (a plan's PATCHes).
 READ_THEN_WRITE = {"external-data-schemas-apply-plan"}
 

@@ -9,7 +9,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS
-from tests.cases import CASES, PLAN_ID, READ_THEN_WRITE, SCH, SEVERAL_READS, SRC, with_plan
+from tests.cases import CASES, LOCAL, PLAN_ID, READ_THEN_WRITE, SCH, SEVERAL_READS, SRC, with_plan
 from tests.support import MODES, SCHEMA_ID, SOURCE_ID, Recorder, connect, text_of
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +50,10 @@ async def test_valid_call_sends_the_documented_request(name: str, mode: str) -> 
             args = await with_plan(client, args)
             recorder.seen.clear()
         result = await client.call_tool(name, args)
+    if name in LOCAL:  # answered here: its case's database is not there, and PostHog unasked
+        assert recorder.seen == []
+        assert "nothing was sent" in text_of(result), result.content
+        return
     assert result.is_error is False, result.content
     if name in SEVERAL_READS:
         assert {s.method for s in recorder.seen} == {"GET"}

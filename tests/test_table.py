@@ -12,7 +12,7 @@ import pytest
 from posthog_warehouse_mcp.tools import definitions, snapshot
 from posthog_warehouse_mcp.tools.definitions import definition
 from posthog_warehouse_mcp.tools.table import DESTRUCTIVE_WARNING, ENDPOINTS, TOOLSETS, Endpoint
-from tests.cases import DESTRUCTIVE, NEVER_RETRIED, READ_ONLY, READ_SCOPED
+from tests.cases import DESTRUCTIVE, LOCAL, NEVER_RETRIED, READ_ONLY, READ_SCOPED
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 ROWS = pytest.mark.parametrize("row", ENDPOINTS, ids=lambda r: r.name)
@@ -64,6 +64,8 @@ def test_destructive_read_only_and_retried_tools_are_the_intended_ones() -> None
 
 def test_each_tool_needs_the_scopes_posthog_requires() -> None:
     scopes = {r.name: r.scopes for r in ENDPOINTS}
+    # A tool answered on this machine reaches no PostHog endpoint and needs no scope.
+    assert {scopes.pop(name) for name in LOCAL} == {()}
     # Data health is on PostHog's warehouse-view API, and its tool asks for both read scopes.
     health = "data-warehouse-data-health-issues-retrieve"
     assert scopes.pop(health) == ("warehouse_view:read", "external_data_source:read")
@@ -71,7 +73,7 @@ def test_each_tool_needs_the_scopes_posthog_requires() -> None:
     queries = {"execute-sql", "read-data-warehouse-schema"}
     assert {scopes.pop(name) for name in queries} == {("query:read",)}
     read = {name for name, needs in scopes.items() if needs == ("external_data_source:read",)}
-    assert read == READ_SCOPED - {health} - queries
+    assert read == READ_SCOPED - {health} - queries - LOCAL
     others = {scopes[name] for name in scopes.keys() - READ_SCOPED}
     assert others == {("external_data_source:write",)}
 

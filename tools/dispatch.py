@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     # The adapter imports httpx; nothing here needs it until a call is made.
     from .client import PostHogClient, Reply
     from .plans import Plans
+    from .rehearsal import Rehearse
 
 
 class ArgumentError(ValueError):
@@ -158,6 +159,8 @@ class Call:
     wait_cap: float = DEFAULT_WAIT_CAP
     # Plan ids (tools/plans.py), signed with the server's key; None: the server keeps none.
     plans: Plans | None = None
+    # Rehearsals on this machine (tools/rehearsal.py); None: the server cannot run them.
+    rehearse: Rehearse | None = None
 
     @property
     def caller(self) -> str:

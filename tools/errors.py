@@ -14,6 +14,9 @@
     │   └── BackendUnavailable        the local sandbox cannot serve at all (not retried)
     └── MalformedResponse             an answer that is not the JSON PostHog sends
 
+    NothingSent                       refused here, before any request (a plan that cannot
+                                      be applied, a rehearsal that cannot run)
+
 PostHog uses four error-body shapes (``{"detail"}``, ``{"message"}``,
 ``{type, code, detail, attr}`` and ``200 {"success": false, "error"}``);
 :func:`error_from_response` reads all of them.
@@ -30,6 +33,11 @@ from .redact import redact_text
 
 if TYPE_CHECKING:
     import httpx
+
+
+class NothingSent(ValueError):
+    """A call refused by this server before anything reached PostHog; the message says why
+    and what to do instead."""
 
 
 class PostHogError(Exception):

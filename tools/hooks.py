@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from .plans import Plans
+    from .rehearsal import Rehearse
+    from .secrets import SecretPolicy
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 Send = Callable[[], Awaitable[dict[str, Any]]]
@@ -54,6 +56,16 @@ class Caller(Protocol[P]):
     @property
     def caller(self) -> str:
         """Who is calling: a digest of a forwarded key, or "" for the server's own callers."""
+        ...
+
+    @property
+    def rehearse(self) -> Rehearse | None:
+        """Runs a rehearsal on this machine (tools/rehearsal.py); None where it cannot."""
+        ...
+
+    @property
+    def secrets(self) -> SecretPolicy | None:
+        """How credential fields are treated (secret references, strict mode)."""
         ...
 
     @property

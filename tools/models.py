@@ -611,6 +611,21 @@ class ExternalDataSourcesDbSchemaParams(Params):
     )
 
 
+class ExternalDataSourcesRehearseParams(Params):
+    """Arguments of external-data-sources-rehearse."""
+
+    source_type: str = SOURCE_TYPE
+    payload: ConnectionFields = Field(
+        description="As for create: connection fields (secret references welcome) and the "
+        "schemas to try."
+    )
+    prefix: str | None = Field(
+        None, max_length=100, pattern=PREFIX_PATTERN, description="Table-name prefix."
+    )
+    rows: int = Field(10_000, ge=1, le=10_000_000, description="Rows synced here per table.")
+    seconds: int = Field(30, ge=1, le=3600, description="For everything; at most the wait cap.")
+
+
 class DataWarehouseSourceSetupParams(Params):
     """Arguments of data-warehouse-source-setup."""
 
@@ -1018,6 +1033,14 @@ class AuditReport(Response):
 
     findings: list[dict[str, Any]]
     checked: dict[str, Any]
+
+
+class RehearsalReport(Response):
+    """A rehearsed import: per table its name, rows, checks, problems and estimates; the
+    schemas to pass to create; what the rehearsal cannot prove."""
+
+    tables: list[dict[str, Any]]
+    schemas: list[dict[str, Any]]
 
 
 class SchemaPlan(Response):

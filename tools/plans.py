@@ -30,7 +30,7 @@ from typing import Any
 
 from .billing import changed_rows_per_sync, monthly_rows
 from .confirm import Spent
-from .errors import PostHogError
+from .errors import NothingSent, PostHogError
 from .hooks import Caller, Send
 from .models import (
     ExternalDataSchemasApplyPlanParams,
@@ -48,7 +48,7 @@ _CURSOR_SETTINGS = ("incremental_field", "incremental_field_type")
 _CURSOR_STYLE = ("incremental", "append", "webhook")
 
 
-class PlanRefused(ValueError):
+class PlanRefused(NothingSent):
     """A plan id that cannot be applied (forged, expired, spent, another source or caller, or
     made before its schemas changed); nothing was sent."""
 

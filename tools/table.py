@@ -25,6 +25,7 @@ from .previews import (
     source_preview,
     webhook_preview,
 )
+from .rehearsal import rehearse
 from .requests import (
     flat_body,
     hogql_query_body,
@@ -34,7 +35,9 @@ from .requests import (
 from .results import offer_link, query_rows, warehouse_tables
 from .waiting import wait_for_jobs, wait_for_sync
 
-Method = Literal["GET", "POST", "PATCH", "DELETE"]
+# LOCAL: a tool answered on this machine, whose hook sends nothing to PostHog.
+Method = Literal["GET", "POST", "PATCH", "DELETE", "LOCAL"]
+LOCAL_PATH = "(this machine)"
 Toolset = Literal["sources", "schemas", "sync", "webhooks", "revenue", "setup", "diagnose", "query"]
 TOOLSETS: tuple[Toolset, ...] = get_args(Toolset)
 
@@ -561,6 +564,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         build_body=flat_body,
     ),
     Endpoint(
+        "external-data-sources-rehearse",
+        "LOCAL",
+        LOCAL_PATH,
+        params=m.ExternalDataSourcesRehearseParams,
+        response=m.RehearsalReport,
+        title="Rehearse an import on this machine",
+        description=(
+            "Before create: a real, bounded sync of the chosen tables here: key, cursor and "
+            "type problems with fixes, PostHog's names, first-sync rows, billed rows a month "
+            "(estimates), schemas for create. Sends nothing to PostHog."
+        ),
+        toolset="setup",
+        scopes=(),
+        read_only=True,
+        idempotent=True,
+        hook=rehearse,
+    ),
+    Endpoint(
         "data-warehouse-source-setup",
         "POST",
         SOURCES + "setup/",
@@ -702,9 +723,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.SchemaPlan,
         title="Plan changes to many tables",
         description=(
-            "Before changing several tables: per table what changes, whether it re-imports in "
-            "full (rows), billed rows a month before and after (estimates), what PostHog "
-            "refuses. Only reads; returns plan_id for apply-plan."
+            "Before changing several tables: per table the change, any full re-import (rows), "
+            "billed rows a month before/after (estimates), PostHog's refusals. Only reads; "
+            "gives plan_id for apply-plan."
         ),
         toolset="schemas",
         scopes=READ,

@@ -134,6 +134,17 @@ async def test_every_tool_answers_as_posthog_does(tmp_path: Path, upstream: Upst
         )
         found = {t["table"]: t for t in tables["results"]}
         assert found["orders"]["detected_primary_keys"] == ["id"]
+        rehearsed = await use(
+            "external-data-sources-rehearse",
+            {
+                "source_type": "Postgres",
+                "payload": {
+                    **upstream.creds.job_inputs(),
+                    "schemas": [{"name": "orders", "sync_type": "full_refresh"}],
+                },
+            },
+        )
+        assert rehearsed["tables"][0]["rows"]["count"] == 50
         set_up = await use(
             "data-warehouse-source-setup",
             {"source_type": "Postgres", "payload": upstream.creds.job_inputs(), "prefix": "su"},
