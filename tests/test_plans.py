@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -59,6 +60,7 @@ class PostHog:
         # Newest first: orders changed 40 rows a sync lately; its first sync took all 1000.
         self.jobs = [job("orders", 40), job("orders", 60), job("orders", 1000)]
         self.refuse: str | None = None  # a schema id whose PATCH PostHog refuses
+        self.created_at = "2026-01-01T00:00:00Z"
         self.recorder = Recorder(respond=self.respond)
 
     def respond(self, request: Request, seen: Seen) -> Response:
@@ -74,6 +76,7 @@ class PostHog:
         if seen.path.endswith("/jobs/"):
             return JSONResponse(self.jobs)
         source = {"id": SOURCE_ID, "source_type": "Postgres", "prefix": "app_",
+                  "created_at": self.created_at,
                   "schemas": list(copy.deepcopy(self.schemas).values())}  # fmt: skip
         return JSONResponse(source)
 
@@ -281,3 +284,16 @@ async def test_servers_sharing_the_confirmation_secret_verify_each_others_plans(
     async with server(upstream, **shared) as two:
         applied = await use(two, APPLY, {"id": SOURCE_ID, "plan_id": plan["plan_id"]})
     assert [a["name"] for a in applied["applied"]] == ["users"]
+
+
+async def test_a_reimport_in_a_sources_first_week_is_free_later_billed() -> None:
+    upstream = PostHog()
+    change = {"id": SOURCE_ID, "changes": [{"id": ORDERS, "set": {"sync_type": "full_refresh"}}]}
+    answers = []
+    for created in (datetime.now(UTC) - timedelta(days=2), datetime.now(UTC) - timedelta(days=30)):
+        upstream.created_at = created.isoformat()
+        async with server(upstream) as client:
+            answers.append(await use(client, PLAN, change))
+    recent, older = answers
+    assert recent["tables"][0]["reimport_billed"] is False and "free" in recent["totals"]
+    assert older["tables"][0]["reimport_billed"] is True and "free" not in older["totals"]

@@ -1,7 +1,10 @@
 """Rows billed per month for a table's sync settings: estimates, each with its basis.
 
 PostHog bills the rows its billable sync jobs write (a job's `rows_synced`, when `billable` is
-not false: a repair PostHog itself caused is free). A full refresh writes every row at every
+not false: a repair PostHog itself caused is free), except in a source's first 7 days, whose
+jobs go to a free historical meter (`products/warehouse_sources/backend/billing.py`,
+`FREE_HISTORICAL_WINDOW`; `billable` defaults to true in `models/external_data_job.py`). A full
+refresh writes every row at every
 sync; incremental and append syncs write the rows that changed since the last one; a table
 that does not sync writes none. These are estimates: the rate of change comes from past syncs
 (or, for a rehearsal, from the cursor column), and the row count from the last sync.
@@ -11,7 +14,11 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+# A source's first days, whose syncs PostHog does not bill.
+FREE_DAYS = 7
 
 # Syncs in a 30-day month, per sync frequency (PostHog's choices).
 SYNCS_PER_MONTH: dict[str, float] = {
@@ -27,6 +34,22 @@ SYNCS_PER_MONTH: dict[str, float] = {
 }
 # PostHog's sync frequency for a table that has none set.
 DEFAULT_FREQUENCY = "6hour"
+
+
+def free_until(source: dict[str, Any]) -> datetime | None:
+    """When a source's free first days end (None: its creation time is not known)."""
+    try:
+        created = datetime.fromisoformat(str(source.get("created_at")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)
+    return created + timedelta(days=FREE_DAYS)
+
+
+def is_free_now(source: dict[str, Any], at: datetime | None = None) -> bool:
+    """Whether a sync of this source now is in its free first days."""
+    until = free_until(source)
+    return until is not None and (at or datetime.now(UTC)) < until
 
 
 def changed_rows_per_sync(jobs: Iterable[dict[str, Any]]) -> int | None:

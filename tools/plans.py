@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .billing import changed_rows_per_sync, monthly_rows
+from .billing import FREE_DAYS, changed_rows_per_sync, is_free_now, monthly_rows
 from .confirm import Spent
 from .errors import NothingSent, PostHogError
 from .hooks import Caller, Send
@@ -175,7 +175,7 @@ def _table_jobs(jobs: list[dict[str, Any]], name: Any) -> list[dict[str, Any]]:
 
 
 def _entry(
-    schema: dict[str, Any], change: dict[str, Any], jobs: list[dict[str, Any]]
+    schema: dict[str, Any], change: dict[str, Any], jobs: list[dict[str, Any]], *, free: bool
 ) -> dict[str, Any]:
     table = schema.get("table") or {}
     rows = table.get("row_count")
@@ -195,6 +195,7 @@ def _entry(
         "reimports": bool(removes),
         "removes": removes,
         "rows_reimported": (rows if rows is not None else "unknown") if removes else 0,
+        "reimport_billed": bool(removes) and not free,
         "billed_rows_per_month": {
             "before": monthly_rows(schema, table_rows=rows, rows_per_sync=per_sync),
             "after": monthly_rows(after, table_rows=rows, rows_per_sync=per_sync),
@@ -212,9 +213,9 @@ def _sum(values: list[Any]) -> int | str:
     return sum(known) if not missing else f"{sum(known)} + {missing} not known"
 
 
-def _totals(entries: list[dict[str, Any]]) -> dict[str, Any]:
+def _totals(entries: list[dict[str, Any]], *, free: bool) -> dict[str, Any]:
     billed = [e["billed_rows_per_month"] for e in entries]
-    return {
+    totals: dict[str, Any] = {
         "tables": len(entries),
         "tables_changed": sum(1 for e in entries if e["changes"]),
         "tables_reimported": sum(1 for e in entries if e["reimports"]),
@@ -224,6 +225,12 @@ def _totals(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "estimates": "billed rows are estimates: full refresh from the row count, incremental "
         "and append from the rows of recent syncs",
     }
+    if free:
+        totals["free"] = (
+            f"the source is in its first {FREE_DAYS} days, whose syncs PostHog does not bill: "
+            "a re-import now is free"
+        )
+    return totals
 
 
 async def plan_changes(call: Caller[ExternalDataSchemasPlanParams], send: Send) -> dict[str, Any]:
@@ -232,12 +239,14 @@ async def plan_changes(call: Caller[ExternalDataSchemasPlanParams], send: Send) 
     schemas = _schemas(source)
     wanted, unknown = _requested(call.params, schemas)
     jobs = (await call.call("external-data-sources-jobs", id=str(call.params.id)))["results"]
-    entries = [_entry(schemas[w["id"]], w["set"], jobs) for w in wanted]
+    free = is_free_now(source)
+    entries = [_entry(schemas[w["id"]], w["set"], jobs, free=free) for w in wanted]
     refused = [
         *unknown,
         *({"id": e["id"], "reason": r} for e in entries for r in e.get("refused", [])),
     ]
-    answer: dict[str, Any] = {"tables": entries, "totals": _totals(entries), "refused": refused}
+    totals = _totals(entries, free=free)
+    answer: dict[str, Any] = {"tables": entries, "totals": totals, "refused": refused}
     if refused or not any(e["changes"] for e in entries) or call.plans is None:
         answer["plan_id"] = None
         if not entries:
@@ -288,14 +297,16 @@ async def plan_preview(call: Caller[ExternalDataSchemasApplyPlanParams]) -> dict
     _unchanged(claims, source)
     schemas = _schemas(source)
     jobs = (await call.call("external-data-sources-jobs", id=str(call.params.id)))["results"]
-    entries = [_entry(schemas[c["id"]], c["set"], jobs) for c in claims["ch"]]
-    totals = _totals(entries)
+    free = is_free_now(source)
+    entries = [_entry(schemas[c["id"]], c["set"], jobs, free=free) for c in claims["ch"]]
+    totals = _totals(entries, free=free)
     return {
         "effect": (
             f"apply {totals['tables_changed']} schema changes to source "
             f"{source.get('prefix') or source.get('source_type')}: "
             f"{totals['tables_reimported']} tables re-imported in full "
-            f"({totals['rows_reimported']} rows, billed again); billed rows a month "
+            f"({totals['rows_reimported']} rows, {'free now' if free else 'billed again'}); "
+            "billed rows a month "
             f"{totals['billed_rows_per_month_before']} -> "
             f"{totals['billed_rows_per_month_after']} (estimates)"
         ),
