@@ -32,7 +32,7 @@ async def _bytes(client: Client, tool: str, args: dict[str, Any]) -> tuple[int, 
 
 async def measure(directory: Path) -> dict[str, int]:
     """The answers' sizes on a fresh sandbox in `directory`, unsynced then synced."""
-    config = Settings(sandbox=True, sandbox_dir=directory, confirm_destructive=False)
+    config = Settings(sandbox=True, sandbox_dir=directory, confirm="off")
     sizes: dict[str, int] = {}
     async with Client(create_server(config)) as client:
         sizes["sources-list, demo unsynced"], listed = await _bytes(

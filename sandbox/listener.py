@@ -15,16 +15,14 @@ import logging
 import os
 import re
 import secrets
-import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
-import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..loopback.hosts import Visitors, headers_of, listener_hosts
+from ..loopback.serve import free_socket, listening
 from ..loopback.tokens import tokens_match
 from . import errors
 from .access import ACCESS_FILE, Access, remove
@@ -107,15 +105,6 @@ async def _refuse(send: Send, status: int, body: dict[str, object]) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-class QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves the process's signal handlers to the process."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Install no signal handlers."""
-        yield
-
-
 @asynccontextmanager
 async def loopback(
     app: ASGIApp, directory: Path, *, read_only: bool = False
@@ -124,36 +113,14 @@ async def loopback(
     for the duration of the block; `read_only`: answer only reads, queries and the connect
     page."""
     token = secrets.token_urlsafe(24)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = free_socket()
     port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        TokenGuard(app, token, port, read_only=read_only),
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
-    server = QuietServer(config)
-    access = Access(f"http://127.0.0.1:{port}", token, os.getpid())
-    stopped = anyio.Event()
-
-    async def serve() -> None:
-        try:
-            await server.serve([sock])
-        finally:
-            stopped.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve)
-        while not server.started:
-            if stopped.is_set():
-                raise RuntimeError("the sandbox's loopback listener did not start")
-            await anyio.sleep(0.01)
+    guarded = TokenGuard(app, token, port, read_only=read_only)
+    async with listening(guarded, sock) as url:
+        access = Access(url, token, os.getpid())
         access.write(directory)
         logger.info("sandbox also reachable at %s (token in %s)", access.url, ACCESS_FILE)
         try:
             yield access
         finally:
             remove(directory, access.pid)
-            server.should_exit = True

@@ -13,7 +13,8 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from ..tools.redact import redact_text, remember_secrets
 from ..tools.secrets import SecretRefused
 from ..tools.table import ENDPOINTS, Endpoint, lookup
 from . import asking
+from .approvals import APPROVE_TOOL, Approvals
 from .auth import bearer
 from .config import Settings
 from .filters import enabled, why_disabled
@@ -112,8 +114,12 @@ def forwarded_key(request: Request | None) -> str | None:
 async def on_list_tools(
     ctx: Context, params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
-    """``tools/list``: the table's rows these settings offer."""
-    return ctx.lifespan_context.listing
+    """``tools/list``: the table's rows these settings offer (and, to a client that renders
+    approval cards, the app-only tool their buttons call)."""
+    listing = ctx.lifespan_context.listing
+    if asking.offers_cards(ctx):
+        return types.ListToolsResult(tools=[*listing.tools, asking.APPROVE_DEFINITION])
+    return listing
 
 
 async def on_call_tool(
@@ -126,6 +132,13 @@ async def on_call_tool(
     """
     state = ctx.lifespan_context
     settings = state.settings
+    if params.name == APPROVE_TOOL and asking.offers_cards(ctx):
+        try:
+            return tool_result(await asking.card_answer(ctx, params.arguments), settings)
+        except NothingSent as exc:
+            return error_result(f"{params.name}: {exc}; nothing was sent.")
+        except PostHogError as exc:
+            return error_result(exc.describe(), exc.details)
     row = lookup(params.name)
     if row is None:
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
@@ -156,8 +169,10 @@ async def on_call_tool(
             row, call, state.confirmations, answered=answer.token if answer else None
         )
         if question is not None:
-            held = await asking.present(ctx, question)
-            if isinstance(held, types.InputRequiredResult):
+            # The very call, sent later if a person approves it (a card, a page).
+            later = replace(call, progress=None, open_url=None)
+            held = await asking.present(ctx, question, lambda: dispatch.run(row, later))
+            if isinstance(held, types.InputRequiredResult | types.CallToolResult):
                 return held
             if not isinstance(held, asking.Agreed):
                 return tool_result(held, settings)
@@ -256,16 +271,18 @@ def create_server(
     shared = settings.confirm_secret.get_secret_value() if settings.confirm_secret else None
     key = hashlib.sha256(shared.encode()).digest() if shared else secrets.token_bytes(32)
     spent = SqliteSpent(settings.state_dir.expanduser())
-    confirmations = Confirmations(key=key, spent=spent) if settings.confirm_destructive else None
+    confirmations = Confirmations(key=key, spent=spent) if settings.confirm != "off" else None
     plans = Plans(key=hashlib.sha256(key + b"/plans").digest(), spent=spent)
+    approvals = Approvals()
 
     @asynccontextmanager
     async def lifespan(_: Server[ServerState]) -> AsyncIterator[ServerState]:
-        if client is not None:
-            yield ServerState(settings, client, listing, confirmations, plans)
-            return
-        async with open_client(settings, transport=transport) as own:
-            yield ServerState(settings, own, listing, confirmations, plans)
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(approvals.running())
+            own = client
+            if own is None:
+                own = await stack.enter_async_context(open_client(settings, transport=transport))
+            yield ServerState(settings, own, listing, confirmations, plans, approvals)
 
     return Server(
         NAME,

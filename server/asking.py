@@ -9,11 +9,18 @@ question, trying each presenter in turn until one can:
    token (``request_state``).
 2. ``in_call``: a 2025 connection with form elicitation is asked during the call
    (``elicitation/create``); the call acts on a yes.
-3. ``with_token``, the fallback: any other client gets the preview and a
-   ``confirmation_token`` for the model to show the person and bring back.
+3. ``in_card``: a client that renders MCP Apps gets the preview as a card with Approve and
+   Decline; the call is held (server/approvals.py) and sent once, when the card's Approve
+   calls the app-only tool. The answer also prints the approval page's link (hosts still fail
+   to render apps from some local servers).
+4. ``on_page``: on stdio, the preview and a one-time link to a page this server serves on
+   127.0.0.1, where the person types the name of what will go; the held call is sent then.
+5. ``with_token``, the fallback: any other client (or every client, when the operator sets
+   ``POSTHOG_CONFIRM=token``) gets the preview and a ``confirmation_token`` for the model to
+   show the person and bring back: a path the model can satisfy itself.
 
-A new way to ask (a card in the chat, a loopback approval page) is one more presenter in
-:data:`PRESENTERS`. URL-mode elicitation (showing the person a page) lives here too.
+A new way to ask is one more presenter in :data:`PRESENTERS`. URL-mode elicitation (showing
+the person a page) lives here too.
 """
 
 from __future__ import annotations
@@ -25,11 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
+from mcp.server.apps import client_supports_apps
 from mcp.shared.exceptions import NoBackChannelError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ..tools.confirm import Question
 from ..tools.hooks import OpenUrl
+from ..tools.output import dumps
+from .approvals import APPROVAL_META, APPROVE_TOOL, APPROVE_VIEW, ApprovalRefused
+from .approvals import Held as HeldCall
 from .state import Context
 
 log = logging.getLogger("posthog_warehouse_mcp")
@@ -48,11 +59,13 @@ class Agreed:
     """The person said yes during the call: go ahead."""
 
 
-# What a call answers instead of acting (nothing was sent): a result's structured content, or
-# a 2026-07-28 input-required result.
-Held = dict[str, Any] | types.InputRequiredResult
+# What a call answers instead of acting (nothing was sent): a result's structured content, a
+# whole result (a card's, with `_meta`), or a 2026-07-28 input-required result.
+Held = dict[str, Any] | types.CallToolResult | types.InputRequiredResult
+# Sends the held call (the very call asked about, with its arguments), once.
+Send = Callable[[], Awaitable[dict[str, Any]]]
 # Presents a question; None when it cannot reach the person through this client.
-Presenter = Callable[[Context, Question], Awaitable[Agreed | Held | None]]
+Presenter = Callable[[Context, Question, Send], Awaitable[Agreed | Held | None]]
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ def declined(answer: Answer) -> dict[str, Any]:
     return {"confirmed": False, "answer": answer.action}
 
 
-async def across_turns(ctx: Context, question: Question) -> Held | None:
+async def across_turns(ctx: Context, question: Question, send: Send) -> Held | None:
     """2026-07-28 with form elicitation: the question goes back as an input-required result,
     the token as its ``request_state``."""
     form, _ = elicitation_modes(ctx)
@@ -103,7 +116,7 @@ async def across_turns(ctx: Context, question: Question) -> Held | None:
     return types.InputRequiredResult(input_requests={"confirm": ask}, request_state=question.token)
 
 
-async def in_call(ctx: Context, question: Question) -> Agreed | Held | None:
+async def in_call(ctx: Context, question: Question, send: Send) -> Agreed | Held | None:
     """Form elicitation during the call, where there is a channel back (not stateless HTTP)."""
     form, _ = elicitation_modes(ctx)
     if not form or ctx.lifespan_context.settings.mcp_stateless:
@@ -119,7 +132,7 @@ async def in_call(ctx: Context, question: Question) -> Agreed | Held | None:
     return {"confirmed": False, "answer": str(answer.action), "preview": question.preview}
 
 
-async def with_token(ctx: Context, question: Question) -> Held:
+async def with_token(ctx: Context, question: Question) -> dict[str, Any]:
     """No way to ask the person from here: the model shows the preview and brings the token
     back with the same arguments."""
     return {
@@ -132,17 +145,118 @@ async def with_token(ctx: Context, question: Question) -> Held:
     }
 
 
-# The ways to reach the person, in order of preference; with_token is the fallback.
-PRESENTERS: tuple[Presenter, ...] = (across_turns, in_call)
+async def in_card(ctx: Context, question: Question, send: Send) -> Held | None:
+    """A client that renders MCP Apps: the preview as a card whose Approve sends the held call
+    (the approval id rides in the result's `_meta` only); with the page's link as well."""
+    if not client_supports_apps(ctx):
+        return None
+    approvals = ctx.lifespan_context.approvals
+    held = HeldCall(question.tool, question.preview, send)
+    approval = approvals.hold(held)
+    answer: dict[str, Any] = {
+        "confirmation_required": True,
+        "preview": question.preview,
+        "next": "Nothing was changed. The user is asked in the card shown with this result "
+        "(Approve or Decline); the call is sent only when they approve there. Do not call it "
+        "again to approve it.",
+    }
+    link = await approvals.link(held)
+    if link is not None:
+        answer["approve_at"] = link
+        answer["next"] += f" If no card appears, give the user this link: {link}"
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=dumps(answer))],
+        structured_content=answer,
+        meta={APPROVAL_META: approval},
+    )
 
 
-async def present(ctx: Context, question: Question) -> Agreed | Held:
-    """Put the question to the person the first way this client allows."""
-    for presenter in PRESENTERS:
-        outcome = await presenter(ctx, question)
+async def on_page(ctx: Context, question: Question, send: Send) -> Held | None:
+    """stdio without forms or cards: a one-time link to this server's loopback page, where the
+    person approves by typing the name it shows."""
+    if ctx.lifespan_context.settings.mcp_transport != "stdio":
+        return None
+    link = await ctx.lifespan_context.approvals.link(
+        HeldCall(question.tool, question.preview, send)
+    )
+    if link is None:
+        return None
+    return {
+        "confirmation_required": True,
+        "preview": question.preview,
+        "approve_at": link,
+        "next": "Nothing was changed. Show the user the preview and give them this link; they "
+        "approve on that page by typing the name it shows (the page is for them: do not open "
+        "it yourself). The call is sent once, when they approve; then check the result with a "
+        "read tool. The link works once, for 10 minutes.",
+    }
+
+
+# The ways to reach the person, in order of preference, per POSTHOG_CONFIRM; with_token is the
+# fallback where none reaches them.
+PRESENTERS: dict[str, tuple[Presenter, ...]] = {
+    "human": (across_turns, in_call, in_card, on_page),
+    "token": (across_turns, in_call),
+}
+
+
+async def present(ctx: Context, question: Question, send: Send) -> Agreed | Held:
+    """Put the question to the person the first way this client allows; `send` sends the
+    call when a person approves it later (a card, a page)."""
+    for presenter in PRESENTERS[ctx.lifespan_context.settings.confirm]:
+        outcome = await presenter(ctx, question, send)
         if outcome is not None:
             return outcome
     return await with_token(ctx, question)
+
+
+# The app-only tool a card's buttons call; listed only to clients that render MCP Apps, whose
+# hosts keep it from the model.
+APPROVE_DEFINITION = types.Tool(
+    name=APPROVE_TOOL,
+    title="Approve or decline a held call",
+    description="For the approval card only: sends the held destructive call once, or drops it.",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "approval": {"type": "string", "maxLength": 200, "description": "The card's id."},
+            "decision": {
+                "type": "string",
+                "enum": ["approve", "decline"],
+                "description": "The person's click.",
+            },
+        },
+        "required": ["approval", "decision"],
+        "additionalProperties": False,
+    },
+    meta={"ui": {"resourceUri": APPROVE_VIEW, "visibility": ["app"]}},
+)
+
+
+def offers_cards(ctx: Context) -> bool:
+    """Whether this client gets approval cards (and so the app-only tool): it renders MCP
+    Apps, and the server asks a person (POSTHOG_CONFIRM=human)."""
+    return ctx.lifespan_context.settings.confirm == "human" and client_supports_apps(ctx)
+
+
+async def card_answer(ctx: Context, arguments: dict[str, Any] | None) -> dict[str, Any]:
+    """The app-only tool: the card's Approve sends the held call once (its answer is the
+    call's); Decline drops it.
+
+    Raises:
+        ApprovalRefused: malformed, unknown, used, declined or expired; nothing was sent.
+        PostHogError: the approved call failed upstream.
+    """
+    args = arguments or {}
+    approval, decision = args.get("approval"), args.get("decision")
+    if not isinstance(approval, str) or decision not in ("approve", "decline"):
+        raise ApprovalRefused("expected {approval: <the card's id>, decision: approve|decline}")
+    approvals = ctx.lifespan_context.approvals
+    if decision == "decline":
+        if not approvals.decline(approval):
+            raise ApprovalRefused("this approval was used, declined or has expired")
+        return {"declined": True, "sent": False}
+    return await approvals.approve(approval)
 
 
 def url_opener(ctx: Context) -> OpenUrl | None:

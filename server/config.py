@@ -93,11 +93,13 @@ class Settings(BaseSettings):
     )
 
     # Destructive calls.
-    confirm_destructive: bool = flagged(
-        True,
-        "--no-confirm",
-        "ask the person before destroy, delete-data, resync, delete-webhook and settings "
-        "changes that remove synced data act (--no-confirm: act at once, for unattended "
+    confirm: Literal["human", "token", "off"] = flagged(
+        "human",
+        "--confirm",
+        "before destroy, delete-data, resync, delete-webhook, repair-cdc, apply-plan and settings "
+        "changes that remove synced data act: human (the person answers in a form, a card or a "
+        "one-time page on 127.0.0.1; a token only where the client offers none), token (the "
+        "model brings back a token the person agreed to), off (act at once: unattended "
         "automation)",
     )
     confirm_secret: SecretStr | None = Field(

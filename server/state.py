@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import mcp_types as types
@@ -18,6 +18,7 @@ from ..tools.confirm import Confirmations
 from ..tools.plans import Plans
 from ..tools.rehearsal import Rehearse
 from ..tools.secrets import SecretPolicy
+from .approvals import Approvals
 from .config import Settings
 from .rehearsal import rehearser
 from .sandbox_backend import SandboxTransport
@@ -134,6 +135,8 @@ class ServerState:
     confirmations: Confirmations | None = None
     # Plan ids of external-data-schemas-plan (None: the server keeps none).
     plans: Plans | None = None
+    # Destructive calls held for a person's approval (a card, a loopback page).
+    approvals: Approvals = field(default_factory=Approvals)
 
 
 Context = ServerRequestContext[ServerState]

@@ -257,7 +257,7 @@ def settings(**overrides: Any) -> Settings:
         "sandbox": False,
         # As for unattended automation: destructive calls act at once. The confirmation tests
         # (tests/test_confirm.py) turn it on.
-        "confirm_destructive": False,
+        "confirm": "off",
     }
     return Settings(**{**base, **overrides})
 

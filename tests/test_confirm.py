@@ -49,7 +49,7 @@ def posthog(request: Request, seen: Seen) -> Response:
 @asynccontextmanager
 async def asking(recorder: Recorder, mode: str, **client: Any) -> AsyncIterator[Client]:
     server = create_server(
-        settings(confirm_destructive=True), transport=httpx.ASGITransport(app=recorder.app())
+        settings(confirm="token"), transport=httpx.ASGITransport(app=recorder.app())
     )
     async with Client(server, mode=mode, **client) as mcp:
         yield mcp
@@ -182,7 +182,7 @@ async def test_a_client_that_can_ask_asks_and_acts_on_the_answer(
 async def test_confirmations_off_act_at_once() -> None:
     recorder = Recorder(respond=posthog)
     server = create_server(
-        settings(confirm_destructive=False), transport=httpx.ASGITransport(app=recorder.app())
+        settings(confirm="off"), transport=httpx.ASGITransport(app=recorder.app())
     )
     async with Client(server, mode="legacy") as client:
         await client.call_tool("external-data-sources-destroy", {"id": SOURCE["id"]})
@@ -194,7 +194,7 @@ async def test_a_spent_token_stays_spent_after_a_restart_with_a_shared_key(
 ) -> None:
     recorder = Recorder(respond=posthog)
     tool = "external-data-schemas-destroy"
-    shared = settings(confirm_destructive=True, confirm_secret="shared-key", state_dir=tmp_path)
+    shared = settings(confirm="token", confirm_secret="shared-key", state_dir=tmp_path)
 
     def restart() -> Client:
         server = create_server(shared, transport=httpx.ASGITransport(app=recorder.app()))
@@ -234,7 +234,7 @@ async def test_without_a_record_of_spent_tokens_a_token_is_refused_and_nothing_s
     blocked.write_text("a file where the state directory should be")
     recorder = Recorder(respond=posthog)
     server = create_server(
-        settings(confirm_destructive=True, state_dir=blocked),
+        settings(confirm="token", state_dir=blocked),
         transport=httpx.ASGITransport(app=recorder.app()),
     )
     tool = "external-data-schemas-destroy"

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.tools.client import RetryPolicy
 from posthog_warehouse_mcp.tools.table import ENDPOINTS
-from tests.cases import CASES, NEVER_RETRIED, arguments
+from tests.cases import CASES, LOCAL, NEVER_RETRIED, READ_THEN_WRITE, arguments
 from tests.support import (
     CANARY_KEY,
     MODES,
@@ -214,7 +214,9 @@ async def test_non_idempotent_post_is_sent_exactly_once() -> None:
 async def test_every_tool_except_the_non_idempotent_posts_is_retried() -> None:
     recorder = Recorder(respond=script(answer(503, {"detail": "down"})))
     async with serve(recorder.app()) as upstream, mcp_client(upstream) as client:
-        for row in ENDPOINTS:
+        # Not the tools that send nothing to PostHog, nor apply-plan, whose plan cannot be made
+        # while every request fails (its read is the retrieve row's, retried there).
+        for row in (r for r in ENDPOINTS if r.name not in LOCAL | READ_THEN_WRITE):
             recorder.seen.clear()
             with anyio.fail_after(CALL_BOUND):
                 result = await client.call_tool(row.name, arguments(row.name))

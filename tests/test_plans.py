@@ -235,7 +235,7 @@ async def test_a_failure_midway_stops_and_reports_what_was_and_was_not_applied()
 
 async def test_nothing_is_sent_before_the_person_agrees() -> None:
     upstream = PostHog()
-    async with server(upstream, confirm_destructive=True) as client:
+    async with server(upstream, confirm="token") as client:
         plan = await use(
             client,
             PLAN,

@@ -26,7 +26,7 @@ async def test_delete_data_drops_the_table_only_after_the_token_comes_back(
         async with client_for(app) as http:
             _, schema_id = await synced(http, upstream, "orders")
         server = create_server(
-            settings(environment_id="1", confirm_destructive=True),
+            settings(environment_id="1", confirm="token"),
             transport=httpx.ASGITransport(app=app),
         )
         async with Client(server, mode="legacy") as client:
@@ -56,7 +56,7 @@ async def test_a_row_filter_that_would_empty_a_table_asks_first_with_the_rows_it
         async with client_for(app) as http:
             _, schema_id = await synced(http, upstream, "accounts")
         server = create_server(
-            settings(environment_id="1", confirm_destructive=True),
+            settings(environment_id="1", confirm="token"),
             transport=httpx.ASGITransport(app=app),
         )
         emptying = {"id": schema_id, "row_filters": [{"column": "id", "operator": "<", "value": 0}]}
