@@ -46,8 +46,24 @@ def _where(source: dict[str, Any], table: Any = "") -> str:
     return " ".join(f"{source.get('source_type')} {source.get('prefix') or ''} {table}".split())
 
 
-def _finding(kind: str, where: str, cause: str, affects: str, next_step: str) -> dict[str, Any]:
-    return {"kind": kind, "where": where, "cause": cause, "affects": affects, "next": next_step}
+def _finding(
+    kind: str,
+    where: str,
+    cause: str,
+    affects: str,
+    next_step: str,
+    *,
+    source: dict[str, Any] | None = None,
+    schema: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One finding; the ids of its source and table, when it has them, are what the next
+    step's tools take (sync logs, reload, cancel), so no list call is needed to find them."""
+    finding = {"kind": kind, "where": where, "cause": cause, "affects": affects, "next": next_step}
+    if source is not None and source.get("id") is not None:
+        finding["source_id"] = str(source["id"])
+    if schema is not None and schema.get("id") is not None:
+        finding["schema_id"] = str(schema["id"])
+    return finding
 
 
 def _table_findings(
@@ -67,6 +83,8 @@ def _table_findings(
                 "This table stays stale until the limit changes.",
                 "No technical fix: raise the billing limit, or set should_sync false on tables "
                 "that matter less.",
+                source=source,
+                schema=schema,
             )
         ]
     if status == "Failed":
@@ -80,7 +98,17 @@ def _table_findings(
             "external-data-schemas-reload. Resync only if the data itself is wrong, and only "
             "with the user's yes."
         )
-        return [_finding("failed", where, f"The last sync failed: {error}", "This table.", step)]
+        return [
+            _finding(
+                "failed",
+                where,
+                f"The last sync failed: {error}",
+                "This table.",
+                step,
+                source=source,
+                schema=schema,
+            )
+        ]
     if status == "Running" and str(schema.get("id")) not in running_jobs:
         return [
             _finding(
@@ -90,6 +118,8 @@ def _table_findings(
                 "This table syncs no more until the status is cleared.",
                 "external-data-schemas-cancel (it clears the status), then "
                 "external-data-schemas-reload. Not resync.",
+                source=source,
+                schema=schema,
             )
         ]
     interval = INTERVALS.get(str(schema.get("sync_frequency")))
@@ -109,6 +139,8 @@ def _table_findings(
                 "Queries on this table see old data.",
                 "external-data-schemas-reload; if it fails or stays stale, read "
                 "external-data-sync-logs for the table.",
+                source=source,
+                schema=schema,
             )
         ]
     return []
@@ -145,6 +177,7 @@ async def audit(call: Caller[NoParams], send: Send) -> dict[str, Any]:
                     "Check the connection details with the user (data-warehouse-source-"
                     "connect-link), external-data-sources-partial-update, then "
                     "external-data-sources-reload.",
+                    source=source,
                 )
             )
         running: set[str] = set()
@@ -171,6 +204,7 @@ async def audit(call: Caller[NoParams], send: Send) -> dict[str, Any]:
                         "The webhook tables receive no new rows.",
                         "external-data-sources-create-webhook-create (once), or register "
                         "webhook_info's URL at the provider by hand.",
+                        source=source,
                     )
                 )
     health: dict[str, Any] = {"checked": True}

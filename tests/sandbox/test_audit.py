@@ -90,6 +90,10 @@ async def test_the_audit_finds_each_seeded_problem_with_its_next_step(
     assert "shop_" in found["failed"]["where"] and "orders" in found["failed"]["where"]
     assert "data-warehouse-source-connect-link" in found["failed"]["next"]
     assert "external-data-sources-partial-update" in found["failed"]["next"]
+    # Each finding names its ids, which the next step's tools take.
+    assert found["failed"]["schema_id"] == orders
+    assert found["failed"]["source_id"] == shop["id"]
+    assert found["stuck"]["schema_id"] == notes
     assert "tags" in found["stale"]["where"]
     assert found["stale"]["next"].startswith("external-data-schemas-reload")
     assert "notes" in found["stuck"]["where"]
