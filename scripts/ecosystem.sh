@@ -302,7 +302,7 @@ helper wait-http "$URL" "$!" 60 || {
   show "$SERVER_LOG" | tail -n 30
   fail "the stateless server did not start"
 }
-for scenario in server-initialize ping tools-list prompts-list dns-rebinding-protection; do
+for scenario in server-initialize ping tools-list prompts-list resources-list dns-rebinding-protection; do
   conformance_rc=0
   node "$CONFORMANCE_JS" server --url "$URL" --scenario "$scenario" \
     >"$WORK/stateless-$scenario.log" 2>&1 || conformance_rc=$?

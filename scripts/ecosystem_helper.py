@@ -98,7 +98,14 @@ def main(cmd, *args):
             sys.exit("manifest.json or pyproject.toml missing from the bundle")
         # The package's server/, tools/, sandbox/ and loopback/ are links in the repository: the
         # bundle must hold their files, once, as plain files under posthog_warehouse_mcp/.
-        for module in ("server/app.py", "tools/tools.json", "sandbox/api.py", "loopback/pages.py"):
+        for module in (
+            "server/app.py",
+            "server/views/health.html",
+            "server/views/bridge.js",
+            "tools/tools.json",
+            "sandbox/api.py",
+            "loopback/pages.py",
+        ):
             if f"posthog_warehouse_mcp/{module}" not in names:
                 sys.exit(f"posthog_warehouse_mcp/{module} missing from the bundle")
         if any(n.split("/")[0] in ("server", "tools", "sandbox", "loopback") for n in names):

@@ -33,7 +33,7 @@ from ..tools.plans import Plans
 from ..tools.redact import redact_text, remember_secrets
 from ..tools.secrets import SecretRefused
 from ..tools.table import ENDPOINTS, Endpoint, lookup
-from . import asking
+from . import apps, asking
 from .approvals import APPROVE_TOOL, Approvals
 from .auth import bearer
 from .config import Settings
@@ -114,9 +114,11 @@ def forwarded_key(request: Request | None) -> str | None:
 async def on_list_tools(
     ctx: Context, params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
-    """``tools/list``: the table's rows these settings offer (and, to a client that renders
-    approval cards, the app-only tool their buttons call)."""
-    listing = ctx.lifespan_context.listing
+    """``tools/list``: the table's rows these settings offer, naming their views for a client
+    that renders MCP Apps (and, to a client that renders approval cards, the app-only tool
+    their buttons call)."""
+    state = ctx.lifespan_context
+    listing = state.views_listing if apps.negotiated(ctx) else state.listing
     if asking.offers_cards(ctx):
         return types.ListToolsResult(tools=[*listing.tools, asking.APPROVE_DEFINITION])
     return listing
@@ -195,7 +197,7 @@ async def on_call_tool(
             "server's stderr). Whether PostHog applied the change is unknown: check with a "
             "list or retrieve call before retrying."
         )
-    return tool_result(result, settings)
+    return apps.shown(ctx, row.name, tool_result(result, settings))
 
 
 def tool_result(result: dict[str, Any], settings: Settings) -> types.CallToolResult:
@@ -265,6 +267,7 @@ def create_server(
         ]
     )
     listing = listing_for(settings)
+    views_listing = apps.with_views(listing)
     schemas: Mapping[str, Mapping[str, Any]] = {t.name: t.input_schema for t in listing.tools}
     # One key signs confirmation tokens and plan ids (each under its own derivation), so every
     # instance sharing POSTHOG_CONFIRM_SECRET verifies both; one record of what is spent.
@@ -282,9 +285,11 @@ def create_server(
             own = client
             if own is None:
                 own = await stack.enter_async_context(open_client(settings, transport=transport))
-            yield ServerState(settings, own, listing, confirmations, plans, approvals)
+            yield ServerState(
+                settings, own, listing, views_listing, confirmations, plans, approvals
+            )
 
-    return Server(
+    server = Server(
         NAME,
         version=__version__,
         title="PostHog data warehouse",
@@ -298,4 +303,8 @@ def create_server(
         on_call_tool=on_call_tool,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
+        on_list_resources=apps.on_list_resources,
+        on_read_resource=apps.on_read_resource,
     )
+    apps.advertise(server)
+    return server

@@ -131,6 +131,8 @@ class ServerState:
     settings: Settings
     client: LazyClient
     listing: types.ListToolsResult
+    # The same tools naming their views (server/apps.py), for a client that renders MCP Apps.
+    views_listing: types.ListToolsResult
     # Confirmation tokens of destructive calls (None: confirmations are off).
     confirmations: Confirmations | None = None
     # Plan ids of external-data-schemas-plan (None: the server keeps none).

@@ -58,4 +58,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     for package in GENERIC:
         assert f"posthog_warehouse_mcp/{package}/__init__.py" in names
     assert "posthog_warehouse_mcp/tools/tools.json" in names
+    # The MCP Apps views and the files server/apps.py inlines into them.
+    for view in ("health.html", "review.html", "bridge.js", "base.css"):
+        assert f"posthog_warehouse_mcp/server/views/{view}" in names
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]
