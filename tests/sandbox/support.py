@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import httpx
 import psycopg
+import pytest
 from mcp import Client
 from starlette.applications import Starlette
 
@@ -33,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_APPLICATION = "posthog-warehouse-sandbox"
 # The replication slots of the CDC-ready upstream server: few, so a test can use them all up.
 LOGICAL_SLOTS = 3
+# Debian's chromium and its chromedriver, for the browser tests (Selenium drives them).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+browser_needed = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None, reason="Chromium and chromedriver are not installed"
+)
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,16 +24,10 @@ from mcp import Client
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.listener import loopback
 from posthog_warehouse_mcp.server.app import create_server
-from tests.sandbox.support import Upstream, call, services_of
+from tests.sandbox.support import CHROMIUM, DRIVER, Upstream, browser_needed, call, services_of
 from tests.support import eventually, settings
 
 pytestmark = pytest.mark.anyio
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-browser_needed = pytest.mark.skipif(
-    CHROMIUM is None or DRIVER is None, reason="Chromium and chromedriver are not installed"
-)
 
 
 @asynccontextmanager
