@@ -44,8 +44,6 @@ log = logging.getLogger("posthog_warehouse_mcp")
 
 APPROVAL_SECONDS = 600
 APPROVE_TOOL = "approve-destructive-call"
-# The card that shows a held call's preview, with Approve and Decline (an MCP Apps view).
-APPROVE_VIEW = "ui://posthog-warehouse/approve.html"
 # Where a card finds its approval id: the result's `_meta`, which hosts keep from the model.
 APPROVAL_META = "posthog-warehouse/approval"
 PAGE = OneTimePage("/approve/", typed_only="An approval is only given with the page's form.")

@@ -26,6 +26,7 @@ from mcp.server import Server
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID, client_supports_apps
 from mcp.shared.exceptions import MCPError
 
+from ..tools.table import ENDPOINTS
 from .state import Context
 
 VIEWS_DIR = Path(__file__).with_name("views")
@@ -66,7 +67,17 @@ class View:
         )
 
 
+# The card a call held for a person shows (server/approvals.py), on every tool that may ask;
+# its buttons call the app-only tool approve-destructive-call.
+APPROVE = View(
+    "approve",
+    "Approve a change",
+    "What a destructive call will remove, with Approve and Decline; Approve sends it once.",
+    tools=tuple(row.name for row in ENDPOINTS if row.preview is not None),
+)
+
 VIEWS: tuple[View, ...] = (
+    APPROVE,
     View(
         "health",
         "Data warehouse health",

@@ -39,8 +39,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from ..tools.confirm import Question
 from ..tools.hooks import OpenUrl
 from ..tools.output import dumps
-from .approvals import APPROVAL_META, APPROVE_TOOL, APPROVE_VIEW, ApprovalRefused
+from .approvals import APPROVAL_META, APPROVE_TOOL, ApprovalRefused
 from .approvals import Held as HeldCall
+from .apps import APPROVE
 from .state import Context
 
 log = logging.getLogger("posthog_warehouse_mcp")
@@ -155,6 +156,7 @@ async def in_card(ctx: Context, question: Question, send: Send) -> Held | None:
     approval = approvals.hold(held)
     answer: dict[str, Any] = {
         "confirmation_required": True,
+        "tool": question.tool,
         "preview": question.preview,
         "next": "Nothing was changed. The user is asked in the card shown with this result "
         "(Approve or Decline); the call is sent only when they approve there. Do not call it "
@@ -229,7 +231,7 @@ APPROVE_DEFINITION = types.Tool(
         "required": ["approval", "decision"],
         "additionalProperties": False,
     },
-    meta={"ui": {"resourceUri": APPROVE_VIEW, "visibility": ["app"]}},
+    meta={"ui": {"resourceUri": APPROVE.uri, "visibility": ["app"]}},
 )
 
 

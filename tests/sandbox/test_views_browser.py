@@ -406,3 +406,92 @@ async def test_a_views_button_reaches_the_host_and_shows_the_answer(
 def element(host: Host, css: str) -> Any:
     """An element of the view (inside its frame already)."""
     return host.driver.find_element("css selector", css)
+
+
+async def test_the_approval_card_sends_the_call_once_after_a_click(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    directory = tmp_path / "sandbox"
+    deletes: list[str] = []
+
+    class Counted(httpx.ASGITransport):
+        """The server's way to the sandbox, counting what would delete data."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/delete_data/"):
+                deletes.append(request.url.path)
+            return await super().handle_async_request(request)
+
+    async with open_sandbox(directory, demo=False) as app:
+        config = settings(environment_id="1", confirm="human")
+        server = create_server(config, transport=Counted(app=app))
+        renders = advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})
+        async with Client(server, mode="legacy", extensions=[renders]) as client, browser() as host:
+            seed = await seeded(client, upstream, app)
+            views = Views(client)
+            sent: list[str] = []
+
+            async def delete_data(table: str) -> types.CallToolResult:
+                """The model's call: held, the card shown; what was sent so far."""
+                args = {"id": seed["schemas"][table]}
+                held = await client.call_tool("external-data-schemas-delete-data", args)
+                assert held.is_error is False and held.meta, held.content
+                html = await views.html("external-data-schemas-delete-data")
+                await blocking(host.show, html, args, wire(held), "light")
+                return held
+
+            def tables(table: str) -> int:
+                name = f"shop_postgres_{table}"
+                found = (
+                    services_of(app)
+                    .warehouse.cursor()
+                    .execute(
+                        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                        [name],
+                    )
+                )
+                return int(found.fetchone()[0])
+
+            async def forward() -> types.CallToolResult:
+                (asked,) = await blocking(host.calls)
+                assert asked["name"] == "approve-destructive-call"
+                answered = await client.call_tool(asked["name"], asked["arguments"])
+                await blocking(host.answer, asked["id"], wire(answered))
+                sent.append(asked["arguments"]["decision"])
+                return answered
+
+            # Decline: nothing is sent; the table's data stays.
+            held = await delete_data("orders")
+            text = await blocking(
+                host.until, lambda: "Approve a change" in host.text_here() and host.text_here()
+            )
+            assert "shop_postgres_orders" in text and "450 rows" in text
+            await screenshots(host, "approve")
+            assert tables("orders") == 1 and deletes == []
+            await blocking(host.click, "button:not(.approve)")
+            declined = await forward()
+            assert (declined.structured_content or {}).get("declined") is True
+            assert await blocking(host.until, lambda: "Nothing was sent" in host.text_here())
+            assert tables("orders") == 1 and deletes == []
+            # A replay of the declined card's approval sends nothing.
+            approval = held.meta["posthog-warehouse/approval"]  # type: ignore[index]
+            replay = await client.call_tool(
+                "approve-destructive-call", {"approval": approval, "decision": "approve"}
+            )
+            assert replay.is_error is True and tables("orders") == 1 and deletes == []
+
+            # Approve: the call goes out once, after the click.
+            held = await delete_data("orders")
+            await blocking(host.until, lambda: "Approve a change" in host.text_here())
+            assert tables("orders") == 1
+            await blocking(host.click, "button.approve")
+            approved = await forward()
+            assert approved.is_error is False, approved.content
+            assert await blocking(host.until, lambda: "sent once" in host.text_here())
+            assert tables("orders") == 0 and len(deletes) == 1
+            again = await client.call_tool(
+                "approve-destructive-call",
+                {"approval": held.meta["posthog-warehouse/approval"], "decision": "approve"},  # type: ignore[index]
+            )
+            assert again.is_error is True and len(deletes) == 1
+            assert sent == ["decline", "approve"]
