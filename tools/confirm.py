@@ -43,9 +43,9 @@ class StoreUnavailable(ConfirmationRefused):
 
 class Spent(Protocol):
     """Where used tokens' nonces are kept until the tokens expire (shared by every instance
-    that verifies the same tokens)."""
+    that verifies the same tokens). Asynchronous: the record may be across the network."""
 
-    def spend(self, nonce: str, until: float) -> bool:
+    async def spend(self, nonce: str, until: float) -> bool:
         """Record `nonce` as spent until `until` (epoch seconds); False if it was already.
 
         Raises:
@@ -61,7 +61,7 @@ class MemorySpent:
     _spent: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def spend(self, nonce: str, until: float) -> bool:
+    async def spend(self, nonce: str, until: float) -> bool:
         """Record `nonce` as spent until `until`; False if it was already."""
         with self._lock:
             now = time.time()
@@ -92,7 +92,7 @@ class Confirmations:
         }
         return seal(self.key, claims)
 
-    def check(self, token: str, tool: str, params: BaseModel, caller: str) -> None:
+    async def check(self, token: str, tool: str, params: BaseModel, caller: str) -> None:
         """Accept the token for this very call, once.
 
         Raises:
@@ -113,7 +113,7 @@ class Confirmations:
             )
         if claims.get("c") != caller:
             raise ConfirmationRefused("the confirmation_token was issued to another caller")
-        if not self.spent.spend(claims["n"], claims["e"]):
+        if not await self.spent.spend(claims["n"], claims["e"]):
             raise ConfirmationRefused("the confirmation_token was used already")
 
 
@@ -166,7 +166,7 @@ async def decide(
     caller = caller_of(call.api_key)
     token = answered or _argument_token(call.params)
     if token:
-        confirmations.check(token, row.name, call.params, caller)
+        await confirmations.check(token, row.name, call.params, caller)
         return None
     shown = await row.preview(call)
     if shown is None:
