@@ -6,8 +6,8 @@ is a :class:`Question`: the preview and a new token. How the question reaches th
 the call, as an input-required result, or as a preview and token for the model to show) is the
 server's concern (server/asking.py). Tokens are signed (HMAC-SHA256; every instance sharing
 the key verifies them), short-lived, bound to the tool, its exact arguments and, with
-forwarded keys, the caller, and spent when used (recorded where a restart does not forget it:
-server/store.py).
+forwarded keys, the caller, and spent when used (recorded where a restart does not forget it,
+server/store.py, or where every replica sees it, server/shared.py).
 """
 
 from __future__ import annotations
