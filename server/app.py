@@ -38,9 +38,10 @@ from .approvals import APPROVE_TOOL, Approvals
 from .auth import bearer
 from .config import Settings
 from .filters import enabled, why_disabled
+from .limits import caller_of, limiter_for
 from .prompts import PROMPTS, PROMPTS_BY_NAME, instructions
+from .shared import Shared, shared_for
 from .state import NAME, Context, LazyClient, ServerState, open_client
-from .store import SqliteSpent
 
 if TYPE_CHECKING:
     import httpx
@@ -134,6 +135,10 @@ async def on_call_tool(
     """
     state = ctx.lifespan_context
     settings = state.settings
+    if state.limiter is not None:
+        refused = await state.limiter.check(caller_of(ctx.request.headers if ctx.request else None))
+        if refused is not None:
+            return error_result(f"{params.name}: {refused.message}")
     if params.name == APPROVE_TOOL and asking.offers_cards(ctx):
         try:
             return tool_result(await asking.card_answer(ctx, params.arguments), settings)
@@ -251,12 +256,18 @@ def create_server(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     client: LazyClient | None = None,
+    shared: Shared | None = None,
 ) -> Server[ServerState]:
     """Build the low-level MCP server.
 
     With ``client``, every connection shares that adapter (the HTTP transports open it once,
     in the ASGI lifespan); otherwise each connection opens its own through :func:`open_client`
-    with ``transport``.
+    with ``transport``. ``shared`` is where spent one-time ids and rate-limit counts go (by
+    default as the settings say: Redis, or this machine).
+
+    Raises:
+        ConfigError: settings that cannot work (:meth:`Settings.check`), or a Redis URL
+            without the Redis client installed.
     """
     settings.check()
     remember_secrets(
@@ -270,10 +281,15 @@ def create_server(
     views_listing = apps.with_views(listing)
     schemas: Mapping[str, Mapping[str, Any]] = {t.name: t.input_schema for t in listing.tools}
     # One key signs confirmation tokens and plan ids (each under its own derivation), so every
-    # instance sharing POSTHOG_CONFIRM_SECRET verifies both; one record of what is spent.
-    shared = settings.confirm_secret.get_secret_value() if settings.confirm_secret else None
-    key = hashlib.sha256(shared.encode()).digest() if shared else secrets.token_bytes(32)
-    spent = SqliteSpent(settings.state_dir.expanduser())
+    # instance sharing POSTHOG_CONFIRM_SECRET verifies both; one record of what is spent, in
+    # the store every instance shares (Redis), or on this machine.
+    secret = settings.confirm_secret.get_secret_value() if settings.confirm_secret else None
+    key = hashlib.sha256(secret.encode()).digest() if secret else secrets.token_bytes(32)
+    store = shared if shared is not None else shared_for(settings)
+    spent = store.spent
+    # The SSE transport answers each POST before its work is done: its limits are per tool
+    # call (streamable HTTP counts requests, server/limits.py).
+    limiter = limiter_for(settings, store.windows) if settings.mcp_transport == "sse" else None
     confirmations = Confirmations(key=key, spent=spent) if settings.confirm != "off" else None
     plans = Plans(key=hashlib.sha256(key + b"/plans").digest(), spent=spent)
     approvals = Approvals()
@@ -281,12 +297,13 @@ def create_server(
     @asynccontextmanager
     async def lifespan(_: Server[ServerState]) -> AsyncIterator[ServerState]:
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(store.running())
             await stack.enter_async_context(approvals.running())
             own = client
             if own is None:
                 own = await stack.enter_async_context(open_client(settings, transport=transport))
             yield ServerState(
-                settings, own, listing, views_listing, confirmations, plans, approvals
+                settings, own, listing, views_listing, confirmations, plans, approvals, limiter
             )
 
     server = Server(

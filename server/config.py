@@ -153,6 +153,23 @@ class Settings(BaseSettings):
     forward_key: bool = flagged(
         False, "--forward-key", "HTTP: use each caller's own 'Authorization: Bearer phx_...'"
     )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="HTTP replicas: the Redis every instance shares (redis://, rediss:// or "
+        "unix://): spent confirmation tokens and plan ids, rate-limit counts",
+    )
+    mcp_rate_limit_per_minute: int = flagged(
+        1_500,
+        "--rate-limit-per-minute",
+        "HTTP: requests one caller (its bearer token) may make in a minute; 0: no limit",
+        ge=0,
+    )
+    mcp_rate_limit_per_hour: int = flagged(
+        15_000,
+        "--rate-limit-per-hour",
+        "HTTP: requests one caller may make in an hour; 0: no limit",
+        ge=0,
+    )
     mcp_allowed_hosts: CommaList = flagged(
         [], "--allowed-hosts", "HTTP: comma list of allowed Host values"
     )
@@ -173,6 +190,15 @@ class Settings(BaseSettings):
         value = HOST_SHORTCUTS.get(value.strip().lower(), value.strip()).rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be us, eu, or a URL starting with http:// or https://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("environment_id")
@@ -232,6 +258,12 @@ class Settings(BaseSettings):
                 "POSTHOG_MCP_AUTH_TOKEN (clients send it as a bearer token) or pass "
                 "--forward-key (clients send their own PostHog key)."
             )
+        if self.redis_url and not self.confirm_secret:
+            raise ConfigError(
+                "POSTHOG_REDIS_URL shares the used confirmation tokens and plan ids between "
+                "instances; they must also verify each other's tokens: set the same "
+                "POSTHOG_CONFIRM_SECRET on every instance."
+            )
         if self.forward_key and self.api_key:
             raise ConfigError(
                 "--forward-key uses each caller's own key; unset POSTHOG_PERSONAL_API_KEY so "
@@ -256,6 +288,11 @@ class Settings(BaseSettings):
     def auth_token(self) -> str | None:
         """The HTTP bearer token as plain text, for comparing with what a client sends."""
         return self.mcp_auth_token.get_secret_value() if self.mcp_auth_token else None
+
+    @property
+    def redis(self) -> str | None:
+        """The Redis URL as plain text, for connecting only."""
+        return self.redis_url.get_secret_value() if self.redis_url else None
 
     @property
     def is_loopback(self) -> bool:

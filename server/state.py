@@ -20,6 +20,7 @@ from ..tools.rehearsal import Rehearse
 from ..tools.secrets import SecretPolicy
 from .approvals import Approvals
 from .config import Settings
+from .limits import Limiter
 from .rehearsal import rehearser
 from .sandbox_backend import SandboxTransport
 
@@ -139,6 +140,9 @@ class ServerState:
     plans: Plans | None = None
     # Destructive calls held for a person's approval (a card, a loopback page).
     approvals: Approvals = field(default_factory=Approvals)
+    # Per-caller limits counted per tool call (the SSE transport; None: counted per request
+    # by the HTTP app, or not at all).
+    limiter: Limiter | None = None
 
 
 Context = ServerRequestContext[ServerState]

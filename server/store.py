@@ -4,8 +4,8 @@ A confirmation token acts once. Its nonce is recorded as spent until the token e
 SQLite file under the server's state directory, so a restart (with a shared
 ``POSTHOG_CONFIRM_SECRET``, the token would still verify) does not make a used token usable
 again, and two servers sharing the directory see each other's. SQLite because it is in the
-standard library and already safe across processes; a store shared by replicas on several
-machines is another implementation of :class:`~..tools.confirm.Spent`.
+standard library and already safe across processes; replicas on several machines share theirs
+in Redis instead (server/shared.py, another implementation of :class:`~..tools.confirm.Spent`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+
+import anyio
 
 from ..tools.confirm import StoreUnavailable
 
@@ -31,12 +33,16 @@ class SqliteSpent:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
-    def spend(self, nonce: str, until: float) -> bool:
+    async def spend(self, nonce: str, until: float) -> bool:
         """Record `nonce` as spent until `until` (epoch seconds); False if it was already.
 
         Raises:
             StoreUnavailable: the file cannot be opened or written (the token is not used).
         """
+        # A write can wait on the file's lock (another process): not on the event loop.
+        return await anyio.to_thread.run_sync(self._spend, nonce, until)
+
+    def _spend(self, nonce: str, until: float) -> bool:
         with self._lock:
             try:
                 db = self._open()

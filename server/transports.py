@@ -2,17 +2,27 @@
 
 The adapter and the in-process sandbox live in the ASGI app's lifespan: uvicorn's graceful
 shutdown closes them (and stops the sandbox's PostgreSQL) before ``serve()`` returns.
+
+Beside the MCP endpoint, for a balancer and an orchestrator (no authentication, no Host
+check: they are probed by address):
+
+- ``GET /health``: liveness. The process answers; nothing else is checked.
+- ``GET /ready``: the upstream PostHog host and the shared store (Redis, when configured)
+  answer; a 503 names the one that does not.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import anyio
+import httpx
 import uvicorn
 from mcp.server import Server
 from mcp.server.sse import SseServerTransport
@@ -26,10 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .app import create_server
 from .auth import BearerAuth
 from .config import Settings
+from .limits import RateLimit, limiter_for
+from .shared import Shared, alone, shared_for
 from .state import LazyClient, open_backend
-
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger("posthog_warehouse_mcp.http")
 
@@ -107,6 +116,88 @@ class SessionCap:
             await response(scope, receive, send)
 
 
+class NoStream:
+    """Stateless streamable HTTP offers no stream of its own: ``GET /mcp`` (the stream a client
+    may open for server messages) and ``DELETE /mcp`` (ending a session) answer ``405`` with
+    ``Allow: POST``, as the MCP specification says a server without that stream answers and as
+    the SDK answers 2026-07-28 requests. Left to the SDK, a 2025-era GET would open an event
+    stream that nothing ever writes to, held open on a replica until the client or the
+    balancer gives up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "Method Not Allowed: this server is stateless; it has no stream to open and no "
+            "session to end. Send each request as a POST."
+        )
+        response = JSONResponse(
+            {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}},
+            status_code=405,
+            headers={"Allow": "POST"},
+        )
+        await response(scope, receive, send)
+
+
+# How long a readiness probe waits for each dependency (a balancer probes every few seconds).
+PROBE_SECONDS = 2.0
+
+
+class Probes:
+    """``/health`` and ``/ready`` for this instance."""
+
+    def __init__(self, client: LazyClient, shared: Shared) -> None:
+        self.client = client
+        self.shared = shared
+
+    async def health(self, request: Request) -> Response:
+        """Liveness: the process answers."""
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: PostHog and the shared store answer; a 503 says which does not."""
+        found: dict[str, str | None] = {}
+
+        async def check(name: str, probe: Callable[[], Awaitable[str | None]]) -> None:
+            with anyio.move_on_after(PROBE_SECONDS) as waited:
+                found[name] = await probe()
+            if waited.cancelled_caught:
+                found[name] = f"no answer within {PROBE_SECONDS:g} s"
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(check, "posthog", self.posthog_problem)
+            if self.shared.redis is not None:
+                tg.start_soon(check, "store", self.shared.problem)
+        body: dict[str, Any] = {
+            name: "reachable" if problem is None else problem for name, problem in found.items()
+        }
+        if self.shared.redis is None:
+            body["store"] = "none (this process only)"
+        ok = all(problem is None for problem in found.values())
+        body = {"status": "ready" if ok else "not ready", **body}
+        body["seconds"] = round(time.monotonic() - started, 3)
+        return JSONResponse(
+            body, status_code=200 if ok else 503, headers={"Cache-Control": "no-store"}
+        )
+
+    async def posthog_problem(self) -> str | None:
+        """Why the upstream host cannot be reached, or None: any answer below 500 is one
+        (PostHog answers ``/_health``; a stand-in may answer 404)."""
+        http = self.client.get().http
+        try:
+            answer = await http.get("/_health", timeout=PROBE_SECONDS)
+        except httpx.HTTPError as exc:
+            return f"{http.base_url} unreachable ({type(exc).__name__})"
+        if answer.status_code >= 500:
+            return f"{http.base_url} answered {answer.status_code}"
+        return None
+
+
 def sse_app(server: Server[Any], settings: Settings) -> Starlette:
     """The legacy HTTP+SSE app: ``GET /sse`` and ``POST /messages/``."""
     sse = SseServerTransport("/messages/", security_settings=security(settings))
@@ -145,23 +236,37 @@ KINDS: dict[str, HttpKind] = {
 }
 
 
-def http_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    """The ASGI app for ``settings.mcp_transport``, behind bearer auth when configured.
+def http_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shared: Shared | None = None,
+) -> Starlette:
+    """The ASGI app for ``settings.mcp_transport``, behind bearer auth when configured, with
+    ``/health`` and ``/ready`` beside it.
 
     One adapter serves every connection; it and the in-process sandbox (or ``transport``, in
-    tests) are opened and closed by the app's lifespan.
+    tests) are opened and closed by the app's lifespan, as are the shared store's connections
+    (``shared``, by default as the settings say).
     """
     client = LazyClient(settings, transport)
-    inner = KINDS[settings.mcp_transport].build(create_server(settings, client=client), settings)
+    shared = shared if shared is not None else shared_for(settings)
+    server = create_server(settings, client=client, shared=shared)
+    inner = KINDS[settings.mcp_transport].build(server, settings)
     app: ASGIApp = inner
-    if settings.mcp_transport == "http" and not settings.mcp_stateless:
-        app = SessionCap(app, settings)
+    if settings.mcp_transport == "http":
+        app = NoStream(app) if settings.mcp_stateless else SessionCap(app, settings)
+        limiter = limiter_for(settings, shared.windows)
+        if limiter is not None:
+            app = RateLimit(app, limiter)
     if settings.auth_token or settings.forward_key:
-        app = BearerAuth(inner, token=settings.auth_token, forward_key=settings.forward_key)
+        app = BearerAuth(app, token=settings.auth_token, forward_key=settings.forward_key)
+    probes = Probes(client, shared)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(shared.running())
             if transport is None:
                 client.transport = await stack.enter_async_context(open_backend(settings))
             stack.push_async_callback(client.aclose)
@@ -169,12 +274,22 @@ def http_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None =
             await stack.enter_async_context(inner.router.lifespan_context(inner))
             yield
 
-    return Starlette(routes=[Mount("/", app=app)], lifespan=lifespan)
+    return Starlette(
+        routes=[
+            Route("/health", probes.health, methods=["GET"]),
+            Route("/ready", probes.ready, methods=["GET"]),
+            Mount("/", app=app),
+        ],
+        lifespan=lifespan,
+    )
 
 
 async def serve_http(settings: Settings) -> None:
     """Serve ``settings.mcp_transport`` with uvicorn until interrupted."""
     app = http_app(settings)
+    warning = alone(settings)
+    if warning is not None:
+        log.warning("%s", warning)
     config = uvicorn.Config(
         app, host=settings.mcp_host, port=settings.mcp_port, log_level="warning", lifespan="on"
     )

@@ -9,11 +9,14 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -390,3 +393,41 @@ async def terminate(process: Process, *, within: float) -> bool:
     process.kill()
     await process.wait()
     return False
+
+
+def installed(program: str, package: str) -> str:
+    """The path of a Debian program a test starts; skip the test, saying what to install,
+    when it is missing (CI installs it: .ci/run)."""
+    found = shutil.which(program) or next(
+        (p for p in (f"/usr/sbin/{program}", f"/usr/bin/{program}") if os.access(p, os.X_OK)),
+        None,
+    )
+    if found is None:
+        pytest.skip(f"{program} is not installed (Debian: apt-get install {package})")
+    return found
+
+
+@asynccontextmanager
+async def redis_server(directory: Path) -> AsyncIterator[str]:
+    """A throwaway redis-server on a loopback port, keeping nothing on disk; yield its URL."""
+    binary = installed("redis-server", "redis-server")
+    port = free_port()
+    await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def up() -> bool | None:
+        assert process.returncode is None, f"redis-server exited with {process.returncode}"
+        try:
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+        except OSError:
+            return None
+        await stream.aclose()
+        return True
+
+    try:
+        await eventually(up, within=30, every=0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        await terminate(process, within=10)

@@ -13,7 +13,8 @@ from posthog_warehouse_mcp.tools.table import BY_NAME
 from tests.support import SOURCE_ID, Recorder, connect, settings, text_of, use_env
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRETS = {"personal_api_key", "mcp_auth_token", "confirm_secret"}
+# A Redis URL carries its password: it stays out of process lists too.
+SECRETS = {"personal_api_key", "mcp_auth_token", "confirm_secret", "redis_url"}
 
 
 def flags_of_fields() -> dict[str, str | None]:
@@ -80,6 +81,7 @@ def test_no_demo_and_boolean_flags_leave_the_environment_alone_when_absent(
         ({"mcp_transport": "http", "mcp_host": "0.0.0.0"}, "without authentication"),
         ({"mcp_transport": "sse", "mcp_host": "10.1.2.3"}, "without authentication"),
         ({"mcp_transport": "http", "forward_key": True}, "unset POSTHOG_PERSONAL_API_KEY"),
+        ({"mcp_transport": "http", "redis_url": "redis://127.0.0.1/0"}, "POSTHOG_CONFIRM_SECRET"),
         ({"toolsets": ["nope"]}, "Unknown toolset"),
         ({"tools": ["nope"]}, "Unknown tool"),
     ],

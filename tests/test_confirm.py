@@ -130,24 +130,24 @@ async def test_a_token_is_refused_when_wrong_spent_expired_or_for_another_call(
     assert changes(recorder) == ["DELETE"]
 
 
-def test_spent_tokens_are_forgotten_once_expired_and_stay_refused(
+async def test_spent_tokens_are_forgotten_once_expired_and_stay_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tokens = confirm.Confirmations()
     tool = "external-data-schemas-destroy"
     params = ConfirmedIdParams(id=SCHEMA_ID)
     first = tokens.issue(tool, params, caller="")
-    tokens.check(first, tool, params, caller="")
+    await tokens.check(first, tool, params, caller="")
     with pytest.raises(confirm.ConfirmationRefused, match="used already"):
-        tokens.check(first, tool, params, caller="")
+        await tokens.check(first, tool, params, caller="")
     later = confirm.time.time() + confirm.TOKEN_SECONDS + 1
     monkeypatch.setattr(confirm.time, "time", lambda: later)
     second = tokens.issue(tool, params, caller="")
-    tokens.check(second, tool, params, caller="")
+    await tokens.check(second, tool, params, caller="")
     assert isinstance(tokens.spent, confirm.MemorySpent)
     assert len(tokens.spent._spent) == 1  # the first token's nonce went with its expiry
     with pytest.raises(confirm.ConfirmationRefused, match="expired"):
-        tokens.check(first, tool, params, caller="")
+        await tokens.check(first, tool, params, caller="")
 
 
 @MODES

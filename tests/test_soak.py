@@ -147,7 +147,13 @@ async def test_hosted_streamable_http_memory_stays_flat(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}/mcp"
     argv = [sys.executable, "-m", "posthog_warehouse_mcp", "--transport", "http", "--stateless"]
     argv += ["--port", str(port), "--sandbox", "--no-demo", "--sandbox-dir", str(tmp_path)]
-    env = clean_env(POSTHOG_MCP_AUTH_TOKEN=TOKEN, POSTHOG_LOG_LEVEL="WARNING")
+    # 46,000 requests with one token: past the per-caller limits, which are not measured here.
+    env = clean_env(
+        POSTHOG_MCP_AUTH_TOKEN=TOKEN,
+        POSTHOG_LOG_LEVEL="WARNING",
+        POSTHOG_MCP_RATE_LIMIT_PER_MINUTE="0",
+        POSTHOG_MCP_RATE_LIMIT_PER_HOUR="0",
+    )
 
     call = json.dumps(CALL).encode()
 

@@ -6,8 +6,8 @@ is a :class:`Question`: the preview and a new token. How the question reaches th
 the call, as an input-required result, or as a preview and token for the model to show) is the
 server's concern (server/asking.py). Tokens are signed (HMAC-SHA256; every instance sharing
 the key verifies them), short-lived, bound to the tool, its exact arguments and, with
-forwarded keys, the caller, and spent when used (recorded where a restart does not forget it:
-server/store.py).
+forwarded keys, the caller, and spent when used (recorded where a restart does not forget it,
+server/store.py, or where every replica sees it, server/shared.py).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ class StoreUnavailable(ConfirmationRefused):
 
 class Spent(Protocol):
     """Where used tokens' nonces are kept until the tokens expire (shared by every instance
-    that verifies the same tokens)."""
+    that verifies the same tokens). Asynchronous: the record may be across the network."""
 
-    def spend(self, nonce: str, until: float) -> bool:
+    async def spend(self, nonce: str, until: float) -> bool:
         """Record `nonce` as spent until `until` (epoch seconds); False if it was already.
 
         Raises:
@@ -61,7 +61,7 @@ class MemorySpent:
     _spent: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def spend(self, nonce: str, until: float) -> bool:
+    async def spend(self, nonce: str, until: float) -> bool:
         """Record `nonce` as spent until `until`; False if it was already."""
         with self._lock:
             now = time.time()
@@ -92,7 +92,7 @@ class Confirmations:
         }
         return seal(self.key, claims)
 
-    def check(self, token: str, tool: str, params: BaseModel, caller: str) -> None:
+    async def check(self, token: str, tool: str, params: BaseModel, caller: str) -> None:
         """Accept the token for this very call, once.
 
         Raises:
@@ -113,7 +113,7 @@ class Confirmations:
             )
         if claims.get("c") != caller:
             raise ConfirmationRefused("the confirmation_token was issued to another caller")
-        if not self.spent.spend(claims["n"], claims["e"]):
+        if not await self.spent.spend(claims["n"], claims["e"]):
             raise ConfirmationRefused("the confirmation_token was used already")
 
 
@@ -166,7 +166,7 @@ async def decide(
     caller = caller_of(call.api_key)
     token = answered or _argument_token(call.params)
     if token:
-        confirmations.check(token, row.name, call.params, caller)
+        await confirmations.check(token, row.name, call.params, caller)
         return None
     shown = await row.preview(call)
     if shown is None:

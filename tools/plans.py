@@ -97,13 +97,13 @@ class Plans:
             raise PlanRefused("the plan was made by another caller")
         return claims
 
-    def spend(self, claims: dict[str, Any]) -> None:
+    async def spend(self, claims: dict[str, Any]) -> None:
         """Mark the plan used.
 
         Raises:
             PlanRefused: it was applied already; StoreUnavailable: the record cannot be reached.
         """
-        if not self.spent.spend(str(claims["n"]), float(claims["e"])):
+        if not await self.spent.spend(str(claims["n"]), float(claims["e"])):
             raise PlanRefused("the plan was applied already; make a new one to change more")
 
 
@@ -334,7 +334,7 @@ async def apply_plan(
     source = await call.call("external-data-sources-retrieve", id=str(call.params.id))
     _unchanged(claims, source)
     assert call.plans is not None  # _claims refused otherwise
-    call.plans.spend(claims)
+    await call.plans.spend(claims)
     names = {sid: s.get("name") for sid, s in _schemas(source).items()}
     applied: list[dict[str, Any]] = []
     failed: dict[str, Any] | None = None

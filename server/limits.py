@@ -1,0 +1,206 @@
+"""Per-caller rate limits on the HTTP transports: fixed windows, as PostHog's MCP counts them.
+
+A caller is the hash of the bearer token it sends (the server's token, or its own PostHog key
+with --forward-key): the same token is the same caller on every replica, and the token itself
+is never stored. Each request adds one to the caller's count in the current minute and the
+current hour (``POSTHOG_MCP_RATE_LIMIT_PER_MINUTE``, ``_PER_HOUR``; PostHog's defaults, 1,500
+and 15,000); past either, the request is refused until that window ends.
+
+Where the counts live is a :class:`Windows`: this process's memory (one instance), or Redis
+(server/shared.py), so that every replica counts the same caller together. When the shared
+store cannot be reached the request is served (fail open, as PostHog does): a limit guards
+against a runaway client, and is not worth an outage.
+
+How a refusal reads depends on where the count is made:
+
+- streamable HTTP counts each ``POST /mcp`` (:class:`RateLimit`) and answers ``429`` with
+  ``Retry-After`` and ``X-RateLimit-*`` headers, before any work;
+- the legacy SSE transport answers its POSTs ``202`` and the result on the stream, so there
+  each tool call is counted instead, and a refused one is a tool error saying when to retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .auth import bearer
+from .config import Settings
+
+log = logging.getLogger("posthog_warehouse_mcp.limits")
+
+# How often a store that cannot be counted in is logged (once a window is enough to notice).
+_QUIET_SECONDS = 60.0
+
+
+class Windows(Protocol):
+    """Where the windows' counts live."""
+
+    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
+        """Add one to each key's count, each key kept for its seconds; return the new counts.
+
+        Raises:
+            Exception: the store cannot be reached (the limiter serves the request).
+        """
+        ...
+
+
+class MemoryWindows:
+    """Counts in this process only, at most ``keys`` of them (the oldest go first)."""
+
+    def __init__(self, *, keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        self._counts: dict[str, tuple[float, int]] = {}  # key -> (when it is dropped, count)
+        self._keys = keys
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
+        """Add one to each key's count; return the new counts."""
+        now = self._clock()
+        counts = []
+        with self._lock:
+            for key, seconds in keys:
+                until, count = self._counts.pop(key, (now + seconds, 0))
+                # Re-inserted, so the dict's order is the order of last use.
+                self._counts[key] = (until, count + 1)
+                counts.append(count + 1)
+            if len(self._counts) > self._keys:
+                self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
+                while len(self._counts) > self._keys:
+                    del self._counts[next(iter(self._counts))]
+        return counts
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``per`` requests in each window of ``seconds``; ``setting`` raises it."""
+
+    per: int
+    seconds: int
+    name: str
+    setting: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A request over a limit: which, and whole seconds until its window ends."""
+
+    limit: Limit
+    retry_after: int
+
+    @property
+    def message(self) -> str:
+        """What the caller is told: the limit, the setting, when to try again."""
+        return (
+            f"Rate limit reached: {self.limit.per:,} requests {self.limit.name} for this caller "
+            f"(the server's {self.limit.setting}). Nothing was done; retry in "
+            f"{self.retry_after} s."
+        )
+
+
+class Limiter:
+    """Fixed windows per caller over shared :class:`Windows`.
+
+    Each window is numbered from the epoch (``now // seconds``), so every replica names the
+    same window the same way and a key is kept only as long as its window (plus a second for
+    clocks that differ a little). Requests past a limit still count, as PostHog's do.
+    """
+
+    def __init__(
+        self,
+        limits: Sequence[Limit],
+        windows: Windows,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limits = tuple(limits)
+        self.windows = windows
+        self._clock = clock
+        self._quiet_until = 0.0
+
+    async def check(self, caller: str) -> Refused | None:
+        """Count a request of ``caller`` (a :func:`caller_of` hash); the refusal, or None."""
+        now = self._clock()
+        keys = [
+            (f"rl:{limit.seconds}:{caller}:{int(now // limit.seconds)}", limit.seconds + 1)
+            for limit in self.limits
+        ]
+        try:
+            counts = await self.windows.count(keys)
+        except Exception as exc:  # fail open: any store failure serves the request
+            if now >= self._quiet_until:
+                self._quiet_until = now + _QUIET_SECONDS
+                log.warning("rate limits are not counted (requests are served): %s", exc)
+            return None
+        refusals = [
+            Refused(limit, max(1, math.ceil((now // limit.seconds + 1) * limit.seconds - now)))
+            for limit, count in zip(self.limits, counts, strict=True)
+            if count > limit.per
+        ]
+        return max(refusals, key=lambda r: r.retry_after) if refusals else None
+
+
+def limiter_for(settings: Settings, windows: Windows) -> Limiter | None:
+    """The limits ``settings`` set over ``windows``, or None when both are off (0)."""
+    limits = [
+        Limit(settings.mcp_rate_limit_per_minute, 60, "a minute", _variable("per_minute")),
+        Limit(settings.mcp_rate_limit_per_hour, 3600, "an hour", _variable("per_hour")),
+    ]
+    limits = [limit for limit in limits if limit.per > 0]
+    return Limiter(limits, windows) if limits else None
+
+
+def _variable(suffix: str) -> str:
+    return Settings.variable(f"mcp_rate_limit_{suffix}")
+
+
+def caller_of(headers: Any) -> str:
+    """Who is counted: a hash of the request's bearer token (one bucket for requests without).
+
+    SHA-256, not a slow password hash as PostHog's per-user state uses: a bearer token has the
+    entropy a password lacks, and this runs on every request.
+    """
+    token = bearer(headers) or ""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+class RateLimit:
+    """Count each ``POST`` and answer ``429`` past a limit (behind authentication, so only a
+    caller with a valid token is counted)."""
+
+    def __init__(self, app: ASGIApp, limiter: Limiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        refused = await self.limiter.check(caller_of(Request(scope).headers))
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": refused.message}},
+            status_code=429,
+            headers={
+                "Retry-After": str(refused.retry_after),
+                "X-RateLimit-Limit": str(refused.limit.per),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(refused.retry_after),
+            },
+        )
+        await response(scope, receive, send)
