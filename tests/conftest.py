@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,12 +35,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = config.stash.get(_shared, None)
+    if shared is not None:
+        from tests.sandbox.servers import stop_shared
+
+        stop_shared(shared)
     if config.stash.get(_chosen, False):
         del os.environ["TMPDIR"]
         tempfile.tempdir = None
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's workers share the run's embedded PostgreSQL (tests/sandbox/servers.py): whichever
+    needs it first starts it in this folder, and the controller stops it when the run ends."""
+    from tests.sandbox.servers import SHARED_SERVERS
+
+    if _shared not in node.config.stash:
+        node.config.stash[_shared] = Path(tempfile.mkdtemp(prefix="pytest-servers-"))
+    node.workerinput[SHARED_SERVERS] = str(node.config.stash[_shared])
+
+
 _chosen = pytest.StashKey[bool]()
+_shared = pytest.StashKey[Path]()
 
 
 def pytest_report_header() -> str:
