@@ -3,6 +3,7 @@ tests/support.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -73,6 +74,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _schemas_checked_once() -> Iterator[None]:
+    """Each tool's output schema is checked against the JSON Schema metaschema once a process.
+
+    The MCP client checks a tool's output schema at its first call in a session: about 15 ms a
+    schema with jsonschema's 2020-12 metaschema, and the tests open a thousand sessions on the
+    same few dozen schemas (about 7 CPU seconds a run). The check depends on the schema alone:
+    one that passed passes again, and one that fails is checked, and fails, every time."""
+    from jsonschema import Draft202012Validator
+
+    check = Draft202012Validator.check_schema
+    passed: set[str] = set()
+
+    def check_once(schema: Any, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:  # another format checker: not what the client asks
+            return check(schema, *args, **kwargs)
+        key = json.dumps(schema, sort_keys=True)
+        if key not in passed:
+            check(schema)
+            passed.add(key)
+        return None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Draft202012Validator, "check_schema", staticmethod(check_once))
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
