@@ -66,9 +66,17 @@ def pytest_report_header() -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The soaks take a minute or more each, the rest seconds: started first (one per xdist
-    # worker), the other workers run the rest meanwhile instead of waiting for them at the end.
-    items.sort(key=lambda item: item.path.name != "test_soak.py")
+    # A few slow tests take half a minute to a minute and a half, the rest seconds. Marked
+    # `slow(seconds=...)` (about how long each takes alone), they start first, longest first:
+    # xdist's workers take them one each and share out the rest meanwhile, instead of waiting
+    # for them at the end; and the two soaks, each busy on more than a core, do not start
+    # together.
+    items.sort(key=lambda item: -_seconds(item))
+
+
+def _seconds(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    return float(slow.kwargs.get("seconds", 0)) if slow is not None else 0.0
 
 
 @pytest.fixture

@@ -205,7 +205,7 @@ async def expire(url: str, session: str) -> None:
     await eventually(expired, within=120, every=IDLE_SECONDS * 1.5)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 async def test_5000_abandoned_sessions_leave_memory_flat_after_they_expire(tmp_path: Path) -> None:
     port = free_port()
