@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install everything into .venv, then run what CI runs: lint, format, types, and the tests:
-# the fast default set, spread over every core (pytest-xdist; see pyproject.toml's addopts), then
-# the slow set (soaks, restarts, subprocesses, large tables) in one process: its process and
-# socket tests, spread over workers, let one test's leftovers surface in another's.
-# Arguments go to both pytest runs (e.g. -x, -k name).
+# the fast default set, then the slow set (soaks, restarts, subprocesses, large tables), each
+# spread over every core (pytest-xdist; see pyproject.toml's addopts), the slow set's longest
+# tests first (tests/conftest.py). Arguments go to both pytest runs (e.g. -x, -k name; -n 0
+# runs in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,4 +24,4 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
-.venv/bin/python -m pytest -m slow -n 0 "$@"
+.venv/bin/python -m pytest -m slow "$@"

@@ -3,12 +3,14 @@ tests/support.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,12 +36,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = config.stash.get(_shared, None)
+    if shared is not None:
+        from tests.sandbox.servers import stop_shared
+
+        stop_shared(shared)
     if config.stash.get(_chosen, False):
         del os.environ["TMPDIR"]
         tempfile.tempdir = None
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's workers share the run's embedded PostgreSQL (tests/sandbox/servers.py): whichever
+    needs it first starts it in this folder, and the controller stops it when the run ends."""
+    from tests.sandbox.servers import SHARED_SERVERS
+
+    if _shared not in node.config.stash:
+        node.config.stash[_shared] = Path(tempfile.mkdtemp(prefix="pytest-servers-"))
+    node.workerinput[SHARED_SERVERS] = str(node.config.stash[_shared])
+
+
 _chosen = pytest.StashKey[bool]()
+_shared = pytest.StashKey[Path]()
 
 
 def pytest_report_header() -> str:
@@ -47,14 +66,49 @@ def pytest_report_header() -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The soaks take a minute or more each, the rest seconds: started first (one per xdist
-    # worker), the other workers run the rest meanwhile instead of waiting for them at the end.
-    items.sort(key=lambda item: item.path.name != "test_soak.py")
+    # A few slow tests take half a minute to a minute and a half, the rest seconds. Marked
+    # `slow(seconds=...)` (about how long each takes alone), they start first, longest first:
+    # xdist's workers take them one each and share out the rest meanwhile, instead of waiting
+    # for them at the end; and the two soaks, each busy on more than a core, do not start
+    # together.
+    items.sort(key=lambda item: -_seconds(item))
+
+
+def _seconds(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    return float(slow.kwargs.get("seconds", 0)) if slow is not None else 0.0
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _schemas_checked_once() -> Iterator[None]:
+    """Each tool's output schema is checked against the JSON Schema metaschema once a process.
+
+    The MCP client checks a tool's output schema at its first call in a session: about 15 ms a
+    schema with jsonschema's 2020-12 metaschema, and the tests open a thousand sessions on the
+    same few dozen schemas (about 7 CPU seconds a run). The check depends on the schema alone:
+    one that passed passes again, and one that fails is checked, and fails, every time."""
+    from jsonschema import Draft202012Validator
+
+    check = Draft202012Validator.check_schema
+    passed: set[str] = set()
+
+    def check_once(schema: Any, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:  # another format checker: not what the client asks
+            return check(schema, *args, **kwargs)
+        key = json.dumps(schema, sort_keys=True)
+        if key not in passed:
+            check(schema)
+            passed.add(key)
+        return None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Draft202012Validator, "check_schema", staticmethod(check_once))
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

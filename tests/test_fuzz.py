@@ -207,33 +207,41 @@ def wrong_value(node: Mapping[str, Any], defs: Mapping[str, Any]) -> st.SearchSt
     return st.one_of(choices)
 
 
-@st.composite
-def invalid_arguments(draw: st.DrawFn, schema: dict[str, Any]) -> dict[str, Any]:
+def invalid_arguments(schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     """A valid argument object with one thing broken."""
+    # Each strategy is built once, not at every draw: a new strategy object makes Hypothesis
+    # work out its properties again (most of the fuzz's CPU time).
     defs = schema.get("$defs", {})
-    args: dict[str, Any] = dict(draw(valid_object(schema, defs)))
+    valid = valid_object(schema, defs)
     properties: dict[str, Any] = schema["properties"]
+    wrong = {name: wrong_value(properties[name], defs) for name in sorted(properties)}
     required = list(schema.get("required", []))
     mutations = (
         ["unknown key"]
         + (["wrong value"] if properties else [])
         + (["missing required"] if required else [])
     )
-    mutation = draw(st.sampled_from(mutations))
-    if mutation == "unknown key":
-        key = draw(
-            st.sampled_from(["ID", "id ", "environment_id", "../id", "password", "__proto__"])
-            | st.text(min_size=1, max_size=20)
-        )
-        if key in properties:
-            key += "_x"
-        args[key] = draw(JSON)
-    elif mutation == "missing required":
-        del args[draw(st.sampled_from(required))]
-    else:
-        name = draw(st.sampled_from(sorted(properties)))
-        args[name] = draw(wrong_value(properties[name], defs))
-    return args
+    unknown_keys = st.sampled_from(
+        ["ID", "id ", "environment_id", "../id", "password", "__proto__"]
+    ) | st.text(min_size=1, max_size=20)
+
+    @st.composite
+    def broken(draw: st.DrawFn) -> dict[str, Any]:
+        args: dict[str, Any] = dict(draw(valid))
+        mutation = draw(st.sampled_from(mutations))
+        if mutation == "unknown key":
+            key = draw(unknown_keys)
+            if key in properties:
+                key += "_x"
+            args[key] = draw(JSON)
+        elif mutation == "missing required":
+            del args[draw(st.sampled_from(required))]
+        else:
+            name = draw(st.sampled_from(sorted(properties)))
+            args[name] = draw(wrong[name])
+        return args
+
+    return broken()
 
 
 # ------------------------------------------------------------------ the MCP client

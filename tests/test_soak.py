@@ -105,6 +105,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.mark.slow(seconds=20)
 async def test_standalone_sandbox_memory_stays_flat(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -142,6 +143,7 @@ HEADERS = {
 }
 
 
+@pytest.mark.slow(seconds=80)
 async def test_hosted_streamable_http_memory_stays_flat(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"

@@ -140,7 +140,7 @@ async def test_forwarded_keys_reach_upstream_per_caller() -> None:
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 async def test_stdio_server_stops_on_sigterm_right_after_stdin_closes() -> None:
     # A host closes stdin and sends SIGTERM at once. This once left the process spinning in
     # cancellation at 100% CPU about one time in 30; twenty rounds make a regression show.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -241,6 +243,13 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The process's TLS context: httpx would read the CA bundle again for each client (about
+    20 ms), and a process may build several (a server per connection, a test per call)."""
+    return httpx.create_ssl_context()
+
+
 def build_http_client(
     *,
     base_url: str,
@@ -259,6 +268,7 @@ def build_http_client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         transport=transport,
+        verify=_tls(),
         follow_redirects=False,
     )
 

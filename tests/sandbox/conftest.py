@@ -1,9 +1,8 @@
 """Fixtures only: a real embedded PostgreSQL and MariaDB upstream, and in-process sandboxes.
-The helpers the tests share are in support.py."""
+The helpers the tests share are in support.py, the embedded PostgreSQL servers in servers.py."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
@@ -11,71 +10,30 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import httpx
-import psycopg
 import pytest
 from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
-from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
+from tests.sandbox.servers import SHARED_SERVERS, Databases, embedded_postgres, shared_postgres
 from tests.sandbox.support import LOGICAL_SLOTS, MySQLUpstream, Upstream, client_for
 from tests.support import eventually, free_port
 
 
-class Databases:
-    """An embedded PostgreSQL for the session (per xdist worker), and a new database in it for
-    each test that asks. A test's databases are dropped when a later test asks for one (by then
-    every sandbox, thread and process of the test has stopped): each is 8 MB, and ~150 of them
-    left to the end made the session's teardown delete 1.3 GB at once."""
-
-    def __init__(self, server: PostgresCredentials) -> None:
-        self.server = server
-        self.finished: list[str] = []  # the databases of tests that have ended
-
-    def new(self) -> Upstream:
-        """A new empty database."""
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.server.conninfo("postgres"), autocommit=True) as conn:
-            while self.finished:
-                drop = f"DROP DATABASE IF EXISTS {self.finished.pop()} WITH (FORCE)"
-                # Not droppable (a replication slot left in it): the session's end removes it.
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute(drop.encode())
-            conn.execute(f"CREATE DATABASE {name}".encode())
-        creds = replace(self.server, database=name)
-        return Upstream(creds)
-
-    @contextlib.contextmanager
-    def database(self) -> Iterator[Upstream]:
-        """A new database for the block; dropped after it, when the next one is made."""
-        upstream = self.new()
-        try:
-            yield upstream
-        finally:
-            self.finished.append(upstream.creds.database)
-
-
-@contextlib.contextmanager
-def embedded_postgres(prefix: str, settings: dict[str, str] | None = None) -> Iterator[Databases]:
-    """Start an embedded PostgreSQL in a new temporary folder; stop and delete it on exit."""
-    # Outside pytest's basetemp, which a concurrent pytest run may rotate away mid-session.
-    base = Path(tempfile.mkdtemp(prefix=prefix))
-    server = EmbeddedPostgres(base / "pgdata", settings=settings)
-    try:
-        yield Databases(server.start())
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
-def upstream_server() -> Iterator[Databases]:
-    """One embedded PostgreSQL for the whole run; each test gets its own database in it."""
-    with embedded_postgres("sandbox-upstream-") as databases:
+def upstream_server(request: pytest.FixtureRequest) -> Iterator[Databases]:
+    """One embedded PostgreSQL for the whole run (all of xdist's workers); each test gets its
+    own database in it."""
+    shared = getattr(request.config, "workerinput", {}).get(SHARED_SERVERS)
+    servers = (
+        shared_postgres(Path(shared) / "upstream")
+        if shared
+        else embedded_postgres("sandbox-upstream-")
+    )
+    with servers as databases:
         yield databases
 
 
