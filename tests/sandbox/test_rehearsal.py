@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from posthog_warehouse_mcp.sandbox import rehearsal
 from posthog_warehouse_mcp.sandbox.connectors import base
 from posthog_warehouse_mcp.sandbox.rehearsal import (
     Limits,
@@ -246,7 +247,7 @@ def test_tables_built_to_fail_are_reported_with_their_fixes(
     assert source_state(upstream) == before
 
 
-def test_a_table_loaded_in_parts_answers_as_in_one(
+def test_a_table_loaded_in_parts_and_checked_in_shares_answers_as_in_one(
     upstream: Upstream, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 2,000 rows, one value that does not convert far past the first part; and the tables
@@ -269,8 +270,9 @@ def test_a_table_loaded_in_parts_answers_as_in_one(
         return {t["name"]: t for t in answer["tables"]}
 
     whole = rehearsed()
-    # Parts of about 2 KB (ledger: 25 of them).
+    # Parts of about 2 KB (ledger: 25 of them) and the keys in shares of at most 7.
     monkeypatch.setattr(base, "PART_BYTES", 2048)
+    monkeypatch.setattr(rehearsal, "KEYS_PER_PASS", 7)
     parts = rehearsed()
     assert parts == whole
     ledger = whole["ledger"]
