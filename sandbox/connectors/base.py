@@ -209,6 +209,8 @@ class CsvOut:
         return True
 
     def _hand_on(self) -> None:
+        if self.file.closed:  # handed on already (the next part failed to open)
+            return
         self.file.close()
         if self._export.part_ready is not None:
             self._export.part_ready(self.path)
