@@ -7,6 +7,10 @@ constraint, so the key's uniqueness is counted, not taken from the catalog; the 
 raised past the table. `append` rehearses on the integer `id`, which adds the insert-order
 check at the source. Targets: rehearsal / COPY scan <= 1.5, peak RSS flat in the row count
 (within 10%).
+
+Each repeat runs a scan and then a rehearsal, so the two see the same load on the machine. The
+ratio is the medians' ratio; `pairs` is the median of each repeat's own ratio, which a load
+that changes between repeats (a shared machine) moves less.
 """
 
 from __future__ import annotations
@@ -126,6 +130,9 @@ def main(argv: list[str]) -> int:
                         rows,
                         statistics.median(scans),
                         statistics.median(r["seconds"] for r in runs),
+                        statistics.median(
+                            r["seconds"] / s for r, s in zip(runs, scans, strict=True)
+                        ),
                         max(r["peak_rss_mb"] for r in runs),
                         last,
                     )
@@ -133,14 +140,19 @@ def main(argv: list[str]) -> int:
         finally:
             pg.stop()
     print(f"\nsync type: {args.sync_type}   repeat: {args.repeat} (medians; peak RSS: max)\n")
-    print(f"{'rows':>10}{'COPY scan (s)':>15}{'rehearsal (s)':>15}{'ratio':>8}{'peak RSS MB':>13}")
-    for rows, scan, took, rss, _ in lines:
-        print(f"{rows:>10,}{scan:>15.2f}{took:>15.2f}{took / scan:>8.2f}{rss:>13.0f}")
+    print(
+        f"{'rows':>10}{'COPY scan (s)':>15}{'rehearsal (s)':>15}{'ratio':>8}{'pairs':>8}"
+        f"{'peak RSS MB':>13}"
+    )
+    for rows, scan, took, pairs, rss, _ in lines:
+        print(f"{rows:>10,}{scan:>15.2f}{took:>15.2f}{took / scan:>8.2f}{pairs:>8.2f}{rss:>13.0f}")
     print("\ntarget: ratio <= 1.5; peak RSS within 10% across row counts")
     if len(lines) > 1:
-        low, high = min(r[3] for r in lines), max(r[3] for r in lines)
+        low, high = min(r[4] for r in lines), max(r[4] for r in lines)
         print(f"peak RSS spread: {(high - low) / low:.1%}")
-    rows, _, _, _, last = lines[-1]
+    if hasattr(os, "getloadavg"):  # the machine's other work, which the timings share it with
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+    rows, _, _, _, _, last = lines[-1]
     print(f"\nchecks of the {rows:,}-row run:")
     for name, result, how in last["checks"]:
         print(f"  {name:<22}{result:<10}{how}")

@@ -306,6 +306,33 @@ class Warehouse:
         row = cur.execute(f"SELECT count(*) FROM {quote_ident(staging)}").fetchone()
         return int(row[0]) if row else 0
 
+    def create_staging(
+        self, cur: duckdb.DuckDBPyConnection, staging: str, columns: list[Column]
+    ) -> None:
+        """Create an empty staging table with the columns' exact types, unless it exists."""
+        typed = ", ".join(f"{quote_ident(c.name)} {c.duck_type}" for c in columns)
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {quote_ident(staging)} ({typed})")
+
+    def append_staging(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        csv_path: Path,
+        staging: str,
+        columns: list[Column],
+    ) -> None:
+        """Add the rows of a COPY CSV file to a staging table (created by the first call), as
+        `load_staging` loads one: the parts of an export can load while it runs."""
+        self.create_staging(cur, staging, columns)
+        cur.execute(
+            f"INSERT INTO {quote_ident(staging)} SELECT * FROM {_read_csv(columns)}",
+            [str(csv_path)],
+        )
+
+    def count_staging(self, cur: duckdb.DuckDBPyConnection, staging: str) -> int:
+        """Rows in a staging table."""
+        row = cur.execute(f"SELECT count(*) FROM {quote_ident(staging)}").fetchone()
+        return int(row[0]) if row else 0
+
     def load_convertible(
         self,
         cur: duckdb.DuckDBPyConnection,

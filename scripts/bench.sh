@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark and print its table: tool-definition size, server overhead against the
-# SDK floor, sandbox sync throughput, execute-sql's overhead over DuckDB. Each timing is a median of at least 3 runs and a ratio
+# SDK floor, sandbox sync throughput, a rehearsal against a COPY scan, execute-sql's overhead
+# over DuckDB. Each timing is a median of at least 3 runs and a ratio
 # against a baseline measured in the same invocation. Extra arguments are ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ echo "== Server overhead against the SDK floor (python -m benchmarks.overhead --
 echo
 echo "== Sandbox sync throughput (python -m benchmarks.sync_throughput --rows 1000000 --repeat 3)"
 .venv/bin/python -m benchmarks.sync_throughput --rows 1000000 --repeat 3
+echo
+echo "== Rehearsal against a bare COPY scan (python -m benchmarks.rehearsal --rows 1000000 4000000 --repeat 3)"
+.venv/bin/python -m benchmarks.rehearsal --rows 1000000 4000000 --repeat 3
 echo
 echo "== execute-sql against the same SQL in DuckDB (python -m benchmarks.query_overhead --rows 1000000 --runs 7)"
 .venv/bin/python -m benchmarks.query_overhead --rows 1000000 --runs 7

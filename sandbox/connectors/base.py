@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..row_filters import RowFilter
@@ -132,6 +133,12 @@ class TableStats:
 
 # Called every few thousand rows with the rows exported so far (it may raise SyncCancelled).
 Progress = Callable[[int], None]
+# Called with each part of an export's CSV once it is whole (`Export.part_ready`).
+PartReady = Callable[[Path], None]
+# An export read in parts starts a new part at the first row boundary past this many bytes:
+# small enough that the load of the last part, which waits for the export's end, is short;
+# large enough that a part's own cost (one statement) does not count.
+PART_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,9 @@ class Export:
 
     With a cursor, only rows past `cursor_value` of `cursor_column` (`>=` if `inclusive`); with
     row filters, only the rows they all match; with `limit`, at most that many rows (the first
-    the database hands over, in no set order).
+    the database hands over, in no set order). With `part_ready`, the CSV is written as parts
+    (`CsvOut`), each handed on as soon as it is whole, so the rows can be loaded while the
+    export runs.
     """
 
     namespace: str
@@ -156,6 +165,9 @@ class Export:
     row_filters: tuple[RowFilter, ...] = ()
     # A rehearsal's bound on the rows it reads (syncs read every row: None).
     limit: int | None = None
+    # Where each part of the CSV goes once whole (a rehearsal loads them as they come); None:
+    # one file, `path`.
+    part_ready: PartReady | None = None
 
     @property
     def past_cursor(self) -> tuple[str, str] | None:
@@ -163,6 +175,56 @@ class Export:
         if self.cursor_column is None or self.cursor_value is None:
             return None
         return self.cursor_column, self.cursor_value
+
+
+class CsvOut:
+    """The file an export writes its CSV to, in bytes: `export.path`, or, when the export has
+    `part_ready`, parts `<stem>.<n><suffix>` beside it, each handed to `part_ready` once whole.
+
+    A connector writes whole rows to `file` and calls `row_boundary()` now and then between
+    rows; a new part starts there once the current one holds `PART_BYTES`. Whatever ends the
+    export, the rows written so far are handed on when the block ends (each write is whole
+    rows, so a part never ends inside one).
+    """
+
+    def __init__(self, export: Export) -> None:
+        self._export = export
+        self._parts = 0
+        self.path = export.path
+        self.file: IO[bytes] = self._open()
+
+    def _open(self) -> IO[bytes]:
+        if self._export.part_ready is not None:
+            self._parts += 1
+            base = self._export.path
+            self.path = base.with_name(f"{base.stem}.{self._parts}{base.suffix}")
+        return self.path.open("wb", buffering=1 << 20)
+
+    def row_boundary(self) -> bool:
+        """A row ends here: start the next part if this one is full. True if `file` changed."""
+        if self._export.part_ready is None or self.file.tell() < PART_BYTES:
+            return False
+        self._hand_on()
+        self.file = self._open()
+        return True
+
+    def _hand_on(self) -> None:
+        if self.file.closed:  # handed on already (the next part failed to open)
+            return
+        self.file.close()
+        if self._export.part_ready is not None:
+            self._export.part_ready(self.path)
+
+    def __enter__(self) -> CsvOut:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._hand_on()
 
 
 ConnT = TypeVar("ConnT")
@@ -207,7 +269,7 @@ class Connector(Protocol[ConnT]):
         ...
 
     def export(self, conn: ConnT, export: Export) -> int:
-        """Write the rows `export` asks for to its CSV file; return the rows written."""
+        """Write the rows `export` asks for as CSV through a `CsvOut`; return the rows written."""
         ...
 
 

@@ -11,6 +11,7 @@ from . import config as form
 from .base import (
     Column,
     ConnectionFailed,
+    CsvOut,
     Export,
     SourceError,
     Table,
@@ -291,13 +292,14 @@ def export(conn: Connection[Any], export: Export) -> int:
     cur = conn.cursor(pymysql.cursors.SSCursor)
     try:
         cur.execute(query, tuple(params))
-        with export.path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as out:
+        with CsvOut(export) as out:
             while batch := cur.fetchmany(2000):
                 chunk = "".join(",".join(map(_csv_field, row)) + "\n" for row in batch)
-                out.write(chunk)
+                out.file.write(chunk.encode())
                 rows += len(batch)
                 check_cancelled(export.cancelled)
                 export.progress(rows)
+                out.row_boundary()
     except BaseException:
         _abandon(cur)
         raise

@@ -15,6 +15,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from posthog_warehouse_mcp.sandbox import rehearsal
+from posthog_warehouse_mcp.sandbox.connectors import base
 from posthog_warehouse_mcp.sandbox.rehearsal import (
     Limits,
     RehearsalCancelled,
@@ -243,6 +245,44 @@ def test_tables_built_to_fail_are_reported_with_their_fixes(
     assert answer["schemas"][1]["primary_key_columns"] == ["id"]
     assert list(scratch.iterdir()) == []
     assert source_state(upstream) == before
+
+
+def test_a_table_loaded_in_parts_and_checked_in_shares_answers_as_in_one(
+    upstream: Upstream, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2,000 rows, one value that does not convert far past the first part; and the tables
+    # built to fail.
+    upstream.execute(
+        BROKEN + ";CREATE TABLE ledger (id int PRIMARY KEY, amount numeric(10,2), note text);"
+        "INSERT INTO ledger SELECT g, CASE WHEN g = 1700 THEN 'NaN' ELSE g / 4.0 END, "
+        "repeat('x', g % 50) FROM generate_series(1, 2000) g"
+    )
+    tables = [*TO_FAIL, {"name": "ledger", "should_sync": True, "sync_type": "full_refresh"}]
+
+    def rehearsed() -> dict[str, Any]:
+        answer = rehearse("Postgres", upstream.creds.job_inputs(), tables, limits=Limits(rows=5000))
+        for table in answer["tables"]:
+            for timing in ("seconds", "read_seconds", "rows_per_second"):
+                table["local_sync"].pop(timing)
+            table.pop("estimates")
+            for found in table["checks"]:
+                found.pop("now", None)
+        return {t["name"]: t for t in answer["tables"]}
+
+    whole = rehearsed()
+    # Parts of about 2 KB (ledger: 25 of them) and the keys in shares of at most 7.
+    monkeypatch.setattr(base, "PART_BYTES", 2048)
+    monkeypatch.setattr(rehearsal, "KEYS_PER_PASS", 7)
+    parts = rehearsed()
+    assert parts == whole
+    ledger = whole["ledger"]
+    assert ledger["local_sync"]["status"] == "failed"
+    assert ledger["local_sync"]["rows_loaded"] == 1999
+    # Numbered from the table's first line, not from its part's.
+    assert int(ledger["local_sync"]["error"].rsplit("Line: ", 1)[1]) > 1600
+    assert check(ledger, "values_convert")["columns"][0]["example"] == "NaN"
+    assert check(whole["dupes"], "primary_key_unique")["duplicate_rows"] == 10
+    assert list(scratch.iterdir()) == []
 
 
 def test_checks_past_their_statement_timeout_are_cut_short(
