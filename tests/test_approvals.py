@@ -22,7 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from posthog_warehouse_mcp.server.app import create_server
-from posthog_warehouse_mcp.server.approvals import APPROVAL_META, APPROVE_TOOL, Approvals, Held
+from posthog_warehouse_mcp.server.approvals import (
+    APPROVAL_META,
+    APPROVE_TOOL,
+    ApprovalRefused,
+    Approvals,
+    Held,
+)
 from tests.support import SCHEMA, SCHEMA_ID, Recorder, Seen, settings, text_of
 
 pytestmark = pytest.mark.anyio
@@ -180,15 +186,15 @@ async def test_over_http_without_a_human_path_a_token_is_the_fallback() -> None:
 
 
 async def test_an_expired_approval_sends_nothing() -> None:
-    sent: list[str] = []
+    sent: list[Held] = []
 
-    async def send() -> dict[str, Any]:
-        sent.append("sent")
+    async def send(held: Held, api_key: str | None) -> dict[str, Any]:
+        sent.append(held)
         return {}
 
     approvals = Approvals(seconds=0.01)
-    approval = approvals.hold(Held("x", {}, send))
+    approval = await approvals.hold(Held("x", {}, "", {}))
     await anyio.sleep(0.05)
-    with pytest.raises(Exception, match="expired"):
-        await approvals.approve(approval)
+    with pytest.raises(ApprovalRefused, match="expired"):
+        await approvals.approve(approval, caller="", api_key=None, send=send)
     assert sent == []
