@@ -214,6 +214,13 @@ async def on_call_tool(
             return error_result(str(exc))
         except PostHogError as exc:
             return error_result(exc.describe(), exc.details)
+        except Exception:
+            log.exception("unexpected failure sending an approved call")
+            return error_result(
+                f"{params.name} failed inside the server (an unexpected error, logged on the "
+                "server's stderr). Whether PostHog applied the change is unknown: check with a "
+                "list or retrieve call."
+            )
     row = lookup(params.name)
     if row is None:
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")

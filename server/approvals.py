@@ -374,10 +374,12 @@ class Approvals:
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         try:
             result = await self.send(Held.loads(taken), None)
-        except (PostHogError, NothingSent) as exc:
-            why = exc.describe() if isinstance(exc, PostHogError) else str(exc)
-            body = f"<p>Approved, but the call failed: {html.escape(why)}</p>"
+        except PostHogError as exc:
+            body = f"<p>Approved, but the call failed: {html.escape(exc.describe())}</p>"
             return render("Approved: the call failed", body, 502)
+        except ValueError as exc:  # refused before sending (NothingSent, SecretRefused)
+            body = f"<p>Approved, but nothing was sent: {html.escape(str(exc))}</p>"
+            return render("Approved: nothing was sent", body, 502)
         done = html.escape(str(result.get("status_code") or "done"))
         return render(
             "Approved",
