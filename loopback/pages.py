@@ -4,7 +4,8 @@ page, where credentials are typed so that they never pass through the chat.
 What makes such a page safe to serve on 127.0.0.1 is here, once:
 
 - it answers only on its own address (the Host check: no DNS rebinding);
-- its link is for one use and expires (``OneTimeTokens``);
+- its link is for one use and expires (``OneTimeTokens``, or any other :class:`Links`: the
+  approval page's are kept where every replica of a deployment finds them);
 - a client that keeps failing (guessing tokens) or a link whose form keeps being refused is
   answered 429 for a while (``limits.Attempts``), and a guess then learns nothing;
 - a GET only shows the form: one with a query string is refused, so that no typed value
@@ -19,15 +20,31 @@ from __future__ import annotations
 import html
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from .hosts import host_of, origin_of
-from .tokens import OneTimeTokens
+from .limits import Attempts
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Links(Protocol[T_co]):
+    """A page's one-time links: what each live one opens, and the failed attempts at them
+    (``tokens.OneTimeTokens`` in this process; the approval page's, in a shared store)."""
+
+    @property
+    def attempts(self) -> Attempts:
+        """The failed attempts the page limits."""
+        ...
+
+    async def find(self, token: str) -> T_co | None:
+        """What a live link opens, or None (unknown, used or expired)."""
+        ...
+
 
 HEADERS = {
     "Cache-Control": "no-store",
@@ -112,7 +129,7 @@ class OneTimePage:
         request: Request,
         *,
         address: str | None,
-        tokens: OneTimeTokens[T],
+        tokens: Links[T],
         show: Callable[[T, str], Response],
         act: Callable[[T, str, dict[str, str]], Awaitable[Response]],
     ) -> Response:
@@ -137,18 +154,19 @@ class OneTimePage:
                 429,
                 headers={"Retry-After": str(wait)},
             )
-        live = tokens.get(token) is not None
-        answer = await self._answer(request, address=address, tokens=tokens, show=show, act=act)
+        value = await tokens.find(token)
+        answer = await self._answer(request, token, value, address=address, show=show, act=act)
         if answer.status_code >= 400:
-            tokens.attempts.fail(client, token if live else None)
+            tokens.attempts.fail(client, token if value is not None else None)
         return answer
 
     async def _answer(
         self,
         request: Request,
+        token: str,
+        value: T | None,
         *,
         address: str | None,
-        tokens: OneTimeTokens[T],
         show: Callable[[T, str], Response],
         act: Callable[[T, str, dict[str, str]], Awaitable[Response]],
     ) -> Response:
@@ -156,8 +174,6 @@ class OneTimePage:
             return render(
                 "Not available", "<p>This page is only served on its own address.</p>", 400
             )
-        token = request.path_params["token"]
-        value = tokens.get(token)
         if value is None:
             return render(
                 "Link not valid",

@@ -60,6 +60,10 @@ class OneTimeTokens(Generic[T]):
             return None
         return entry[0]
 
+    async def find(self, token: str) -> T | None:
+        """What a live token is for, or None: :meth:`get`, as a page's ``Links`` asks."""
+        return self.get(token)
+
     def spend(self, token: str) -> bool:
         """Spend a token, so it is never live again; whether it was live until now (of two
         callers spending one token, only one is told True)."""

@@ -4,6 +4,8 @@ on_call_tool(ctx, params)   look up the row, refuse what the settings refuse (pr
                             validate; tools.confirm.decide: act, or ask the person first
                             (server/asking.py presents the question); then tools.dispatch.run
                             -> the adapter -> PostHog
+Sender                      builds a Call from this instance's settings and adapter: for a
+                            tool call, and for a held call a person approved (on any replica)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +30,14 @@ from ..tools.confirm import ConfirmationRefused, Confirmations, decide
 from ..tools.definitions import definitions
 from ..tools.dispatch import ArgumentError, Call, validate
 from ..tools.errors import NothingSent, PostHogError
+from ..tools.hooks import OpenUrl, Progress
 from ..tools.output import cap, dumps
 from ..tools.plans import Plans
 from ..tools.redact import redact_text, remember_secrets
 from ..tools.secrets import SecretRefused
 from ..tools.table import ENDPOINTS, Endpoint, lookup
 from . import apps, asking
-from .approvals import APPROVE_TOOL, Approvals
+from .approvals import APPROVE_TOOL, ApprovalRefused, Approvals, Held
 from .auth import bearer
 from .config import Settings
 from .filters import enabled, why_disabled
@@ -45,6 +48,7 @@ from .state import NAME, Context, LazyClient, ServerState, open_client
 
 if TYPE_CHECKING:
     import httpx
+    from pydantic import BaseModel
     from starlette.requests import Request
 
 log = logging.getLogger("posthog_warehouse_mcp")
@@ -112,6 +116,64 @@ def forwarded_key(request: Request | None) -> str | None:
     return bearer(request.headers) if request is not None else None
 
 
+@dataclass(frozen=True)
+class Sender:
+    """What this instance sends a call with: its settings, adapter and plan ids. Every
+    :class:`~..tools.dispatch.Call` is built here, so that a tool call and a held call approved
+    later (on this replica or another) reach PostHog alike."""
+
+    settings: Settings
+    client: LazyClient
+    plans: Plans | None
+
+    def call(
+        self,
+        params: BaseModel,
+        *,
+        api_key: str | None,
+        progress: Progress | None = None,
+        open_url: OpenUrl | None = None,
+    ) -> Call:
+        """A validated call, sent with `api_key` (a forwarded key) or the server's own."""
+        return Call(
+            params=params,
+            client=self.client.get(),
+            base_path=self.settings.base_path(),
+            api_key=api_key,
+            progress=progress,
+            secrets=self.client.secret_policy,
+            open_url=open_url,
+            wait_cap=self.settings.wait_cap_seconds,
+            plans=self.plans,
+            rehearse=self.client.rehearse,
+        )
+
+    async def held(self, held: Held, api_key: str | None) -> dict[str, Any]:
+        """Send a held call a person approved, once, as this instance would send it now.
+
+        Raises:
+            ApprovalRefused: the tool is not offered here, or its arguments no longer fit;
+                nothing was sent.
+            PostHogError, SecretRefused: from sending it.
+        """
+        row = lookup(held.tool)
+        if row is None or not enabled(self.settings, row):
+            raise ApprovalRefused(f"{held.tool} is not offered by this server")
+        try:
+            params = validate(row, held.arguments)
+        except ArgumentError as exc:
+            raise ApprovalRefused(str(exc)) from None
+        call = self.call(params, api_key=api_key)
+        if call.caller != held.caller:
+            raise ApprovalRefused("this approval belongs to another caller")
+        return await dispatch.run(row, call)
+
+
+def sender_of(state: ServerState) -> Sender:
+    """How this server lifetime sends calls."""
+    return Sender(state.settings, state.client, state.plans)
+
+
 async def on_list_tools(
     ctx: Context, params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
@@ -140,12 +202,25 @@ async def on_call_tool(
         if refused is not None:
             return error_result(f"{params.name}: {refused.message}")
     if params.name == APPROVE_TOOL and asking.offers_cards(ctx):
+        api_key = forwarded_key(ctx.request) if settings.forward_key else None
         try:
-            return tool_result(await asking.card_answer(ctx, params.arguments), settings)
+            answered = await asking.card_answer(
+                ctx, params.arguments, api_key=api_key, send=sender_of(state).held
+            )
+            return tool_result(answered, settings)
         except NothingSent as exc:
             return error_result(f"{params.name}: {exc}; nothing was sent.")
+        except SecretRefused as exc:
+            return error_result(str(exc))
         except PostHogError as exc:
             return error_result(exc.describe(), exc.details)
+        except Exception:
+            log.exception("unexpected failure sending an approved call")
+            return error_result(
+                f"{params.name} failed inside the server (an unexpected error, logged on the "
+                "server's stderr). Whether PostHog applied the change is unknown: check with a "
+                "list or retrieve call."
+            )
     row = lookup(params.name)
     if row is None:
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
@@ -160,25 +235,23 @@ async def on_call_tool(
     if answer is not None and not answer.agreed:
         return tool_result(asking.declined(answer), settings)
     try:
-        call = Call(
-            params=args,
-            client=state.client.get(),
-            base_path=settings.base_path(),
+        call = sender_of(state).call(
+            args,
             api_key=forwarded_key(ctx.request) if settings.forward_key else None,
             progress=ctx.session.report_progress,
-            secrets=state.client.secret_policy,
             open_url=asking.url_opener(ctx),
-            wait_cap=settings.wait_cap_seconds,
-            plans=state.plans,
-            rehearse=state.client.rehearse,
         )
         question = await decide(
             row, call, state.confirmations, answered=answer.token if answer else None
         )
         if question is not None:
-            # The very call, sent later if a person approves it (a card, a page).
-            later = replace(call, progress=None, open_url=None)
-            held = await asking.present(ctx, question, lambda: dispatch.run(row, later))
+            # The very call, as data, sent later if a person approves it (a card, a page),
+            # by whichever instance the approval reaches. Only the arguments the caller gave:
+            # a PATCH sends just those.
+            arguments = args.model_dump(mode="json", exclude_unset=True)
+            held = await asking.present(
+                ctx, question, Held(row.name, arguments, call.caller, question.preview)
+            )
             if isinstance(held, types.InputRequiredResult | types.CallToolResult):
                 return held
             if not isinstance(held, asking.Agreed):
@@ -251,19 +324,29 @@ async def on_get_prompt(
     )
 
 
+def approvals_for(settings: Settings, shared: Shared) -> Approvals:
+    """Where this server holds calls for a person (``shared``'s store), and where their page is
+    served: 127.0.0.1 on stdio, the public URL over HTTP, or nowhere."""
+    return Approvals(
+        shared.held, loopback=settings.mcp_transport == "stdio", public_url=settings.public_url
+    )
+
+
 def create_server(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     client: LazyClient | None = None,
     shared: Shared | None = None,
+    approvals: Approvals | None = None,
 ) -> Server[ServerState]:
     """Build the low-level MCP server.
 
     With ``client``, every connection shares that adapter (the HTTP transports open it once,
     in the ASGI lifespan); otherwise each connection opens its own through :func:`open_client`
     with ``transport``. ``shared`` is where spent one-time ids and rate-limit counts go (by
-    default as the settings say: Redis, or this machine).
+    default as the settings say: Redis, or this machine), and where held calls are kept.
+    ``approvals`` is given by an HTTP app that serves their page itself.
 
     Raises:
         ConfigError: settings that cannot work (:meth:`Settings.check`), or a Redis URL
@@ -292,18 +375,24 @@ def create_server(
     limiter = limiter_for(settings, store.windows) if settings.mcp_transport == "sse" else None
     confirmations = Confirmations(key=key, spent=spent) if settings.confirm != "off" else None
     plans = Plans(key=hashlib.sha256(key + b"/plans").digest(), spent=spent)
-    approvals = Approvals()
+    if approvals is None:
+        approvals = approvals_for(settings, store)
+    holding = approvals
+    if client is not None:
+        # The HTTP page may approve between connections: it sends with the app's adapter.
+        holding.send = Sender(settings, client, plans).held
 
     @asynccontextmanager
     async def lifespan(_: Server[ServerState]) -> AsyncIterator[ServerState]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(store.running())
-            await stack.enter_async_context(approvals.running())
+            await stack.enter_async_context(holding.running())
             own = client
             if own is None:
                 own = await stack.enter_async_context(open_client(settings, transport=transport))
+                holding.send = Sender(settings, own, plans).held
             yield ServerState(
-                settings, own, listing, views_listing, confirmations, plans, approvals, limiter
+                settings, own, listing, views_listing, confirmations, plans, holding, limiter
             )
 
     server = Server(

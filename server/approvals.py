@@ -1,31 +1,46 @@
-"""Approvals only a person can give: a destructive call held here, nothing sent, until the
-person approves it, then sent once.
+"""Approvals only a person can give: a destructive call held, nothing sent, until the person
+approves it, then sent once.
+
+A held call is data, not a closure: the tool, its validated arguments, the caller (a digest of
+a forwarded key, or "" for the server's own callers) and the preview the person was shown. It
+is kept in a :class:`HeldStore` for 10 minutes: this process's memory, or Redis with
+``POSTHOG_REDIS_URL`` (server/shared.py), so that whichever replica the approval reaches can
+take it. Taking is atomic and single-use (``GETDEL`` in Redis): of two replicas taking one
+approval, one gets the call; the other gets nothing. The replica that takes it rebuilds the
+call from its own settings and adapter (server/app.py's ``Sender``) and sends it once.
 
 Two ways reach the person when the client has no form to ask with:
 
 - a card in the chat, on hosts that render MCP Apps: its Approve button calls the app-only
   tool ``approve-destructive-call`` (the host keeps app-only tools from the model; the server
   cannot tell who calls, so this path relies on the host) with an approval id the card finds
-  in the result's ``_meta``, never in its content or structured content;
-- a one-time page this server serves on 127.0.0.1 (stdio only), on the connect page's footing
-  (``loopback.pages``: its own Host, POST from the page only, one use, expiring, failed
-  attempts limited), where the person types the name of what will go. An agent with a shell
-  can open a loopback URL too, so the page raises the bar; it does not guarantee a person.
+  in the result's ``_meta``, never in its content or structured content. With forwarded keys
+  the approving caller must be the caller whose call is held;
+- a one-time page, on the connect page's footing (``loopback.pages``: its own Host, POST from
+  the page only, one use, expiring, failed attempts limited), where the person types the name
+  of what will go: on stdio a listener on 127.0.0.1; over HTTP the deployment's own app at
+  ``POSTHOG_MCP_PUBLIC_URL`` (``/approve/<token>``), the link's token kept in the same store so
+  that any replica serves it. The link is the credential (a browser cannot send the
+  deployment's bearer token); an agent able to open URLs could use it too, so the page raises
+  the bar; it does not guarantee a person.
 
-Either way the call is bound to its tool and exact arguments (it is the very call, held), is
-sent at most once, and a decline or an expiry sends nothing. The card and the page have
-tokens of their own: the page's link, which the answer prints, cannot approve through the card.
+A decline or an expiry sends nothing. The card and the page have tokens of their own: the
+page's link, which the answer prints, cannot approve through the card, and both take the same
+held call, so it is sent at most once whichever is used.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
+import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -35,9 +50,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..loopback.hosts import HostCheck, Visitors, listener_hosts
+from ..loopback.limits import Attempts
 from ..loopback.pages import OneTimePage, render
 from ..loopback.serve import free_socket, listening
-from ..loopback.tokens import OneTimeTokens
+from ..tools.confirm import StoreUnavailable
 from ..tools.errors import NothingSent, PostHogError
 
 log = logging.getLogger("posthog_warehouse_mcp")
@@ -50,19 +66,19 @@ PAGE = OneTimePage("/approve/", typed_only="An approval is only given with the p
 
 
 class ApprovalRefused(NothingSent):
-    """An approval that cannot be used (unknown, used, declined or expired)."""
+    """An approval that cannot be used (unknown, used, declined, expired, another caller's,
+    or the store is unreachable); nothing was sent."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Held:
-    """A destructive call waiting for a person: what it will do, what the person types to
-    approve it on the page, and how to send it."""
+    """A destructive call waiting for a person: the tool, its validated arguments (as JSON),
+    who called it, and what it will do (the preview the person sees)."""
 
     tool: str
+    arguments: dict[str, Any]
+    caller: str
     preview: dict[str, Any]
-    send: Callable[[], Awaitable[dict[str, Any]]]
-    _taken: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -72,28 +88,160 @@ class Held:
         names += [str(source[k]) for k in ("prefix", "source_type") if source.get(k)]
         return tuple(dict.fromkeys(names)) or (self.tool,)
 
-    def take(self) -> bool:
-        """Claim the call for sending or declining; only the first claim is told True."""
+    def dumps(self) -> str:
+        """The record a store keeps."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> Held:
+        """A record a store kept, back as a held call."""
+        return cls.of(json.loads(text))
+
+    @classmethod
+    def of(cls, found: dict[str, Any]) -> Held:
+        """A held call from its record's fields."""
+        return cls(
+            tool=str(found["tool"]),
+            arguments=dict(found["arguments"]),
+            caller=str(found["caller"]),
+            preview=dict(found["preview"]),
+        )
+
+
+class HeldStore(Protocol):
+    """Where held calls and page links are kept until taken or expired: shared by every
+    instance that may be asked to approve them."""
+
+    async def hold(self, key: str, value: str, seconds: float) -> None:
+        """Keep `value` under `key` for `seconds`.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        ...
+
+    async def peek(self, key: str) -> str | None:
+        """The value under `key`, left in place; None when there is none (or it expired).
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        ...
+
+    async def take(self, key: str) -> str | None:
+        """The value under `key`, removed at once: of two takers, only one gets it.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        ...
+
+
+class MemoryHeld:
+    """Held calls in this process only (one instance, or stdio): a dict under a lock."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._kept: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    async def hold(self, key: str, value: str, seconds: float) -> None:
+        """Keep `value` under `key` for `seconds` (forgetting what has expired)."""
+        moment = self._clock()
         with self._lock:
-            taken, self._taken = self._taken, True
-        return not taken
+            self._kept = {k: v for k, v in self._kept.items() if v[1] >= moment}
+            self._kept[key] = (value, moment + seconds)
+
+    async def peek(self, key: str) -> str | None:
+        """The live value under `key`, left in place."""
+        with self._lock:
+            entry = self._kept.get(key)
+        return entry[0] if entry is not None and entry[1] >= self._clock() else None
+
+    async def take(self, key: str) -> str | None:
+        """The live value under `key`, removed."""
+        with self._lock:
+            entry = self._kept.pop(key, None)
+        return entry[0] if entry is not None and entry[1] >= self._clock() else None
+
+
+# Sends a held call, rebuilt from this instance's own settings and adapter; with forwarded
+# keys, the approving caller's key (the same caller's, checked) goes with it.
+Send = Callable[[Held, str | None], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a page link opens: the held call, and the approval id it takes."""
+
+    approval: str
+    held: Held
+
+
+@dataclass
+class PageLinks:
+    """The page's one-time links, kept in the held store (any replica serves them), and the
+    failed attempts at them (counted by each instance)."""
+
+    store: HeldStore
+    attempts: Attempts = field(default_factory=Attempts)
+
+    async def find(self, token: str) -> Link | None:
+        """What a live link opens, or None (unknown, used or expired).
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        found = await self.store.peek(_page_key(token))
+        if found is None:
+            return None
+        record = json.loads(found)
+        return Link(str(record["approval"]), Held.of(record["held"]))
+
+    async def spend(self, token: str) -> None:
+        """Use a link up, so that it never opens again."""
+        await self.store.take(_page_key(token))
 
 
 class Approvals:
-    """The calls waiting for a person, and the loopback page that shows them (started at the
-    first page link, within :meth:`running`)."""
+    """The calls waiting for a person, in a :class:`HeldStore`, and the page that shows them.
 
-    def __init__(self, seconds: float = APPROVAL_SECONDS) -> None:
-        self._cards: OneTimeTokens[Held] = OneTimeTokens(seconds)
-        self._pages: OneTimeTokens[Held] = OneTimeTokens(seconds)
+    The page is served on stdio by a loopback listener (``loopback=True``: started at the
+    first link, within :meth:`running`), over HTTP by the deployment's app at ``public_url``
+    (transports.py routes :meth:`page` there), or not at all.
+    """
+
+    def __init__(
+        self,
+        store: HeldStore | None = None,
+        *,
+        seconds: float = APPROVAL_SECONDS,
+        loopback: bool = False,
+        public_url: str | None = None,
+    ) -> None:
+        self.store: HeldStore = store if store is not None else MemoryHeld()
+        self.seconds = seconds
+        self.loopback = loopback
+        self.public_url = None if loopback else public_url
+        self.links = PageLinks(self.store)
+        # How the page sends what it approves: set by the server (server/app.py).
+        self.send: Send | None = None
         self._group: TaskGroup | None = None
         self._address: str | None = None
         self._starting = anyio.Lock()
         self._stop = anyio.Event()
 
+    @property
+    def serves_page(self) -> bool:
+        """Whether a page link can be given: a loopback listener, or a public URL."""
+        return self.loopback or self.public_url is not None
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Approvals]:
-        """Keep the page's listener (once started) for the block."""
+        """Keep the loopback page's listener (once started) for the block."""
+        if not self.loopback:
+            yield self
+            return
         self._stop = anyio.Event()
         async with anyio.create_task_group() as group:
             self._group = group
@@ -104,37 +252,74 @@ class Approvals:
                 self._address = None
                 self._stop.set()  # the page's listener shuts down, then the group ends
 
-    def hold(self, held: Held) -> str:
-        """Hold a call for a card; the card's approval id (single use, expiring)."""
-        return self._cards.issue(held)
-
-    async def link(self, held: Held) -> str | None:
-        """A one-time page link to approve `held` (None where the server serves no page)."""
-        address = await self._listening()
-        return PAGE.url(address, self._pages.issue(held)) if address else None
-
-    async def approve(self, approval: str) -> dict[str, Any]:
-        """The card's Approve: send the held call, once.
+    async def hold(self, held: Held) -> str:
+        """Hold a call; its approval id (single use, expiring), for a card.
 
         Raises:
-            ApprovalRefused: unknown, used, declined or expired; nothing was sent.
+            ApprovalRefused: the store cannot be reached; nothing is held, nothing sent.
+        """
+        approval = secrets.token_urlsafe(24)
+        try:
+            await self.store.hold(_approval_key(approval), held.dumps(), self.seconds)
+        except StoreUnavailable as exc:
+            raise ApprovalRefused(f"the call cannot be held for approval: {exc}") from None
+        return approval
+
+    async def link(self, approval: str, held: Held) -> str | None:
+        """A one-time page link that approves `approval` (None where no page is served)."""
+        address = await self._where()
+        if address is None or held.caller:
+            # A page cannot send a forwarded key's call: the key is never kept.
+            return None
+        token = secrets.token_urlsafe(24)
+        record = json.dumps({"approval": approval, "held": asdict(held)}, sort_keys=True)
+        try:
+            await self.store.hold(_page_key(token), record, self.seconds)
+        except StoreUnavailable as exc:
+            log.warning("no approval page link: %s", exc)
+            return None
+        return PAGE.url(address, token)
+
+    async def approve(
+        self, approval: str, *, caller: str, api_key: str | None, send: Send
+    ) -> dict[str, Any]:
+        """The card's Approve: send the held call, once, for the caller who made it.
+
+        Raises:
+            ApprovalRefused: unknown, used, declined, expired or another caller's, or the store
+                cannot be reached; nothing was sent.
             PostHogError: the call itself failed upstream.
         """
-        held = self._cards.get(approval)
-        self._cards.spend(approval)
-        if held is None or not held.take():
+        held = await self._take(approval, caller=caller)
+        return await send(held, api_key)
+
+    async def decline(self, approval: str, *, caller: str) -> None:
+        """The card's Decline: drop the held call.
+
+        Raises:
+            ApprovalRefused: it was no longer waiting, or is another caller's.
+        """
+        await self._take(approval, caller=caller)
+
+    async def _take(self, approval: str, *, caller: str) -> Held:
+        key = _approval_key(approval)
+        try:
+            # Looked at before it is taken: another caller's attempt must not use it up.
+            found = await self.store.peek(key)
+            if found is not None and Held.loads(found).caller != caller:
+                raise ApprovalRefused("this approval belongs to another caller")
+            taken = await self.store.take(key) if found is not None else None
+        except StoreUnavailable as exc:
+            raise ApprovalRefused(str(exc)) from None
+        if taken is None:
             raise ApprovalRefused(
                 "this approval was used, declined or has expired; call the tool again to ask anew"
             )
-        return await held.send()
+        return Held.loads(taken)
 
-    def decline(self, approval: str) -> bool:
-        """The card's Decline: drop the held call; whether it was still waiting."""
-        held = self._cards.get(approval)
-        self._cards.spend(approval)
-        return held is not None and held.take()
-
-    async def _listening(self) -> str | None:
+    async def _where(self) -> str | None:
+        if self.public_url is not None:
+            return self.public_url
         if self._group is None:
             return None
         async with self._starting:
@@ -145,33 +330,56 @@ class Approvals:
     async def _serve(self, *, task_status: Any) -> None:
         sock = free_socket()
         port = int(sock.getsockname()[1])
-        app = Starlette(routes=[Route(PAGE.route, self._page, methods=["GET", "POST"])])
+        app = Starlette(routes=[Route(PAGE.route, self.page, methods=["GET", "POST"])])
         async with listening(HostCheck(app, Visitors(listener_hosts(port))), sock) as address:
             log.info("approval page listening on %s", address)
             task_status.started(address)
             await self._stop.wait()
 
-    async def _page(self, request: Request) -> Response:
-        return await PAGE.serve(
-            request, address=self._address, tokens=self._pages, show=_show, act=self._act
-        )
+    async def page(self, request: Request) -> Response:
+        """The approval page (a Starlette endpoint for :data:`PAGE`'s route)."""
+        try:
+            return await PAGE.serve(
+                request,
+                address=self.public_url or self._address,
+                tokens=self.links,
+                show=_show,
+                act=self._act,
+            )
+        except StoreUnavailable as exc:
+            log.warning("approval page: %s", exc)
+            return render(
+                "Not available now",
+                "<p>The server cannot reach its shared store; nothing was sent. Try again in a "
+                "moment.</p>",
+                503,
+            )
 
-    async def _act(self, held: Held, token: str, fields: dict[str, str]) -> Response:
+    async def _act(self, link: Link, token: str, fields: dict[str, str]) -> Response:
+        held = link.held
         if fields.get("decision") == "decline":
-            self._pages.spend(token)
-            if held.take():
+            await self.links.spend(token)
+            if await self.store.take(_approval_key(link.approval)) is not None:
                 return render("Declined", "<p>Declined: nothing was sent.</p>", 200)
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         if fields.get("name", "").strip() not in held.names:
-            return _show(held, token, error="That is not the name shown; nothing was sent.")
-        self._pages.spend(token)
-        if not held.take():
+            return _show(link, token, error="That is not the name shown; nothing was sent.")
+        if self.send is None or held.caller:
+            # Never linked so (a forwarded key is not kept to send with); refused all the same.
+            body = "<p>This call cannot be approved here; nothing was sent.</p>"
+            return render("Not available", body, 403)
+        await self.links.spend(token)
+        taken = await self.store.take(_approval_key(link.approval))
+        if taken is None:
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         try:
-            result = await held.send()
+            result = await self.send(Held.loads(taken), None)
         except PostHogError as exc:
             body = f"<p>Approved, but the call failed: {html.escape(exc.describe())}</p>"
             return render("Approved: the call failed", body, 502)
+        except ValueError as exc:  # refused before sending (NothingSent, SecretRefused)
+            body = f"<p>Approved, but nothing was sent: {html.escape(str(exc))}</p>"
+            return render("Approved: nothing was sent", body, 502)
         done = html.escape(str(result.get("status_code") or "done"))
         return render(
             "Approved",
@@ -181,7 +389,16 @@ class Approvals:
         )
 
 
-def _show(held: Held, token: str, *, error: str | None = None) -> Response:
+def _approval_key(approval: str) -> str:
+    return f"approval:{approval}"
+
+
+def _page_key(token: str) -> str:
+    return f"approval-page:{token}"
+
+
+def _show(link: Link, token: str, *, error: str | None = None) -> Response:
+    held = link.held
     preview = held.preview
     lines = [f"<p><strong>{html.escape(held.tool)}</strong> will: "]
     lines.append(f"{html.escape(str(preview.get('effect') or ''))}</p><ul>")

@@ -10,11 +10,13 @@ question, trying each presenter in turn until one can:
 2. ``in_call``: a 2025 connection with form elicitation is asked during the call
    (``elicitation/create``); the call acts on a yes.
 3. ``in_card``: a client that renders MCP Apps gets the preview as a card with Approve and
-   Decline; the call is held (server/approvals.py) and sent once, when the card's Approve
-   calls the app-only tool. The answer also prints the approval page's link (hosts still fail
-   to render apps from some local servers).
-4. ``on_page``: on stdio, the preview and a one-time link to a page this server serves on
-   127.0.0.1, where the person types the name of what will go; the held call is sent then.
+   Decline; the call is held (server/approvals.py, where any replica can take it) and sent
+   once, when the card's Approve calls the app-only tool. The answer also prints the approval
+   page's link where there is a page (hosts still fail to render apps from some local servers).
+4. ``on_page``: the preview and a one-time link to the approval page, where the person types
+   the name of what will go; the held call is sent then. On stdio the page is on 127.0.0.1;
+   over HTTP it is at the deployment's public URL (``POSTHOG_MCP_PUBLIC_URL``), if set, and not
+   for forwarded keys (the page cannot send a caller's key: it is never kept).
 5. ``with_token``, the fallback: any other client (or every client, when the operator sets
    ``POSTHOG_CONFIRM=token``) gets the preview and a ``confirmation_token`` for the model to
    show the person and bring back: a path the model can satisfy itself.
@@ -36,10 +38,10 @@ from mcp.server.apps import client_supports_apps
 from mcp.shared.exceptions import NoBackChannelError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from ..tools.confirm import Question
+from ..tools.confirm import Question, caller_of
 from ..tools.hooks import OpenUrl
 from ..tools.output import dumps
-from .approvals import APPROVAL_META, APPROVE_TOOL, ApprovalRefused
+from .approvals import APPROVAL_META, APPROVE_TOOL, ApprovalRefused, Send
 from .approvals import Held as HeldCall
 from .apps import APPROVE
 from .state import Context
@@ -63,10 +65,9 @@ class Agreed:
 # What a call answers instead of acting (nothing was sent): a result's structured content, a
 # whole result (a card's, with `_meta`), or a 2026-07-28 input-required result.
 Held = dict[str, Any] | types.CallToolResult | types.InputRequiredResult
-# Sends the held call (the very call asked about, with its arguments), once.
-Send = Callable[[], Awaitable[dict[str, Any]]]
-# Presents a question; None when it cannot reach the person through this client.
-Presenter = Callable[[Context, Question, Send], Awaitable[Agreed | Held | None]]
+# Presents a question about a call (held, as data, if a person approves it later); None when
+# it cannot reach the person through this client.
+Presenter = Callable[[Context, Question, HeldCall], Awaitable[Agreed | Held | None]]
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def declined(answer: Answer) -> dict[str, Any]:
     return {"confirmed": False, "answer": answer.action}
 
 
-async def across_turns(ctx: Context, question: Question, send: Send) -> Held | None:
+async def across_turns(ctx: Context, question: Question, call: HeldCall) -> Held | None:
     """2026-07-28 with form elicitation: the question goes back as an input-required result,
     the token as its ``request_state``."""
     form, _ = elicitation_modes(ctx)
@@ -117,7 +118,7 @@ async def across_turns(ctx: Context, question: Question, send: Send) -> Held | N
     return types.InputRequiredResult(input_requests={"confirm": ask}, request_state=question.token)
 
 
-async def in_call(ctx: Context, question: Question, send: Send) -> Agreed | Held | None:
+async def in_call(ctx: Context, question: Question, call: HeldCall) -> Agreed | Held | None:
     """Form elicitation during the call, where there is a channel back (not stateless HTTP)."""
     form, _ = elicitation_modes(ctx)
     if not form or ctx.lifespan_context.settings.mcp_stateless:
@@ -146,14 +147,17 @@ async def with_token(ctx: Context, question: Question) -> dict[str, Any]:
     }
 
 
-async def in_card(ctx: Context, question: Question, send: Send) -> Held | None:
+async def in_card(ctx: Context, question: Question, call: HeldCall) -> Held | None:
     """A client that renders MCP Apps: the preview as a card whose Approve sends the held call
-    (the approval id rides in the result's `_meta` only); with the page's link as well."""
+    (the approval id rides in the result's `_meta` only); with the page's link as well.
+
+    Raises:
+        ApprovalRefused: the call cannot be held (the shared store is unreachable).
+    """
     if not client_supports_apps(ctx):
         return None
     approvals = ctx.lifespan_context.approvals
-    held = HeldCall(question.tool, question.preview, send)
-    approval = approvals.hold(held)
+    approval = await approvals.hold(call)
     answer: dict[str, Any] = {
         "confirmation_required": True,
         "tool": question.tool,
@@ -162,7 +166,7 @@ async def in_card(ctx: Context, question: Question, send: Send) -> Held | None:
         "(Approve or Decline); the call is sent only when they approve there. Do not call it "
         "again to approve it.",
     }
-    link = await approvals.link(held)
+    link = await approvals.link(approval, call)
     if link is not None:
         answer["approve_at"] = link
         answer["next"] += f" If no card appears, give the user this link: {link}"
@@ -173,14 +177,17 @@ async def in_card(ctx: Context, question: Question, send: Send) -> Held | None:
     )
 
 
-async def on_page(ctx: Context, question: Question, send: Send) -> Held | None:
-    """stdio without forms or cards: a one-time link to this server's loopback page, where the
-    person approves by typing the name it shows."""
-    if ctx.lifespan_context.settings.mcp_transport != "stdio":
+async def on_page(ctx: Context, question: Question, call: HeldCall) -> Held | None:
+    """Neither forms nor cards: a one-time link to the approval page (127.0.0.1 on stdio, the
+    public URL over HTTP), where the person approves by typing the name it shows.
+
+    Raises:
+        ApprovalRefused: the call cannot be held (the shared store is unreachable).
+    """
+    approvals = ctx.lifespan_context.approvals
+    if not approvals.serves_page or call.caller:
         return None
-    link = await ctx.lifespan_context.approvals.link(
-        HeldCall(question.tool, question.preview, send)
-    )
+    link = await approvals.link(await approvals.hold(call), call)
     if link is None:
         return None
     return {
@@ -202,11 +209,15 @@ PRESENTERS: dict[str, tuple[Presenter, ...]] = {
 }
 
 
-async def present(ctx: Context, question: Question, send: Send) -> Agreed | Held:
-    """Put the question to the person the first way this client allows; `send` sends the
-    call when a person approves it later (a card, a page)."""
+async def present(ctx: Context, question: Question, call: HeldCall) -> Agreed | Held:
+    """Put the question to the person the first way this client allows; `call` is held if a
+    person approves it later (a card, a page).
+
+    Raises:
+        ApprovalRefused: the call cannot be held (the shared store is unreachable).
+    """
     for presenter in PRESENTERS[ctx.lifespan_context.settings.confirm]:
-        outcome = await presenter(ctx, question, send)
+        outcome = await presenter(ctx, question, call)
         if outcome is not None:
             return outcome
     return await with_token(ctx, question)
@@ -241,24 +252,32 @@ def offers_cards(ctx: Context) -> bool:
     return ctx.lifespan_context.settings.confirm == "human" and client_supports_apps(ctx)
 
 
-async def card_answer(ctx: Context, arguments: dict[str, Any] | None) -> dict[str, Any]:
+async def card_answer(
+    ctx: Context, arguments: dict[str, Any] | None, *, api_key: str | None, send: Send
+) -> dict[str, Any]:
     """The app-only tool: the card's Approve sends the held call once (its answer is the
-    call's); Decline drops it.
+    call's), by `send`, with the approving caller's forwarded key (`api_key`), which must be
+    the key that made the call; Decline drops it.
 
     Raises:
-        ApprovalRefused: malformed, unknown, used, declined or expired; nothing was sent.
+        ApprovalRefused: malformed, unknown, used, declined, expired or another caller's, or
+            the shared store is unreachable; nothing was sent.
         PostHogError: the approved call failed upstream.
     """
     args = arguments or {}
     approval, decision = args.get("approval"), args.get("decision")
-    if not isinstance(approval, str) or decision not in ("approve", "decline"):
+    if (
+        not isinstance(approval, str)
+        or len(approval) > 200
+        or decision not in ("approve", "decline")
+    ):
         raise ApprovalRefused("expected {approval: <the card's id>, decision: approve|decline}")
     approvals = ctx.lifespan_context.approvals
+    caller = caller_of(api_key)
     if decision == "decline":
-        if not approvals.decline(approval):
-            raise ApprovalRefused("this approval was used, declined or has expired")
+        await approvals.decline(approval, caller=caller)
         return {"declined": True, "sent": False}
-    return await approvals.approve(approval)
+    return await approvals.approve(approval, caller=caller, api_key=api_key, send=send)
 
 
 def url_opener(ctx: Context) -> OpenUrl | None:

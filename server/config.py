@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -170,6 +171,12 @@ class Settings(BaseSettings):
         "HTTP: requests one caller may make in an hour; 0: no limit",
         ge=0,
     )
+    mcp_public_url: str | None = flagged(
+        None,
+        "--public-url",
+        "HTTP: the base URL browsers reach this deployment at (https://mcp.example.com); "
+        "approval pages are served there, for clients with neither forms nor cards",
+    )
     mcp_allowed_hosts: CommaList = flagged(
         [], "--allowed-hosts", "HTTP: comma list of allowed Host values"
     )
@@ -200,6 +207,23 @@ class Settings(BaseSettings):
         if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("mcp_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be a URL starting with https:// (or http://)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(
+                "must be the deployment's base URL (scheme, host and port), without a path"
+            )
+        netloc = parts.netloc.lower()
+        # A browser leaves a default port out of its Host and Origin headers.
+        default = {"https": ":443", "http": ":80"}[parts.scheme]
+        return f"{parts.scheme}://{netloc.removesuffix(default)}"
 
     @field_validator("environment_id")
     @classmethod
@@ -293,6 +317,12 @@ class Settings(BaseSettings):
     def redis(self) -> str | None:
         """The Redis URL as plain text, for connecting only."""
         return self.redis_url.get_secret_value() if self.redis_url else None
+
+    @property
+    def public_url(self) -> str | None:
+        """Where browsers reach this deployment's approval page: the public URL, over HTTP
+        only (stdio serves its page on 127.0.0.1)."""
+        return self.mcp_public_url if self.mcp_transport != "stdio" else None
 
     @property
     def is_loopback(self) -> bool:

@@ -1,20 +1,26 @@
-"""What every instance of a deployment must see alike: the one-time ids already spent and the
-rate-limit counts. In Redis with ``POSTHOG_REDIS_URL``; otherwise this machine keeps them.
+"""What every instance of a deployment must see alike: the one-time ids already spent, the
+calls held for a person's approval and the rate-limit counts. In Redis with
+``POSTHOG_REDIS_URL``; otherwise this machine keeps them.
 
 Without Redis one process is right: spent ids go to SQLite under the state directory
-(server/store.py, shared only by processes on this machine), rate-limit counts stay in memory
-(server/limits.py). Behind a balancer that is wrong: a confirmation token or plan id could act
-once per replica, and each replica would count a caller apart.
+(server/store.py, shared only by processes on this machine), held calls and rate-limit counts
+stay in memory (server/approvals.py, server/limits.py). Behind a balancer that is wrong: a
+confirmation token or plan id could act once per replica, an approval reaching another replica
+would find nothing held, and each replica would count a caller apart.
 
 With Redis:
 
 - a spent id is ``SET <prefix>spent:<nonce> 1 NX EX <the token's remaining life>``: the first
   instance to set it wins, and Redis forgets it once the token could no longer verify;
+- a held call (or an approval page's link) is ``SET <prefix>approval:<id> <json> EX <life>``,
+  read by ``GET`` (the page shows it; a card's caller is checked) and taken by ``GETDEL``: one
+  replica takes it, whichever the approval reaches (Redis 6.2 or later);
 - a rate-limit count is ``INCR`` and ``EXPIRE`` of a window's key, sent together in one
   ``MULTI`` pipeline (server/limits.py names the windows).
 
-When Redis cannot be reached, a spend fails closed (:class:`StoreUnavailable`: the token is not
-used and nothing is sent; reads, which spend nothing, go on) and a count fails open (the
+When Redis cannot be reached, a spend or a held call fails closed (:class:`StoreUnavailable`:
+the token is not used, the call is not held or taken, and nothing is sent; reads, which spend
+nothing, go on) and a count fails open (the
 request is served), as PostHog's MCP does.
 """
 
@@ -25,11 +31,12 @@ import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..tools.confirm import Spent, StoreUnavailable
+from .approvals import HeldStore, MemoryHeld
 from .config import ConfigError, Settings
 from .limits import MemoryWindows, Windows
 from .store import SqliteSpent
@@ -46,8 +53,9 @@ TIMEOUT_SECONDS = 1.0
 
 
 class RedisStore:
-    """One Redis for a deployment: spent ids (:class:`~..tools.confirm.Spent`), rate-limit
-    counts (:class:`~.limits.Windows`) and a readiness probe.
+    """One Redis for a deployment: spent ids (:class:`~..tools.confirm.Spent`), held calls
+    (:class:`~.approvals.HeldStore`), rate-limit counts (:class:`~.limits.Windows`) and a
+    readiness probe.
 
     The client (and its connection pool) is made on first use and closed when the last
     :meth:`running` block ends: an HTTP app holds one for its lifetime, and each SSE or stdio
@@ -115,6 +123,55 @@ class RedisStore:
             ) from None
         return bool(added)
 
+    async def hold(self, key: str, value: str, seconds: float) -> None:
+        """``SET <prefix><key> <value> EX <seconds>``.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached (nothing is held).
+        """
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis().set(f"{PREFIX}{key}", value, ex=max(1, math.ceil(seconds)))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("hold a call for approval", exc) from None
+
+    async def peek(self, key: str) -> str | None:
+        """``GET <prefix><key>``: the value, left in place.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        from redis.exceptions import RedisError
+
+        try:
+            found = await self._redis().get(f"{PREFIX}{key}")
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("read a held call", exc) from None
+        return found.decode() if isinstance(found, bytes) else found
+
+    async def take(self, key: str) -> str | None:
+        """``GETDEL <prefix><key>``: the value, removed in the same step, so that of two
+        replicas taking it only one gets it.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached (nothing is taken).
+        """
+        from redis.exceptions import RedisError
+
+        try:
+            found = await self._redis().getdel(f"{PREFIX}{key}")
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("take a held call", exc) from None
+        return found.decode() if isinstance(found, bytes) else found
+
+    def _unavailable(self, doing: str, exc: BaseException) -> StoreUnavailable:
+        log.warning("cannot %s in %s: %s", doing, self.where, exc)
+        return StoreUnavailable(
+            f"the server cannot reach its shared store ({self.where}) to {doing}. Try again in "
+            "a moment"
+        )
+
     async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
         """Add one to each key's count, each kept for its seconds; return the new counts.
 
@@ -150,6 +207,7 @@ class Shared:
     spent: Spent
     windows: Windows
     redis: RedisStore | None = None
+    held: HeldStore = field(default_factory=MemoryHeld)
 
     def running(self) -> AbstractAsyncContextManager[None]:
         """Hold the store's connections for the block (nothing to hold without Redis)."""
@@ -176,7 +234,7 @@ def shared_for(settings: Settings) -> Shared:
             "POSTHOG_REDIS_URL needs the Redis client: pip install 'posthog-warehouse-mcp[hosted]'"
         ) from None
     store = RedisStore(url)
-    return Shared(store, store, store)
+    return Shared(store, store, store, store)
 
 
 def alone(settings: Settings) -> str | None:

@@ -9,6 +9,10 @@ check: they are probed by address):
 - ``GET /health``: liveness. The process answers; nothing else is checked.
 - ``GET /ready``: the upstream PostHog host and the shared store (Redis, when configured)
   answer; a 503 names the one that does not.
+
+And, with ``POSTHOG_MCP_PUBLIC_URL``, the approval page at ``/approve/<token>`` (no bearer
+token: a browser cannot send one; the one-time link is the credential, and the page checks
+that the Host and the Origin are the public URL's: server/approvals.py).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .app import create_server
+from .app import approvals_for, create_server
+from .approvals import PAGE
 from .auth import BearerAuth
 from .config import Settings
 from .limits import RateLimit, limiter_for
@@ -251,7 +256,8 @@ def http_app(
     """
     client = LazyClient(settings, transport)
     shared = shared if shared is not None else shared_for(settings)
-    server = create_server(settings, client=client, shared=shared)
+    approvals = approvals_for(settings, shared)
+    server = create_server(settings, client=client, shared=shared, approvals=approvals)
     inner = KINDS[settings.mcp_transport].build(server, settings)
     app: ASGIApp = inner
     if settings.mcp_transport == "http":
@@ -274,10 +280,17 @@ def http_app(
             await stack.enter_async_context(inner.router.lifespan_context(inner))
             yield
 
+    # The approval page answers browsers, outside the bearer check; only with a public URL.
+    page = (
+        [Route(PAGE.route, approvals.page, methods=["GET", "POST"])]
+        if approvals.public_url is not None
+        else []
+    )
     return Starlette(
         routes=[
             Route("/health", probes.health, methods=["GET"]),
             Route("/ready", probes.ready, methods=["GET"]),
+            *page,
             Mount("/", app=app),
         ],
         lifespan=lifespan,

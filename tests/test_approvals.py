@@ -1,29 +1,59 @@
 """A confirmation only a person can give (POSTHOG_CONFIRM=human): a card in the chat whose
-Approve calls an app-only tool, or a one-time page on 127.0.0.1 where the person types what
-will go. The destructive request goes out exactly once, after the approval; a decline, a
-replay, a wrong name, a foreign page or a foreign Host sends nothing."""
+Approve calls an app-only tool, or a one-time page (127.0.0.1 on stdio, the public URL over
+HTTP) where the person types what will go. The destructive request goes out exactly once,
+after the approval, whichever instance sharing the store takes it; a decline, a replay, an
+expiry, another caller, a wrong name, a foreign page or a foreign Host sends nothing.
+
+The tests across instances start a throwaway redis-server (skipped, saying what to install,
+without it)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.extension import ClientExtension
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.shared.exceptions import MCPError
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from posthog_warehouse_mcp.server.app import create_server
-from posthog_warehouse_mcp.server.approvals import APPROVAL_META, APPROVE_TOOL, Approvals, Held
-from tests.support import SCHEMA, SCHEMA_ID, Recorder, Seen, settings, text_of
+from posthog_warehouse_mcp.server.approvals import (
+    APPROVAL_META,
+    APPROVAL_SECONDS,
+    APPROVE_TOOL,
+    PAGE,
+    ApprovalRefused,
+    Approvals,
+    Held,
+    MemoryHeld,
+)
+from posthog_warehouse_mcp.server.shared import RedisStore, Shared, shared_for
+from posthog_warehouse_mcp.server.transports import http_app
+from tests.support import (
+    SCHEMA,
+    SCHEMA_ID,
+    Recorder,
+    Seen,
+    free_port,
+    redis_server,
+    serve,
+    settings,
+    text_of,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -180,15 +210,215 @@ async def test_over_http_without_a_human_path_a_token_is_the_fallback() -> None:
 
 
 async def test_an_expired_approval_sends_nothing() -> None:
-    sent: list[str] = []
+    sent: list[Held] = []
 
-    async def send() -> dict[str, Any]:
-        sent.append("sent")
+    async def send(held: Held, api_key: str | None) -> dict[str, Any]:
+        sent.append(held)
         return {}
 
     approvals = Approvals(seconds=0.01)
-    approval = approvals.hold(Held("x", {}, send))
+    approval = await approvals.hold(Held("x", {}, "", {}))
     await anyio.sleep(0.05)
-    with pytest.raises(Exception, match="expired"):
-        await approvals.approve(approval)
+    with pytest.raises(ApprovalRefused, match="expired"):
+        await approvals.approve(approval, caller="", api_key=None, send=send)
     assert sent == []
+
+
+# Across instances: a held call is data in the store they share (Redis), taken once by
+# whichever instance the approval reaches.
+
+SECRET = "an-approvals-secret-shared-by-every-instance"
+HTTP_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "Content-Type": "application/json",
+    "MCP-Protocol-Version": "2025-11-25",
+}
+PUBLIC = "http://approvals.test"
+BROWSER = {"host": "approvals.test", "origin": PUBLIC}
+
+
+def shared_human(redis_url: str, **overrides: Any) -> Any:
+    return settings(confirm="human", redis_url=redis_url, confirm_secret=SECRET, **overrides)
+
+
+async def test_a_card_held_on_one_instance_is_approved_once_through_another(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(respond=posthog)
+    upstream = httpx.ASGITransport(app=recorder.app())
+    async with redis_server(tmp_path / "redis") as url:
+        config = shared_human(url)
+        one = create_server(config, transport=upstream, shared=shared_for(config))
+        two = create_server(config, transport=upstream, shared=shared_for(config))
+        async with (
+            Client(one, mode="legacy", extensions=[AppsHost()]) as a,
+            Client(two, mode="legacy", extensions=[AppsHost()]) as b,
+        ):
+            first = await a.call_tool(*DELETE)
+            approval = (first.meta or {})[APPROVAL_META]
+            assert approval not in text_of(first) and changes(recorder) == []
+            approve = {"approval": approval, "decision": "approve"}
+            done = await b.call_tool(APPROVE_TOOL, approve)
+            replays = [
+                await a.call_tool(APPROVE_TOOL, approve),
+                await b.call_tool(APPROVE_TOOL, approve),
+            ]
+    assert done.is_error is False, text_of(done)
+    assert all(r.is_error and "nothing was sent" in text_of(r) for r in replays)
+    assert changes(recorder) == ["DELETE"]
+
+
+@asynccontextmanager
+async def mcp_client(url: str, key: str) -> AsyncIterator[Client]:
+    """A client that renders MCP Apps, on streamable HTTP, sending `key` as its own."""
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http:
+        transport = streamable_http_client(f"{url}/mcp", http_client=http)
+        async with Client(transport, mode="legacy", extensions=[AppsHost()]) as client:
+            yield client
+
+
+async def test_another_callers_key_cannot_approve_a_held_call(tmp_path: Path) -> None:
+    recorder = Recorder(respond=posthog)
+    alice, bob = "phx_aliceKEY0123456789", "phx_bobKEY0123456789"
+    async with redis_server(tmp_path / "redis") as url:
+        config = shared_human(url, mcp_transport="http", forward_key=True, personal_api_key=None)
+
+        def instance() -> Any:
+            upstream = httpx.ASGITransport(app=recorder.app())
+            return serve(http_app(config, transport=upstream, shared=shared_for(config)))
+
+        async with instance() as one, instance() as two:
+            async with mcp_client(one, alice) as a:
+                first = await a.call_tool(*DELETE)
+            approval = (first.meta or {})[APPROVAL_META]
+            assert "approve_at" not in (first.structured_content or {})  # no page for keys
+            approve = {"approval": approval, "decision": "approve"}
+            async with mcp_client(two, bob) as b:
+                refused = await b.call_tool(APPROVE_TOOL, approve)
+                declined = await b.call_tool(APPROVE_TOOL, {**approve, "decision": "decline"})
+            assert changes(recorder) == []
+            async with mcp_client(two, alice) as a:
+                done = await a.call_tool(APPROVE_TOOL, approve)
+                again = await a.call_tool(APPROVE_TOOL, approve)
+    assert refused.is_error is True and "another caller" in text_of(refused)
+    assert declined.is_error is True and "another caller" in text_of(declined)
+    assert done.is_error is False, text_of(done)
+    assert again.is_error is True
+    assert changes(recorder) == ["DELETE"]
+    assert {s.headers["authorization"] for s in recorder.seen} == {f"Bearer {alice}"}
+
+
+async def stateless_call(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    """The destructive call, POSTed alone by a client with neither forms nor cards."""
+    name, arguments = DELETE
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    body["params"] = {"name": name, "arguments": arguments}
+    answer = await http.post(f"{url}/mcp", json=body, headers=HTTP_HEADERS)
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()["result"]
+    return found
+
+
+def on(instance: str, link: str) -> str:
+    """The link's page, asked of one instance directly (the balancer would pick one)."""
+    return instance + urlsplit(link).path
+
+
+async def test_over_http_the_page_at_the_public_url_approves_once_on_any_instance(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(respond=posthog)
+    async with redis_server(tmp_path / "redis") as url:
+        config = shared_human(url, mcp_transport="http", mcp_stateless=True, mcp_public_url=PUBLIC)
+
+        def instance() -> Any:
+            upstream = httpx.ASGITransport(app=recorder.app())
+            return serve(http_app(config, transport=upstream, shared=shared_for(config)))
+
+        async with instance() as one, instance() as two, httpx.AsyncClient() as http:
+            held = await stateless_call(http, one)
+            answer = held["structuredContent"]
+            link = answer["approve_at"]
+            assert link.startswith(f"{PUBLIC}/approve/")
+            assert "confirmation_token" not in answer and changes(recorder) == []
+            shown = await http.get(on(two, link), headers={"host": "approvals.test"})
+            assert shown.status_code == 200 and "1234 rows" in shown.text
+            own_host = await http.get(on(two, link))
+            assert own_host.status_code == 400
+            rebound = await http.get(on(two, link), headers={"host": "evil.example"})
+            assert rebound.status_code == 400
+            approve = {"name": HOSTILE, "decision": "approve"}
+            foreign = await http.post(
+                on(one, link), data=approve, headers={**BROWSER, "origin": "http://evil.example"}
+            )
+            assert foreign.status_code == 403
+            wrong = await http.post(
+                on(one, link), data={**approve, "name": "orders"}, headers=BROWSER
+            )
+            assert wrong.status_code == 400 and changes(recorder) == []
+            approved = await http.post(on(two, link), data=approve, headers=BROWSER)
+            assert approved.status_code == 200 and "sent once" in approved.text
+            assert changes(recorder) == ["DELETE"]
+            replays = [
+                await http.post(on(one, link), data=approve, headers=BROWSER),
+                await http.post(on(two, link), data=approve, headers=BROWSER),
+            ]
+    assert [r.status_code for r in replays] == [404, 404]
+    assert changes(recorder) == ["DELETE"]
+
+
+async def test_over_http_without_a_public_url_the_token_remains_and_no_page_is_served() -> None:
+    recorder = Recorder(respond=posthog)
+    config = settings(confirm="human", mcp_transport="http", mcp_stateless=True)
+    upstream = httpx.ASGITransport(app=recorder.app())
+    async with serve(http_app(config, transport=upstream)) as url, httpx.AsyncClient() as http:
+        answer = (await stateless_call(http, url))["structuredContent"]
+        page = await http.get(f"{url}/approve/anything")
+    assert "confirmation_token" in answer and "approve_at" not in answer
+    assert page.status_code != 200
+    assert changes(recorder) == []
+
+
+async def test_a_page_link_expires_and_then_sends_nothing() -> None:
+    now = [0.0]
+    store = MemoryHeld(clock=lambda: now[0])
+    approvals = Approvals(store, public_url=PUBLIC)
+    sent: list[Held] = []
+
+    async def send(held: Held, api_key: str | None) -> dict[str, Any]:
+        sent.append(held)
+        return {}
+
+    approvals.send = send
+    held = Held(DELETE[0], DELETE[1], "", {"tables": [{"name": "orders"}]})
+    link = await approvals.link(await approvals.hold(held), held)
+    assert link is not None
+    app = Starlette(routes=[Route(PAGE.route, approvals.page, methods=["GET", "POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC) as http:
+        assert (await http.get(urlsplit(link).path)).status_code == 200
+        now[0] += APPROVAL_SECONDS + 1
+        late = await http.post(
+            urlsplit(link).path, data={"name": "orders", "decision": "approve"}, headers=BROWSER
+        )
+    assert late.status_code == 404
+    assert sent == []
+
+
+async def test_with_the_store_down_nothing_is_held_and_nothing_sent() -> None:
+    recorder = Recorder(respond=posthog)
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    config = settings(confirm="human", confirm_secret=SECRET)
+    server = create_server(
+        config,
+        transport=httpx.ASGITransport(app=recorder.app()),
+        shared=Shared(store, store, store, store),
+    )
+    async with Client(server, mode="legacy", extensions=[AppsHost()]) as client:
+        first = await client.call_tool(*DELETE)
+        refused = await client.call_tool(
+            APPROVE_TOOL, {"approval": "x" * 32, "decision": "approve"}
+        )
+    assert first.is_error is True and "shared store" in text_of(first)
+    assert "nothing was sent" in text_of(first)
+    assert refused.is_error is True and "shared store" in text_of(refused)
+    assert changes(recorder) == []
