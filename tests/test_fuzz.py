@@ -13,6 +13,7 @@ schemas use.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from mcp import Client
 
 from posthog_warehouse_mcp.tools.definitions import definition
 from posthog_warehouse_mcp.tools.models import SchemaSettings
+from posthog_warehouse_mcp.tools.redact import is_secret_key
 from posthog_warehouse_mcp.tools.table import BY_NAME, ENDPOINTS, Endpoint
 from tests.cases import LOCAL, PLAN_ID, READ_THEN_WRITE, SEVERAL_READS, with_plan
 from tests.support import SOURCE_ID, Recorder, connect, text_of
@@ -153,6 +155,21 @@ def valid_of_type(kind: str, node: Mapping[str, Any], defs: Mapping[str, Any]) -
     raise AssertionError(f"schema type {kind} has no strategy")
 
 
+def credentials_as_text(value: Any) -> Any:
+    """``value`` with every credential-named field that is neither text, an object nor null
+    turned into text, at any depth."""
+    if isinstance(value, list):
+        return [credentials_as_text(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: json.dumps(v)
+        if is_secret_key(k) and not (v is None or isinstance(v, str | dict))
+        else credentials_as_text(v)
+        for k, v in value.items()
+    }
+
+
 def valid_object(node: Mapping[str, Any], defs: Mapping[str, Any]) -> st.SearchStrategy[Any]:
     properties: dict[str, Any] = node.get("properties", {})
     extra = node.get("additionalProperties", True)
@@ -160,7 +177,10 @@ def valid_object(node: Mapping[str, Any], defs: Mapping[str, Any]) -> st.SearchS
         if extra is False:  # an object that takes nothing
             return st.just({})
         values = JSON if extra is True else valid_value(extra, defs)
-        return st.dictionaries(st.text(max_size=12), values, max_size=4)
+        free = st.dictionaries(st.text(max_size=12), values, max_size=4)
+        # An object whose fields the schema leaves open (a connection payload) takes any
+        # JSON, except that a credential is text (or a reference): the server's documented rule.
+        return free.map(credentials_as_text)
     required = set(node.get("required", []))
 
     def prop(name: str) -> st.SearchStrategy[Any]:
