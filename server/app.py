@@ -4,8 +4,8 @@ on_call_tool(ctx, params)   look up the row, refuse what the settings refuse (pr
                             validate; tools.confirm.decide: act, or ask the person first
                             (server/asking.py presents the question); then tools.dispatch.run
                             -> the adapter -> PostHog
-Sender                      builds a Call from this instance's settings and adapter: for a
-                            tool call, and for a held call a person approved (on any replica)
+failure(tool, exc)          what stopped a call, as the tool error the model reads
+server/sending.py builds every Call, for a tool call and for a held call a person approved.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,27 +27,25 @@ from .. import __version__
 from ..tools import dispatch
 from ..tools.confirm import ConfirmationRefused, Confirmations, decide
 from ..tools.definitions import definitions
-from ..tools.dispatch import ArgumentError, Call, validate
+from ..tools.dispatch import ArgumentError, validate
 from ..tools.errors import NothingSent, PostHogError
-from ..tools.hooks import OpenUrl, Progress
 from ..tools.output import cap, dumps
 from ..tools.plans import Plans
 from ..tools.redact import redact_text, remember_secrets
 from ..tools.secrets import SecretRefused
 from ..tools.table import ENDPOINTS, Endpoint, lookup
 from . import apps, asking
-from .approvals import APPROVE_TOOL, ApprovalRefused, Approvals, Held
-from .auth import bearer
+from .approvals import APPROVE_TOOL, Approvals, Held
 from .config import Settings
 from .filters import enabled, why_disabled
 from .limits import caller_of, limiter_for
 from .prompts import PROMPTS, PROMPTS_BY_NAME, instructions
+from .sending import Sender, forwarded_key, sender_of
 from .shared import Shared, shared_for
 from .state import NAME, Context, LazyClient, ServerState, open_client
 
 if TYPE_CHECKING:
     import httpx
-    from pydantic import BaseModel
     from starlette.requests import Request
 
 log = logging.getLogger("posthog_warehouse_mcp")
@@ -111,69 +108,6 @@ def preflight(settings: Settings, row: Endpoint, request: Request | None) -> str
     return None
 
 
-def forwarded_key(request: Request | None) -> str | None:
-    """The caller's own PostHog key, from its HTTP request (hosted, with --forward-key)."""
-    return bearer(request.headers) if request is not None else None
-
-
-@dataclass(frozen=True)
-class Sender:
-    """What this instance sends a call with: its settings, adapter and plan ids. Every
-    :class:`~..tools.dispatch.Call` is built here, so that a tool call and a held call approved
-    later (on this replica or another) reach PostHog alike."""
-
-    settings: Settings
-    client: LazyClient
-    plans: Plans | None
-
-    def call(
-        self,
-        params: BaseModel,
-        *,
-        api_key: str | None,
-        progress: Progress | None = None,
-        open_url: OpenUrl | None = None,
-    ) -> Call:
-        """A validated call, sent with `api_key` (a forwarded key) or the server's own."""
-        return Call(
-            params=params,
-            client=self.client.get(),
-            base_path=self.settings.base_path(),
-            api_key=api_key,
-            progress=progress,
-            secrets=self.client.secret_policy,
-            open_url=open_url,
-            wait_cap=self.settings.wait_cap_seconds,
-            plans=self.plans,
-            rehearse=self.client.rehearse,
-        )
-
-    async def held(self, held: Held, api_key: str | None) -> dict[str, Any]:
-        """Send a held call a person approved, once, as this instance would send it now.
-
-        Raises:
-            ApprovalRefused: the tool is not offered here, or its arguments no longer fit;
-                nothing was sent.
-            PostHogError, SecretRefused: from sending it.
-        """
-        row = lookup(held.tool)
-        if row is None or not enabled(self.settings, row):
-            raise ApprovalRefused(f"{held.tool} is not offered by this server")
-        try:
-            params = validate(row, held.arguments)
-        except ArgumentError as exc:
-            raise ApprovalRefused(str(exc)) from None
-        call = self.call(params, api_key=api_key)
-        if call.caller != held.caller:
-            raise ApprovalRefused("this approval belongs to another caller")
-        return await dispatch.run(row, call)
-
-
-def sender_of(state: ServerState) -> Sender:
-    """How this server lifetime sends calls."""
-    return Sender(state.settings, state.client, state.plans)
-
-
 async def on_list_tools(
     ctx: Context, params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
@@ -207,20 +141,9 @@ async def on_call_tool(
             answered = await asking.card_answer(
                 ctx, params.arguments, api_key=api_key, send=sender_of(state).held
             )
-            return tool_result(answered, settings)
-        except NothingSent as exc:
-            return error_result(f"{params.name}: {exc}; nothing was sent.")
-        except SecretRefused as exc:
-            return error_result(str(exc))
-        except PostHogError as exc:
-            return error_result(exc.describe(), exc.details)
-        except Exception:
-            log.exception("unexpected failure sending an approved call")
-            return error_result(
-                f"{params.name} failed inside the server (an unexpected error, logged on the "
-                "server's stderr). Whether PostHog applied the change is unknown: check with a "
-                "list or retrieve call."
-            )
+        except Exception as exc:
+            return failure(params.name, exc)
+        return tool_result(answered, settings)
     row = lookup(params.name)
     if row is None:
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
@@ -257,25 +180,30 @@ async def on_call_tool(
             if not isinstance(held, asking.Agreed):
                 return tool_result(held, settings)
         result = await dispatch.run(row, call)
-    except PostHogError as exc:
+    except Exception as exc:
+        return failure(row.name, exc)
+    return apps.shown(ctx, row.name, tool_result(result, settings))
+
+
+def failure(tool: str, exc: Exception) -> types.CallToolResult:
+    """The tool error for what stopped a call: the model's next step in its text."""
+    if isinstance(exc, PostHogError):
         return error_result(exc.describe(), exc.details)
-    except SecretRefused as exc:
+    if isinstance(exc, SecretRefused):
         return error_result(str(exc))
-    except NothingSent as exc:
-        return error_result(f"{row.name}: {exc}; nothing was sent.")
-    except ConfirmationRefused as exc:
+    if isinstance(exc, NothingSent):
+        return error_result(f"{tool}: {exc}; nothing was sent.")
+    if isinstance(exc, ConfirmationRefused):
         return error_result(
-            f"{row.name}: {exc}; nothing was sent. Call it again without confirmation_token to "
+            f"{tool}: {exc}; nothing was sent. Call it again without confirmation_token to "
             "see what it will do and get a new token."
         )
-    except Exception:
-        log.exception("unexpected failure in %s", row.name)
-        return error_result(
-            f"{row.name} failed inside the server (an unexpected error, logged on the "
-            "server's stderr). Whether PostHog applied the change is unknown: check with a "
-            "list or retrieve call before retrying."
-        )
-    return apps.shown(ctx, row.name, tool_result(result, settings))
+    log.error("unexpected failure in %s", tool, exc_info=exc)
+    return error_result(
+        f"{tool} failed inside the server (an unexpected error, logged on the server's "
+        "stderr). Whether PostHog applied the change is unknown: check with a list or "
+        "retrieve call before retrying."
+    )
 
 
 def tool_result(result: dict[str, Any], settings: Settings) -> types.CallToolResult:

@@ -1,0 +1,84 @@
+"""How this instance sends a call: every :class:`~..tools.dispatch.Call` is built here, so
+that a tool call and a held call a person approved later (on this replica or another) reach
+PostHog alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..tools import dispatch
+from ..tools.dispatch import ArgumentError, Call, validate
+from ..tools.hooks import OpenUrl, Progress
+from ..tools.plans import Plans
+from ..tools.table import lookup
+from .approvals import ApprovalRefused, Held
+from .auth import bearer
+from .config import Settings
+from .filters import enabled
+from .state import LazyClient, ServerState
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from starlette.requests import Request
+
+
+def forwarded_key(request: Request | None) -> str | None:
+    """The caller's own PostHog key, from its HTTP request (hosted, with --forward-key)."""
+    return bearer(request.headers) if request is not None else None
+
+
+@dataclass(frozen=True)
+class Sender:
+    """What this instance sends a call with: its settings, adapter and plan ids."""
+
+    settings: Settings
+    client: LazyClient
+    plans: Plans | None
+
+    def call(
+        self,
+        params: BaseModel,
+        *,
+        api_key: str | None,
+        progress: Progress | None = None,
+        open_url: OpenUrl | None = None,
+    ) -> Call:
+        """A validated call, sent with `api_key` (a forwarded key) or the server's own."""
+        return Call(
+            params=params,
+            client=self.client.get(),
+            base_path=self.settings.base_path(),
+            api_key=api_key,
+            progress=progress,
+            secrets=self.client.secret_policy,
+            open_url=open_url,
+            wait_cap=self.settings.wait_cap_seconds,
+            plans=self.plans,
+            rehearse=self.client.rehearse,
+        )
+
+    async def held(self, held: Held, api_key: str | None) -> dict[str, Any]:
+        """Send a held call a person approved, once, as this instance would send it now.
+
+        Raises:
+            ApprovalRefused: the tool is not offered here, or its arguments no longer fit;
+                nothing was sent.
+            PostHogError, SecretRefused: from sending it.
+        """
+        row = lookup(held.tool)
+        if row is None or not enabled(self.settings, row):
+            raise ApprovalRefused(f"{held.tool} is not offered by this server")
+        try:
+            params = validate(row, held.arguments)
+        except ArgumentError as exc:
+            raise ApprovalRefused(str(exc)) from None
+        call = self.call(params, api_key=api_key)
+        if call.caller != held.caller:
+            raise ApprovalRefused("this approval belongs to another caller")
+        return await dispatch.run(row, call)
+
+
+def sender_of(state: ServerState) -> Sender:
+    """How this server lifetime sends calls."""
+    return Sender(state.settings, state.client, state.plans)
