@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from posthog_warehouse_mcp.loopback.serve import QuietServer
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.server.config import Settings
 from posthog_warehouse_mcp.server.state import LazyClient
@@ -356,7 +357,7 @@ def free_port() -> int:
 async def serve(app: Any) -> AsyncIterator[str]:
     """Yield ``http://127.0.0.1:PORT`` while uvicorn serves ``app`` there."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
 
     async def started() -> bool | None:
         return True if server.started else None  # uvicorn exposes startup only as a flag
@@ -368,7 +369,7 @@ async def serve(app: Any) -> AsyncIterator[str]:
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            server.should_exit = True
+            server.stop()
 
 
 def text_of(result: types.CallToolResult) -> str:

@@ -18,7 +18,7 @@ from .models import ExternalDataSourceJobsWaitParams, SyncParams
 
 # The longest a call waits for syncs: below the ~60 s a desktop client allows a tool call.
 DEFAULT_WAIT_CAP = 45.0
-POLL_FIRST = 0.5
+POLL_FIRST = 0.1
 POLL_MAX = 3.0
 FINISHED = frozenset(
     {"Completed", "Failed", "Cancelled", "Billing limits", "Billing limit too low"}
