@@ -7,7 +7,6 @@ lock and never changes one in place. A job is changed in place, by its own sync 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -63,9 +62,11 @@ FREQUENCIES: dict[str, timedelta] = {
 
 
 def table_name(prefix: str | None, source_type: str, table: str) -> str:
-    """The warehouse table name PostHog would give: `{prefix}{source_type}_{table}`, snake case."""
-    raw = f"{prefix or ''}{source_type.lower()}_{table}"
-    return re.sub(r"[^a-z0-9_]+", "_", raw.lower()).strip("_")
+    """The warehouse table PostHog names a table: `{prefix}{source_type}_{table}` lower-cased,
+    a `.` in the table's name written `__` and a `/` written `_` (PostHog's `build_table_name`,
+    `products/warehouse_sources/backend/temporal/data_imports/pipelines/helpers.py`)."""
+    safe = table.replace("/", "_").replace(".", "__")
+    return f"{prefix or ''}{source_type}_{safe}".lower()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A rehearsal of a warehouse import before PostHog bills anything: a real, bounded sync of the
 user's own tables into a temporary DuckDB on this machine, checks of each table at the source,
-and the name, first sync and monthly rows PostHog would give each table.
+the name PostHog would give each table, and its first sync's rows and time.
 
 `rehearse()` is blocking (call it from a worker thread). It reads the source only in read-only
 transactions, and removes its temporary warehouse whatever happens.
@@ -16,14 +16,8 @@ PostHog's rules it follows, read in PostHog/posthog:
   `{prefix}{source_type}_{name}` lower-cased, a `.` in the name written `__` (and `/` as `_`).
   A Postgres source with a blank `schema` reads every schema, and its tables are named
   `schema.table` (`sources/common/sql/location.py`, `normalize_namespace`: blank means all).
-- Billing: `products/warehouse_sources/backend/billing.py` bills `rows_synced` of each job that
-  completed with `billable` set (`models/external_data_job.py`: `billable` defaults to true),
-  times its destinations (at least one). The jobs of a source's first 7 days
-  (`FREE_HISTORICAL_WINDOW`) go to the free historical meter. Scheduled runs and user syncs are
-  billable: only operator runs (`ad_hoc_sync.py`, `resync_schemas_non_billable`) are not.
-  `rows_synced` grows by every row a job reads (`update_job_row_count` in the pipeline), so a
-  full refresh bills the whole table each sync, and incremental and append syncs the rows past
-  the cursor.
+- Billing is estimated from what this measures (the row count, the rows a time column dates to
+  the last week) by `tools/billing.py`, which cites PostHog's rules.
 - An incremental table whose key is not unique fails with "The primary keys for this table are
   not unique", and PostHog then stops syncing it (`Any_Source_Errors` in
   `posthog/temporal/data_imports/external_data_job.py`); so does one without a key ("Primary key
@@ -65,7 +59,7 @@ from .connectors import (
     quote_ident,
 )
 from .discovery import PREFERRED_INCREMENTAL_FIELDS, RLS_WARNING_MESSAGE
-from .engine import FREQUENCIES, REDACTED
+from .engine import REDACTED, table_name
 from .validation import (
     CURSOR_SYNC_TYPES,
     SYNC_TYPES,
@@ -75,11 +69,6 @@ from .validation import (
 )
 from .warehouse import STAGING_PREFIX, Warehouse
 
-# PostHog's rules, cited in the module docstring.
-FREE_DAYS = 7
-DAYS_A_MONTH = 30
-# The interval a table syncs on when nothing else is set (PostHog ignores it at create).
-DEFAULT_FREQUENCY = "6hour"
 # How far back the rate of change is measured on a time column.
 RECENT_DAYS = 7
 # DuckDB's buffer for the temporary warehouse.
@@ -163,12 +152,6 @@ def rehearse(
         ).run()
     except RehearsalError as exc:
         raise RehearsalError(_scrub(str(exc), secrets)) from None
-
-
-def warehouse_table(prefix: str | None, source_type: str, name: str) -> str:
-    """The warehouse table PostHog names a table: its `build_table_name`."""
-    safe = name.replace("/", "_").replace(".", "__")
-    return f"{prefix or ''}{source_type}_{safe}".lower()
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -480,7 +463,6 @@ class _Rehearsal:
             "tables": results,
             "schemas": self._schemas(targets),
             "cloud": self._cloud(),
-            "billing_rules": _BILLING_RULES,
             "left_behind": (
                 f"{left}: the temporary warehouse was removed; the source was read in "
                 "read-only transactions"
@@ -720,10 +702,12 @@ class _Rehearsal:
         result: dict[str, Any] = {
             "name": target.name,
             "source_table": f"{target.namespace}.{target.table.name}",
-            "warehouse_table": warehouse_table(self.prefix, self.source_type, target.name),
+            "warehouse_table": table_name(self.prefix, self.source_type, target.name),
             "sync_type": target.sync_type,
-            "sync_frequency": target.item.get("sync_frequency") or DEFAULT_FREQUENCY,
+            "sync_frequency": target.item.get("sync_frequency"),
         }
+        if target.cursor is not None:
+            result["incremental_field_type"] = target.cursor.incremental_type
         local = self._sync(warehouse, workdir, index, target)
         self.done = 2.0 + 2 * index
         checks = self._checks(warehouse, target, local)
@@ -743,7 +727,7 @@ class _Rehearsal:
         result["rows"] = _rows_answer(count, target.stats)
         result["checks"] = checks
         result["problems"] = _problems(target, checks, local)
-        result["estimates"] = self._estimates(target, result["rows"], local, checks)
+        result["estimates"] = self._estimates(result["rows"], local)
         result["cannot_prove"] = _cannot_prove(target)
         if target.changes:
             result["schema_changes"] = target.changes
@@ -1226,14 +1210,9 @@ class _Rehearsal:
 
     # --- estimates ------------------------------------------------------------------------
 
-    def _estimates(
-        self,
-        target: _Target,
-        rows: dict[str, Any],
-        local: dict[str, Any],
-        checks: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """The first sync and a month of syncs, labelled with their basis."""
+    def _estimates(self, rows: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+        """The first sync's rows and time, labelled with their basis. What PostHog would bill
+        is estimated from these and the checks by the tools (tools/billing.py)."""
         total = rows.get("count")
         rate = local.get("rows_per_second")
         first: dict[str, Any] = {"rows": total, "rows_basis": rows.get("basis")}
@@ -1244,57 +1223,7 @@ class _Rehearsal:
                 "load); PostHog Cloud's rate differs with its distance to the database and its "
                 "own pipeline"
             )
-        first["billed_rows"] = 0
-        first["billed_basis"] = (
-            f"a source's first {FREE_DAYS} days of syncs go to PostHog's free historical meter, "
-            "so a first sync that completes within them is not billed"
-        )
-        frequency = target.item.get("sync_frequency") or DEFAULT_FREQUENCY
-        interval = FREQUENCIES.get(str(frequency), FREQUENCIES[DEFAULT_FREQUENCY])
-        syncs = timedelta(days=DAYS_A_MONTH) / interval
-        monthly: dict[str, Any] = {
-            "sync_frequency": frequency,
-            "syncs_per_month": round(syncs, 1),
-        }
-        if target.item.get("sync_frequency") is None:
-            monthly["sync_frequency_note"] = (
-                f"none given: PostHog starts a table on {DEFAULT_FREQUENCY}"
-            )
-        if target.sync_type == "full_refresh":
-            billed = None if total is None else round(total * syncs)
-            basis = f"{total:,} rows read by each of {syncs:g} syncs" if total is not None else ""
-        else:
-            recent = next((c for c in checks if c["check"] == "recent_changes"), None)
-            changed = recent.get("rows") if recent else None
-            if changed is None or recent is None:
-                billed = None
-                basis = (
-                    "unknown: no date or timestamp column shows how fast the table changes"
-                    if target.rate_column is None
-                    else "unknown: the count of recent rows was cut short"
-                )
-            else:
-                per_month = changed * DAYS_A_MONTH / RECENT_DAYS
-                billed = round(per_month)
-                basis = (
-                    f"{changed:,} rows with {recent['column']} in the last {RECENT_DAYS} days, "
-                    f"scaled to {DAYS_A_MONTH} days: a lower bound, as a row changed twice in "
-                    "the week counts once"
-                )
-                if target.cursor is not None and target.cursor.incremental_type == "date":
-                    again = round(changed / RECENT_DAYS * syncs)
-                    billed += again
-                    basis += (
-                        f"; plus about {again:,} rows read again because a date cursor re-reads "
-                        "its last day at each sync"
-                    )
-        monthly["billed_rows_estimate"] = billed
-        monthly["basis"] = basis
-        monthly["after_free_days"] = (
-            f"the estimate is for a month after the source's first {FREE_DAYS} days, which are "
-            "free; each destination beyond the first bills the rows again"
-        )
-        return {"first_sync": first, "monthly": monthly}
+        return {"first_sync": first}
 
     # --- the answer's other parts ---------------------------------------------------------
 
@@ -1715,11 +1644,4 @@ def _first_line(exc: BaseException) -> str:
 _DOTTED = (
     "PostHog reads every schema of a Postgres source whose 'schema' is blank, and lists each "
     "table as schema.table"
-)
-_BILLING_RULES = (
-    "PostHog bills the rows each completed, billable sync job reads (rows_synced), once per "
-    f"destination; the jobs of a source's first {FREE_DAYS} days are free (its free historical "
-    "meter). Scheduled and user-started syncs, resyncs included, are billable. A full refresh "
-    "reads the whole table each sync; incremental and append syncs read the rows past the saved "
-    "cursor. Failed and cancelled jobs bill nothing."
 )

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import billing
 from .errors import NothingSent
 from .hooks import Caller, Progress, Send
 from .models import ExternalDataSourcesRehearseParams
@@ -77,6 +78,9 @@ async def rehearse(call: Caller[ExternalDataSourcesRehearseParams], send: Send) 
             progress=call.progress,
         )
     )
+    for table in report.get("tables", []):
+        billing.rehearsed(table)
+    report["billing_rules"] = billing.RULES
     if seconds < params.seconds:
         report.setdefault("notes", []).append(
             f"seconds was cut to {seconds:g}, the longest this server lets a call run "

@@ -60,6 +60,12 @@ async def test_a_rehearsed_import_syncs_what_the_rehearsal_said(
         tables = {t["name"]: t for t in report["tables"]}
         assert tables["orders"]["warehouse_table"] == "shop_postgres_orders"
         assert tables["orders"]["problems"] == []
+        # The bill, estimated from what was measured: no frequency given, so PostHog's 6 hours.
+        monthly = tables["orders"]["estimates"]["monthly"]
+        assert (monthly["sync_frequency"], monthly["syncs_per_month"]) == ("6hour", 120)
+        assert isinstance(monthly["billed_rows_estimate"], int), monthly
+        assert tables["orders"]["estimates"]["first_sync"]["billed_rows"] == 0
+        assert "free historical meter" in report["billing_rules"]
         # events has no key, and its ids repeat: rehearsal says so, with a fix.
         assert tables["events"]["problems"], tables["events"]
         assert creds.password not in json.dumps(report)

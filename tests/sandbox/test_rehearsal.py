@@ -17,13 +17,14 @@ from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import rehearsal
 from posthog_warehouse_mcp.sandbox.connectors import base
+from posthog_warehouse_mcp.sandbox.engine import table_name
 from posthog_warehouse_mcp.sandbox.rehearsal import (
     Limits,
     RehearsalCancelled,
     RehearsalError,
     rehearse,
-    warehouse_table,
 )
+from posthog_warehouse_mcp.tools import billing
 from tests.sandbox.support import (
     MySQLUpstream,
     Upstream,
@@ -167,8 +168,11 @@ async def test_a_clean_table_rehearsed_then_created_syncs_the_same_rows(
     # Every row's cursor is within 300 hours: about 168 of them in the last week.
     recent = check(orders, "recent_changes")["rows"]
     assert 160 <= recent <= 170
+    # The tools estimate the bill from what the rehearsal measured (tools/billing.py).
+    billing.rehearsed(orders)
     monthly = orders["estimates"]["monthly"]
     assert monthly["billed_rows_estimate"] == round(recent * 30 / 7)
+    assert monthly["sync_frequency"] == "24hour" and monthly["syncs_per_month"] == 30
     assert orders["estimates"]["first_sync"]["rows"] == 300
     assert orders["estimates"]["first_sync"]["billed_rows"] == 0
     # The obvious fixes: the field's type and the detected key.
@@ -363,7 +367,8 @@ def test_a_blank_schema_names_tables_schema_dot_table_as_posthog_does(
     assert orders["warehouse_table"] == "crm_postgres_public__orders"
     assert answer["schemas"][0]["name"] == "public.orders"
     assert answer["schemas"][0]["should_sync"] is True
-    assert warehouse_table("App_", "Postgres", "Orders") == "app_postgres_orders"
+    assert table_name("App_", "Postgres", "Orders") == "app_postgres_orders"
+    assert table_name(None, "GitHub", "owner/repo.issues") == "github_owner_repo__issues"
 
 
 @pytest.mark.parametrize(
