@@ -55,6 +55,7 @@ from ..loopback.pages import OneTimePage, render
 from ..loopback.serve import free_socket, listening
 from ..tools.confirm import StoreUnavailable
 from ..tools.errors import NothingSent, PostHogError
+from .callers import SERVER, Caller
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -164,10 +165,20 @@ class MemoryHeld:
             entry = self._kept.pop(key, None)
         return entry[0] if entry is not None and entry[1] >= self._clock() else None
 
+    async def claim(self, key: str, seconds: float) -> bool:
+        """Keep "1" under `key` for `seconds` unless a live value is there; whether it did."""
+        moment = self._clock()
+        with self._lock:
+            entry = self._kept.get(key)
+            if entry is not None and entry[1] >= moment:
+                return False
+            self._kept[key] = ("1", moment + seconds)
+        return True
 
-# Sends a held call, rebuilt from this instance's own settings and adapter; with forwarded
-# keys, the approving caller's key (the same caller's, checked) goes with it.
-Send = Callable[[Held, str | None], Awaitable[dict[str, Any]]]
+
+# Sends a held call, rebuilt from this instance's own settings and adapter, with the approving
+# caller's credentials (the same caller's, checked).
+Send = Callable[[Held, Caller], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -280,9 +291,7 @@ class Approvals:
             return None
         return PAGE.url(address, token)
 
-    async def approve(
-        self, approval: str, *, caller: str, api_key: str | None, send: Send
-    ) -> dict[str, Any]:
+    async def approve(self, approval: str, *, caller: Caller, send: Send) -> dict[str, Any]:
         """The card's Approve: send the held call, once, for the caller who made it.
 
         Raises:
@@ -290,8 +299,8 @@ class Approvals:
                 cannot be reached; nothing was sent.
             PostHogError: the call itself failed upstream.
         """
-        held = await self._take(approval, caller=caller)
-        return await send(held, api_key)
+        held = await self._take(approval, caller=caller.id)
+        return await send(held, caller)
 
     async def decline(self, approval: str, *, caller: str) -> None:
         """The card's Decline: drop the held call.
@@ -373,7 +382,7 @@ class Approvals:
         if taken is None:
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         try:
-            result = await self.send(Held.loads(taken), None)
+            result = await self.send(Held.loads(taken), SERVER)
         except PostHogError as exc:
             body = f"<p>Approved, but the call failed: {html.escape(exc.describe())}</p>"
             return render("Approved: the call failed", body, 502)

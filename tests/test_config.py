@@ -14,7 +14,7 @@ from tests.support import SOURCE_ID, Recorder, connect, settings, text_of, use_e
 
 ROOT = Path(__file__).resolve().parent.parent
 # A Redis URL carries its password: it stays out of process lists too.
-SECRETS = {"personal_api_key", "mcp_auth_token", "confirm_secret", "redis_url"}
+SECRETS = {"personal_api_key", "mcp_auth_token", "confirm_secret", "redis_url", "oauth_keys"}
 
 
 def flags_of_fields() -> dict[str, str | None]:
