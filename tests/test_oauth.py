@@ -9,7 +9,6 @@ replicas with the real sandbox: tests/sandbox/test_replicas.py.
 
 from __future__ import annotations
 
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,23 +16,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx
-import httpx2
 import pytest
 import trustme
-from mcp import Client
 from mcp.client.auth import OAuthClientProvider
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import (
-    AuthorizationCodeResult,
-    OAuthClientInformationFull,
-    OAuthClientMetadata,
-    OAuthToken,
-)
-from pydantic import AnyUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -43,6 +31,15 @@ from posthog_warehouse_mcp.sandbox.oauth import OAuthProvider
 from posthog_warehouse_mcp.server.cimd import DocumentFetcher, DocumentRefused
 from posthog_warehouse_mcp.server.oauth import OAuth, Vault
 from posthog_warehouse_mcp.server.transports import http_app
+from tests.signin import (
+    CLIENT_REDIRECT,
+    Person,
+    Storage,
+    call_tool,
+    innermost,
+    oauth_client,
+    revoke,
+)
 from tests.support import free_port, serve, settings
 
 pytestmark = pytest.mark.anyio
@@ -59,7 +56,6 @@ LIST = {
     "method": "tools/call",
     "params": {"name": "external-data-sources-list", "arguments": {"limit": 1}},
 }
-CLIENT_REDIRECT = "http://127.0.0.1:9/callback"
 
 
 @dataclass
@@ -80,76 +76,6 @@ class PostHog:
 
         routes = [*self.provider.routes(), Route("/api/{rest:path}", api, methods=["GET"])]
         return Starlette(routes=routes)
-
-
-class Storage:
-    """The MCP client's token storage, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
-
-
-@dataclass
-class Person:
-    """A browser that follows the sign-in: this server's /authorize, PostHog's consent page
-    (choosing a project), back through this server's callback to the client's redirect."""
-
-    posthog: str
-    allow: bool = True
-    asked: list[str] = field(default_factory=list)
-    cookies: httpx.Cookies = field(default_factory=httpx.Cookies)
-
-    async def open(self, url: str) -> None:
-        self.asked.append(url)
-
-    async def answer(self) -> AuthorizationCodeResult:
-        async with httpx.AsyncClient(cookies=self.cookies) as browser:
-            to_posthog = await browser.get(self.asked[-1])
-            assert to_posthog.status_code == 302, to_posthog.text
-            consent = await browser.get(to_posthog.headers["location"])
-            assert consent.status_code == 200, consent.text
-            found = re.search(r'name="consent" value="([^"]+)"', consent.text)
-            assert found is not None
-            decided = await browser.post(
-                f"{self.posthog}/oauth/authorize/",
-                data={"consent": found[1], "allow": str(self.allow).lower(), "scoped_teams": "1"},
-            )
-            back = await browser.get(decided.headers["location"])
-            assert back.status_code == 302, back.text
-            self.cookies.update(browser.cookies)
-        query = parse_qs(urlsplit(back.headers["location"]).query)
-        if "error" in query:
-            raise PermissionError(query["error"][0])
-        return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0])
-
-
-def oauth_client(
-    url: str, person: Person, storage: Storage, *, document: str | None = None
-) -> OAuthClientProvider:
-    """The SDK's OAuth support for an MCP client at `url`."""
-    return OAuthClientProvider(
-        server_url=f"{url}/mcp",
-        client_metadata=OAuthClientMetadata(
-            client_name="test client", redirect_uris=[AnyUrl(CLIENT_REDIRECT)]
-        ),
-        storage=storage,
-        redirect_handler=person.open,
-        callback_handler=person.answer,
-        client_metadata_url=document,
-    )
 
 
 @dataclass
@@ -186,13 +112,7 @@ async def deployment(
 
 
 async def list_sources(url: str, auth: OAuthClientProvider) -> dict[str, Any]:
-    async with (
-        httpx2.AsyncClient(auth=auth, timeout=30) as http,
-        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
-    ):
-        result = await client.call_tool("external-data-sources-list", {"limit": 1})
-    assert not result.is_error, result
-    return dict(result.structured_content or {})
+    return await call_tool(url, auth, "external-data-sources-list", {"limit": 1})
 
 
 async def post_mcp(url: str, token: str | None) -> httpx.Response:
@@ -260,14 +180,7 @@ async def test_wrong_audience_expired_and_revoked_tokens_are_refused() -> None:
         wrong_audience = await post_mcp(hosted.url, "for-another-audience")
         too_old = await post_mcp(hosted.url, "expired-token")
         async with httpx.AsyncClient() as http:
-            revoked = await http.post(
-                f"{hosted.url}/revoke",
-                data={
-                    "token": token,
-                    "client_id": storage.client.client_id,
-                    "client_secret": storage.client.client_secret or "",
-                },
-            )
+            revoked = await revoke(http, hosted.url, storage, token)
         after = await post_mcp(hosted.url, token)
     assert works.status_code == 200, works.text
     assert revoked.status_code == 200, revoked.text
@@ -279,12 +192,6 @@ async def test_wrong_audience_expired_and_revoked_tokens_are_refused() -> None:
     assert not any(grant.alive for grant in _grants(hosted.posthog))
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _grants(posthog: PostHog) -> list[Any]:
     return [issued.grant for issued in posthog.provider.tokens.values()]
 
@@ -294,7 +201,7 @@ async def test_a_person_who_declines_at_posthog_gets_no_token() -> None:
         person, storage = Person(hosted.posthog_url, allow=False), Storage()
         with pytest.raises(ExceptionGroup) as failed:
             await list_sources(hosted.url, oauth_client(hosted.url, person, storage))
-    assert "access_denied" in repr(_innermost(failed.value))
+    assert "access_denied" in repr(innermost(failed.value))
     assert storage.tokens is None
     assert hosted.posthog.seen == []
 
