@@ -186,7 +186,9 @@ async def on_page(ctx: Context, question: Question, call: HeldCall) -> Held | No
         ApprovalRefused: the call cannot be held (the shared store is unreachable).
     """
     approvals = ctx.lifespan_context.approvals
-    if not approvals.serves_page or call.caller:
+    if not approvals.serves_page or (call.caller and approvals.sessions is None):
+        # A forwarded key's call cannot wait for a page: the key is never kept. A signed-in
+        # person's can (--oauth): the server keeps their token, and the page takes their session.
         return None
     link = await approvals.link(await approvals.hold(call), call)
     if link is None:

@@ -786,9 +786,17 @@ class _HostChecked:
 
 @dataclass
 class OAuth:
-    """Everything ``--oauth`` adds to the HTTP app: its routes, and the guard around ``/mcp``."""
+    """Everything ``--oauth`` adds to the HTTP app: its routes, the guard around ``/mcp``, and
+    the approval page's sessions (:class:`~.approvals.Sessions`)."""
 
     provider: Provider
+
+    async def caller(self, request: Request) -> Caller | None:
+        """The person the browser signed in as (its session cookie), with their PostHog
+        credentials; None without a session, or when the sign-in has ended."""
+        grant_id = await self.provider.session_grant(request)
+        grant = await self.provider.grant(grant_id) if grant_id else None
+        return grant.caller(self.provider.settings.path_prefix) if grant else None
 
     @classmethod
     def build(

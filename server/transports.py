@@ -276,6 +276,7 @@ def http_app(
 
         oauth = OAuth.build(settings, shared.records, fetcher=fetcher)
         app = oauth.guard(app)
+        approvals.sessions = oauth
         hosts = PublicHost.of(settings)
         oauth_routes = [
             Route(r.path, hosts.wrap(r.app), methods=sorted(r.methods or ["GET"]))

@@ -40,7 +40,7 @@ from tests.signin import (
     oauth_client,
     revoke,
 )
-from tests.support import free_port, serve, settings
+from tests.support import SCHEMA, SCHEMA_ID, free_port, serve, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +65,7 @@ class PostHog:
 
     provider: OAuthProvider = field(default_factory=OAuthProvider)
     seen: list[tuple[str, str]] = field(default_factory=list)  # (path, bearer)
+    changed: list[tuple[str, str]] = field(default_factory=list)  # (method, bearer)
 
     def app(self) -> Starlette:
         async def api(request: Request) -> Response:
@@ -72,9 +73,15 @@ class PostHog:
             if not self.provider.accepts(token):
                 return JSONResponse({"detail": "Invalid access token."}, status_code=401)
             self.seen.append((request.url.path, token))
-            return JSONResponse(EMPTY_PAGE)
+            if request.method != "GET":
+                self.changed.append((request.method, token))
+                return Response(status_code=204)
+            return JSONResponse(
+                SCHEMA if "/external_data_schemas/" in request.url.path else EMPTY_PAGE
+            )
 
-        routes = [*self.provider.routes(), Route("/api/{rest:path}", api, methods=["GET"])]
+        methods = ["GET", "POST", "PATCH", "DELETE"]
+        routes = [*self.provider.routes(), Route("/api/{rest:path}", api, methods=methods)]
         return Starlette(routes=routes)
 
 
@@ -256,6 +263,46 @@ async def test_posthog_tokens_are_kept_encrypted_and_older_keys_still_open_them(
     assert storage.tokens is not None
     found = await rotated.provider.load_access_token(storage.tokens.access_token)
     assert found is not None and found.subject is not None
+
+
+@pytest.mark.slow
+async def test_the_approval_page_answers_only_the_signed_in_person_in_their_browser() -> None:
+    async with deployment(confirm="human") as hosted:
+        person, storage = Person(hosted.posthog_url), Storage()
+        auth = oauth_client(hosted.url, person, storage)
+        held = await call_tool(
+            hosted.url, auth, "external-data-schemas-delete-data", {"id": SCHEMA_ID}
+        )
+        assert "approve_at" in held, held
+        link = held["approve_at"]
+        assert link.startswith(f"{hosted.url}/approve/") and hosted.posthog.changed == []
+        other = Person(hosted.posthog_url)
+        await list_sources(hosted.url, oauth_client(hosted.url, other, Storage()))
+        approve = {"name": SCHEMA["name"], "decision": "approve"}
+        origin = {"origin": hosted.url}
+        async with httpx.AsyncClient() as stranger:
+            anonymous = [
+                await stranger.get(link),
+                await stranger.post(link, data=approve, headers=origin),
+            ]
+        async with httpx.AsyncClient(cookies=other.cookies) as browser:
+            another_person = [
+                await browser.get(link),
+                await browser.post(link, data=approve, headers=origin),
+            ]
+        assert hosted.posthog.changed == []
+        async with httpx.AsyncClient(cookies=person.cookies) as browser:
+            shown = await browser.get(link)
+            approved = await browser.post(link, data=approve, headers=origin)
+    assert [a.status_code for a in anonymous] == [401, 401]
+    assert "Sign in first" in anonymous[0].text
+    assert [a.status_code for a in another_person] == [403, 403]
+    assert shown.status_code == 200
+    assert approved.status_code == 200 and "sent once" in approved.text, approved.text
+    # Sent once, as the person who made the call (their PostHog token).
+    [(method, bearer)] = hosted.posthog.changed
+    assert method == "DELETE" and bearer.startswith("pha_")
+    assert bearer in {token for _, token in hosted.posthog.seen[:2]}
 
 
 # Client ID metadata documents, served over loopback TLS by a test CA.
