@@ -20,7 +20,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import trustme
 from mcp.client.auth import OAuthClientProvider
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -203,6 +202,7 @@ def _grants(posthog: PostHog) -> list[Any]:
     return [issued.grant for issued in posthog.provider.tokens.values()]
 
 
+@pytest.mark.slow
 async def test_a_person_who_declines_at_posthog_gets_no_token() -> None:
     async with deployment() as hosted:
         person, storage = Person(hosted.posthog_url, allow=False), Storage()
@@ -318,6 +318,8 @@ class Documents:
 async def documents(
     tmp_path: Path, routes: dict[str, Callable[[str], Awaitable[Response]]]
 ) -> AsyncIterator[Documents]:
+    import trustme  # the dev extra's test CA; only these tests need it
+
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     key, chain = tmp_path / "key.pem", tmp_path / "chain.pem"
