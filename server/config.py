@@ -313,6 +313,11 @@ class Settings(BaseSettings):
                 + "."
             )
         if self.mcp_transport == "stdio":
+            if self.mcp_oauth:
+                raise ConfigError(
+                    "--oauth signs people in to a server they reach over HTTP; use "
+                    "--transport http (stdio runs as the person who starts it)."
+                )
             return
         if not self.is_loopback and not (self.auth_token or self.forward_key or self.mcp_oauth):
             raise ConfigError(
