@@ -30,6 +30,7 @@ from . import (
 from .access import ENVIRONMENT_ID
 from .connect import CONNECT_PAGE, connect_page
 from .errors import ErrorAnswer
+from .oauth import OAuthProvider
 from .routing import Handler, declared_routes
 from .services import Services
 
@@ -41,11 +42,12 @@ ROUTE_MODULES = (source_routes, schema_routes, setup_routes, connect, health_rou
 ROUTES: list[tuple[str, dict[str, Handler]]] = declared_routes()
 
 
-def check_auth(request: Request, api_key: str | None) -> None:
-    """PostHog's personal API key check; `api_key=None` accepts any bearer, or none.
+def check_auth(request: Request, api_key: str | None, oauth: OAuthProvider | None = None) -> None:
+    """PostHog's check: the personal API key, or a live OAuth access token the sandbox issued;
+    `api_key=None` accepts any bearer, or none.
 
     Raises:
-        ErrorAnswer: 401, a missing or wrong key.
+        ErrorAnswer: 401, a missing or wrong key, or an expired or revoked OAuth token.
     """
     if api_key is None:
         return
@@ -53,16 +55,20 @@ def check_auth(request: Request, api_key: str | None) -> None:
     if not header:
         raise errors.missing_key()
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not tokens_match(token.strip(), api_key):
+    if scheme.lower() != "bearer":
+        raise errors.invalid_key()
+    if oauth is not None and oauth.accepts(token.strip()):
+        return
+    if not tokens_match(token.strip(), api_key):
         raise errors.invalid_key()
 
 
 def _endpoint(
-    services: Services, api_key: str | None, methods: dict[str, Handler]
+    services: Services, api_key: str | None, oauth: OAuthProvider, methods: dict[str, Handler]
 ) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
-            check_auth(request, api_key)
+            check_auth(request, api_key, oauth)
             # "@current" is PostHog's alias for the caller's current project: here, the only one.
             if request.path_params.get("environment_id") not in (ENVIRONMENT_ID, "@current"):
                 raise errors.not_found()
@@ -105,16 +111,23 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def build_app(services: Services, *, api_key: str | None = None) -> Starlette:
-    """The ASGI app for a started sandbox (no lifespan: the caller owns start and stop)."""
+def build_app(
+    services: Services, *, api_key: str | None = None, oauth: OAuthProvider | None = None
+) -> Starlette:
+    """The ASGI app for a started sandbox (no lifespan: the caller owns start and stop), with
+    PostHog's OAuth provider (sandbox/oauth.py) beside the API."""
+    oauth = oauth if oauth is not None else OAuthProvider()
     routes = [
-        Route(
-            f"/api/{prefix}/{{environment_id}}/{path}",
-            _endpoint(services, api_key, methods),
-            methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
-        )
-        for prefix in ("environments", "projects")
-        for path, methods in ROUTES
+        *oauth.routes(),
+        *(
+            Route(
+                f"/api/{prefix}/{{environment_id}}/{path}",
+                _endpoint(services, api_key, oauth, methods),
+                methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            )
+            for prefix in ("environments", "projects")
+            for path, methods in ROUTES
+        ),
     ]
     # The connect page: for a browser, behind its own one-time token, not the API key.
     routes.append(Route(CONNECT_PAGE.route, _page(services), methods=["GET", "POST"]))
@@ -124,4 +137,5 @@ def build_app(services: Services, *, api_key: str | None = None) -> Starlette:
     )
     # Tests reach the store, warehouse and engine through the app they were given.
     app.state.services = services
+    app.state.oauth = oauth
     return app

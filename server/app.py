@@ -40,7 +40,7 @@ from .config import Settings
 from .filters import enabled, why_disabled
 from .limits import caller_of, limiter_for
 from .prompts import PROMPTS, PROMPTS_BY_NAME, instructions
-from .sending import Sender, forwarded_key, sender_of
+from .sending import Sender, caller_of_request, forwarded_key, sender_of
 from .shared import Shared, shared_for
 from .state import NAME, Context, LazyClient, ServerState, open_client
 
@@ -88,7 +88,7 @@ def preflight(settings: Settings, row: Endpoint, request: Request | None) -> str
     """Why this call cannot be sent as configured (a tool error for the model), or None."""
     if not enabled(settings, row):
         return why_disabled(settings, row)
-    if settings.environment is None:
+    if settings.environment is None and not settings.mcp_oauth:
         return (
             "No PostHog environment id is configured; nothing was sent. Set "
             "POSTHOG_ENVIRONMENT_ID (or --environment-id) to the number in your PostHog URL "
@@ -136,10 +136,12 @@ async def on_call_tool(
         if refused is not None:
             return error_result(f"{params.name}: {refused.message}")
     if params.name == APPROVE_TOOL and asking.offers_cards(ctx):
-        api_key = forwarded_key(ctx.request) if settings.forward_key else None
         try:
             answered = await asking.card_answer(
-                ctx, params.arguments, api_key=api_key, send=sender_of(state).held
+                ctx,
+                params.arguments,
+                caller=caller_of_request(settings, ctx.request),
+                send=sender_of(state).held,
             )
         except Exception as exc:
             return failure(params.name, exc)
@@ -160,7 +162,7 @@ async def on_call_tool(
     try:
         call = sender_of(state).call(
             args,
-            api_key=forwarded_key(ctx.request) if settings.forward_key else None,
+            caller=caller_of_request(settings, ctx.request),
             progress=ctx.session.report_progress,
             open_url=asking.url_opener(ctx),
         )

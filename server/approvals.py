@@ -55,6 +55,7 @@ from ..loopback.pages import OneTimePage, render
 from ..loopback.serve import free_socket, listening
 from ..tools.confirm import StoreUnavailable
 from ..tools.errors import NothingSent, PostHogError
+from .callers import SERVER, Caller
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -164,10 +165,32 @@ class MemoryHeld:
             entry = self._kept.pop(key, None)
         return entry[0] if entry is not None and entry[1] >= self._clock() else None
 
+    async def claim(self, key: str, seconds: float) -> bool:
+        """Keep "1" under `key` for `seconds` unless a live value is there; whether it did."""
+        moment = self._clock()
+        with self._lock:
+            entry = self._kept.get(key)
+            if entry is not None and entry[1] >= moment:
+                return False
+            self._kept[key] = ("1", moment + seconds)
+        return True
 
-# Sends a held call, rebuilt from this instance's own settings and adapter; with forwarded
-# keys, the approving caller's key (the same caller's, checked) goes with it.
-Send = Callable[[Held, str | None], Awaitable[dict[str, Any]]]
+
+class Sessions(Protocol):
+    """Who a browser is signed in as (``--oauth``: the session the sign-in left)."""
+
+    async def caller(self, request: Request) -> Caller | None:
+        """The signed-in person's credentials, or None (no session, or it ended).
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        ...
+
+
+# Sends a held call, rebuilt from this instance's own settings and adapter, with the approving
+# caller's credentials (the same caller's, checked).
+Send = Callable[[Held, Caller], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -226,6 +249,9 @@ class Approvals:
         self.links = PageLinks(self.store)
         # How the page sends what it approves: set by the server (server/app.py).
         self.send: Send | None = None
+        # With --oauth, who the page's browser is signed in as (server/oauth.py): the page
+        # then answers the person whose call is held, and only in their signed-in browser.
+        self.sessions: Sessions | None = None
         self._group: TaskGroup | None = None
         self._address: str | None = None
         self._starting = anyio.Lock()
@@ -268,8 +294,9 @@ class Approvals:
     async def link(self, approval: str, held: Held) -> str | None:
         """A one-time page link that approves `approval` (None where no page is served)."""
         address = await self._where()
-        if address is None or held.caller:
-            # A page cannot send a forwarded key's call: the key is never kept.
+        if address is None or (held.caller and self.sessions is None):
+            # A page cannot send a forwarded key's call: the key is never kept. A signed-in
+            # person's can be: the server keeps their token.
             return None
         token = secrets.token_urlsafe(24)
         record = json.dumps({"approval": approval, "held": asdict(held)}, sort_keys=True)
@@ -280,9 +307,7 @@ class Approvals:
             return None
         return PAGE.url(address, token)
 
-    async def approve(
-        self, approval: str, *, caller: str, api_key: str | None, send: Send
-    ) -> dict[str, Any]:
+    async def approve(self, approval: str, *, caller: Caller, send: Send) -> dict[str, Any]:
         """The card's Approve: send the held call, once, for the caller who made it.
 
         Raises:
@@ -290,8 +315,8 @@ class Approvals:
                 cannot be reached; nothing was sent.
             PostHogError: the call itself failed upstream.
         """
-        held = await self._take(approval, caller=caller)
-        return await send(held, api_key)
+        held = await self._take(approval, caller=caller.id)
+        return await send(held, caller)
 
     async def decline(self, approval: str, *, caller: str) -> None:
         """The card's Decline: drop the held call.
@@ -339,12 +364,22 @@ class Approvals:
     async def page(self, request: Request) -> Response:
         """The approval page (a Starlette endpoint for :data:`PAGE`'s route)."""
         try:
+            caller = SERVER
+            if self.sessions is not None:
+                signed_in = await self._signed_in(request)
+                if isinstance(signed_in, Response):
+                    return signed_in
+                caller = signed_in
+
+            async def act(link: Link, token: str, fields: dict[str, str]) -> Response:
+                return await self._act(link, token, fields, caller)
+
             return await PAGE.serve(
                 request,
                 address=self.public_url or self._address,
                 tokens=self.links,
                 show=_show,
-                act=self._act,
+                act=act,
             )
         except StoreUnavailable as exc:
             log.warning("approval page: %s", exc)
@@ -355,7 +390,28 @@ class Approvals:
                 503,
             )
 
-    async def _act(self, link: Link, token: str, fields: dict[str, str]) -> Response:
+    async def _signed_in(self, request: Request) -> Caller | Response:
+        """With sessions: the signed-in person whose call the link holds, or the page that
+        says why not (the link is left as it was: its person may still open it)."""
+        assert self.sessions is not None
+        found = await self.links.find(str(request.path_params.get("token", "")))
+        if found is None:
+            return SERVER  # an unknown link: the page says so, and counts the attempt
+        caller = await self.sessions.caller(request)
+        if caller is None:
+            body = (
+                "<p>Open this link in the browser you signed in to PostHog with for this "
+                "server. If you did and see this, your session has ended: reconnect the "
+                "server in your MCP client to sign in again.</p>"
+            )
+            return render("Sign in first", body, 401)
+        if caller.id != found.held.caller:
+            return render("Not yours", "<p>This call is another person's to approve.</p>", 403)
+        return caller
+
+    async def _act(
+        self, link: Link, token: str, fields: dict[str, str], caller: Caller
+    ) -> Response:
         held = link.held
         if fields.get("decision") == "decline":
             await self.links.spend(token)
@@ -364,7 +420,7 @@ class Approvals:
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         if fields.get("name", "").strip() not in held.names:
             return _show(link, token, error="That is not the name shown; nothing was sent.")
-        if self.send is None or held.caller:
+        if self.send is None or held.caller != caller.id:
             # Never linked so (a forwarded key is not kept to send with); refused all the same.
             body = "<p>This call cannot be approved here; nothing was sent.</p>"
             return render("Not available", body, 403)
@@ -373,7 +429,7 @@ class Approvals:
         if taken is None:
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         try:
-            result = await self.send(Held.loads(taken), None)
+            result = await self.send(Held.loads(taken), caller)
         except PostHogError as exc:
             body = f"<p>Approved, but the call failed: {html.escape(exc.describe())}</p>"
             return render("Approved: the call failed", body, 502)

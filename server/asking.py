@@ -38,12 +38,13 @@ from mcp.server.apps import client_supports_apps
 from mcp.shared.exceptions import NoBackChannelError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from ..tools.confirm import Question, caller_of
+from ..tools.confirm import Question
 from ..tools.hooks import OpenUrl
 from ..tools.output import dumps
 from .approvals import APPROVAL_META, APPROVE_TOOL, ApprovalRefused, Send
 from .approvals import Held as HeldCall
 from .apps import APPROVE
+from .callers import Caller
 from .state import Context
 
 log = logging.getLogger("posthog_warehouse_mcp")
@@ -185,7 +186,9 @@ async def on_page(ctx: Context, question: Question, call: HeldCall) -> Held | No
         ApprovalRefused: the call cannot be held (the shared store is unreachable).
     """
     approvals = ctx.lifespan_context.approvals
-    if not approvals.serves_page or call.caller:
+    if not approvals.serves_page or (call.caller and approvals.sessions is None):
+        # A forwarded key's call cannot wait for a page: the key is never kept. A signed-in
+        # person's can (--oauth): the server keeps their token, and the page takes their session.
         return None
     link = await approvals.link(await approvals.hold(call), call)
     if link is None:
@@ -253,11 +256,11 @@ def offers_cards(ctx: Context) -> bool:
 
 
 async def card_answer(
-    ctx: Context, arguments: dict[str, Any] | None, *, api_key: str | None, send: Send
+    ctx: Context, arguments: dict[str, Any] | None, *, caller: Caller, send: Send
 ) -> dict[str, Any]:
     """The app-only tool: the card's Approve sends the held call once (its answer is the
-    call's), by `send`, with the approving caller's forwarded key (`api_key`), which must be
-    the key that made the call; Decline drops it.
+    call's), by `send`, with the approving caller's credentials, which must be the caller's
+    who made the call; Decline drops it.
 
     Raises:
         ApprovalRefused: malformed, unknown, used, declined, expired or another caller's, or
@@ -273,11 +276,10 @@ async def card_answer(
     ):
         raise ApprovalRefused("expected {approval: <the card's id>, decision: approve|decline}")
     approvals = ctx.lifespan_context.approvals
-    caller = caller_of(api_key)
     if decision == "decline":
-        await approvals.decline(approval, caller=caller)
+        await approvals.decline(approval, caller=caller.id)
         return {"declined": True, "sent": False}
-    return await approvals.approve(approval, caller=caller, api_key=api_key, send=send)
+    return await approvals.approve(approval, caller=caller, send=send)
 
 
 def url_opener(ctx: Context) -> OpenUrl | None:

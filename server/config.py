@@ -19,6 +19,8 @@ from ..tools.table import BY_NAME, ENDPOINTS, TOOLSETS
 from ..tools.waiting import DEFAULT_WAIT_CAP
 
 HOST_SHORTCUTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
+# PostHog's region-agnostic OAuth server: a person of either Cloud region signs in there.
+OAUTH_PROXY = "https://oauth.posthog.com"
 SANDBOX_BASE_URL = "http://sandbox"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -177,6 +179,31 @@ class Settings(BaseSettings):
         "HTTP: the base URL browsers reach this deployment at (https://mcp.example.com); "
         "approval pages are served there, for clients with neither forms nor cards",
     )
+    mcp_oauth: bool = flagged(
+        False,
+        "--oauth",
+        "HTTP: callers sign in with PostHog (OAuth); the server keeps each person's PostHog "
+        "token and calls PostHog as them (needs --public-url)",
+    )
+    oauth_host: str | None = flagged(
+        None,
+        "--oauth-host",
+        "with --oauth: PostHog's OAuth server (us, eu, oauth for https://oauth.posthog.com, "
+        "or a URL); default: the PostHog host",
+    )
+    oauth_keys: SecretStr | None = Field(
+        None,
+        description="with --oauth: comma list of keys (Fernet, newest first) encrypting the "
+        "PostHog tokens the server keeps; older keys still decrypt (rotation). The same on "
+        "every replica",
+    )
+    mcp_oauth_token_seconds: int = flagged(
+        3600,
+        "--oauth-token-seconds",
+        "with --oauth: seconds an access token this server issues to an MCP client lasts",
+        ge=60,
+        le=86_400,
+    )
     mcp_allowed_hosts: CommaList = flagged(
         [], "--allowed-hosts", "HTTP: comma list of allowed Host values"
     )
@@ -197,6 +224,17 @@ class Settings(BaseSettings):
         value = HOST_SHORTCUTS.get(value.strip().lower(), value.strip()).rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be us, eu, or a URL starting with http:// or https://")
+        return value
+
+    @field_validator("oauth_host")
+    @classmethod
+    def _oauth_host(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        value = {**HOST_SHORTCUTS, "oauth": OAUTH_PROXY}.get(value.lower(), value).rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be us, eu, oauth, or a URL starting with https://")
         return value
 
     @field_validator("redis_url")
@@ -275,13 +313,20 @@ class Settings(BaseSettings):
                 + "."
             )
         if self.mcp_transport == "stdio":
+            if self.mcp_oauth:
+                raise ConfigError(
+                    "--oauth signs people in to a server they reach over HTTP; use "
+                    "--transport http (stdio runs as the person who starts it)."
+                )
             return
-        if not self.is_loopback and not (self.auth_token or self.forward_key):
+        if not self.is_loopback and not (self.auth_token or self.forward_key or self.mcp_oauth):
             raise ConfigError(
-                f"Refusing to serve on {self.mcp_host} without authentication: set "
-                "POSTHOG_MCP_AUTH_TOKEN (clients send it as a bearer token) or pass "
-                "--forward-key (clients send their own PostHog key)."
+                f"Refusing to serve on {self.mcp_host} without authentication: pass --oauth "
+                "(callers sign in with PostHog), set POSTHOG_MCP_AUTH_TOKEN (clients send it as "
+                "a bearer token) or pass --forward-key (clients send their own PostHog key)."
             )
+        if self.mcp_oauth:
+            self._check_oauth()
         if self.redis_url and not self.confirm_secret:
             raise ConfigError(
                 "POSTHOG_REDIS_URL shares the used confirmation tokens and plan ids between "
@@ -293,6 +338,53 @@ class Settings(BaseSettings):
                 "--forward-key uses each caller's own key; unset POSTHOG_PERSONAL_API_KEY so "
                 "no server-wide key can be used by someone else."
             )
+
+    def _check_oauth(self) -> None:
+        if self.mcp_public_url is None:
+            raise ConfigError(
+                "--oauth needs POSTHOG_MCP_PUBLIC_URL (--public-url): the URL MCP clients and "
+                "browsers reach this deployment at, which names its tokens' audience."
+            )
+        if self.forward_key or self.auth_token or self.api_key:
+            raise ConfigError(
+                "--oauth calls PostHog as each signed-in person; unset --forward-key, "
+                "POSTHOG_MCP_AUTH_TOKEN and POSTHOG_PERSONAL_API_KEY."
+            )
+        if self.redis_url and not self.oauth_keys:
+            raise ConfigError(
+                "--oauth with POSTHOG_REDIS_URL keeps each person's PostHog token in Redis, "
+                "encrypted: set the same POSTHOG_OAUTH_KEYS on every instance (make one with "
+                "python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())')."
+            )
+        if self.oauth_keys:
+            try:
+                from cryptography.fernet import Fernet
+            except ImportError:
+                raise ConfigError(
+                    "--oauth needs the cryptography package: pip install "
+                    "'posthog-warehouse-mcp[hosted]'"
+                ) from None
+            for key in self.oauth_key_list:
+                try:
+                    Fernet(key)
+                except ValueError:
+                    raise ConfigError(
+                        "POSTHOG_OAUTH_KEYS must be Fernet keys (32 url-safe base64-encoded "
+                        "bytes each), separated by commas."
+                    ) from None
+
+    @property
+    def oauth_key_list(self) -> list[str]:
+        """The token encryption keys, newest first (plain text, for the cipher only)."""
+        if self.oauth_keys is None:
+            return []
+        return [k.strip() for k in self.oauth_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def oauth_server(self) -> str:
+        """PostHog's OAuth server: the setting, or the PostHog host."""
+        return self.oauth_host or self.host
 
     @property
     def secret_policy(self) -> SecretPolicy:
@@ -347,7 +439,7 @@ class Settings(BaseSettings):
     @property
     def needs_key(self) -> bool:
         """Whether calls need a server-wide PostHog key (not the sandbox, not forwarding)."""
-        return not (self.sandbox or self.forward_key)
+        return not (self.sandbox or self.forward_key or self.mcp_oauth)
 
     def base_path(self) -> str:
         """``/api/{prefix}/{environment_id}/`` for the configured environment."""

@@ -32,7 +32,7 @@ REGISTRY_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/ser
 REGISTRY_NAME = "io.github.posthog-warehouse-mcp/posthog-warehouse-mcp"
 COMMAND = "python -m posthog_warehouse_mcp.server.publish"
 # Settings a stdio client has no use for: serving over HTTP, hosting for many callers.
-_HTTP_ONLY = ("mcp_", "forward_key", "confirm_secret", "redis_url")
+_HTTP_ONLY = ("mcp_", "forward_key", "confirm_secret", "redis_url", "oauth_")
 
 
 def render(prompt: Prompt) -> str:

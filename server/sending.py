@@ -14,6 +14,7 @@ from ..tools.plans import Plans
 from ..tools.table import lookup
 from .approvals import ApprovalRefused, Held
 from .auth import bearer
+from .callers import SERVER, SIGNED_IN, Caller
 from .config import Settings
 from .filters import enabled
 from .state import LazyClient, ServerState
@@ -28,6 +29,18 @@ def forwarded_key(request: Request | None) -> str | None:
     return bearer(request.headers) if request is not None else None
 
 
+def caller_of_request(settings: Settings, request: Request | None) -> Caller:
+    """Whom a request's calls are made for: the signed-in person (--oauth: what the sign-in
+    check put on the request), the forwarded key's owner (--forward-key), or the server's own
+    callers."""
+    if settings.mcp_oauth:
+        found = request.scope.get(SIGNED_IN) if request is not None else None
+        return found if isinstance(found, Caller) else SERVER
+    if settings.forward_key:
+        return Caller(api_key=forwarded_key(request))
+    return SERVER
+
+
 @dataclass(frozen=True)
 class Sender:
     """What this instance sends a call with: its settings, adapter and plan ids."""
@@ -40,16 +53,18 @@ class Sender:
         self,
         params: BaseModel,
         *,
-        api_key: str | None,
+        caller: Caller,
         progress: Progress | None = None,
         open_url: OpenUrl | None = None,
     ) -> Call:
-        """A validated call, sent with `api_key` (a forwarded key) or the server's own."""
+        """A validated call, sent with the caller's credentials (the server's own key, a
+        forwarded key, or a signed-in person's token, region and environment)."""
         return Call(
             params=params,
             client=self.client.get(),
-            base_path=self.settings.base_path(),
-            api_key=api_key,
+            base_path=caller.base_path or self.settings.base_path(),
+            api_key=caller.api_key,
+            identity=caller.identity,
             progress=progress,
             secrets=self.client.secret_policy,
             open_url=open_url,
@@ -58,7 +73,7 @@ class Sender:
             rehearse=self.client.rehearse,
         )
 
-    async def held(self, held: Held, api_key: str | None) -> dict[str, Any]:
+    async def held(self, held: Held, caller: Caller) -> dict[str, Any]:
         """Send a held call a person approved, once, as this instance would send it now.
 
         Raises:
@@ -73,7 +88,7 @@ class Sender:
             params = validate(row, held.arguments)
         except ArgumentError as exc:
             raise ApprovalRefused(str(exc)) from None
-        call = self.call(params, api_key=api_key)
+        call = self.call(params, caller=caller)
         if call.caller != held.caller:
             raise ApprovalRefused("this approval belongs to another caller")
         return await dispatch.run(row, call)

@@ -39,6 +39,7 @@ from ..tools.confirm import Spent, StoreUnavailable
 from .approvals import HeldStore, MemoryHeld
 from .config import ConfigError, Settings
 from .limits import MemoryWindows, Windows
+from .records import Records
 from .store import SqliteSpent
 
 if TYPE_CHECKING:
@@ -165,6 +166,23 @@ class RedisStore:
             raise self._unavailable("take a held call", exc) from None
         return found.decode() if isinstance(found, bytes) else found
 
+    async def claim(self, key: str, seconds: float) -> bool:
+        """``SET <prefix><key> 1 NX EX <seconds>``: True for the one instance that set it (a
+        lock every replica sees; :meth:`take` releases it early).
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        from redis.exceptions import RedisError
+
+        try:
+            added = await self._redis().set(
+                f"{PREFIX}{key}", b"1", nx=True, ex=max(1, math.ceil(seconds))
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("take a lock", exc) from None
+        return bool(added)
+
     def _unavailable(self, doing: str, exc: BaseException) -> StoreUnavailable:
         log.warning("cannot %s in %s: %s", doing, self.where, exc)
         return StoreUnavailable(
@@ -208,6 +226,8 @@ class Shared:
     windows: Windows
     redis: RedisStore | None = None
     held: HeldStore = field(default_factory=MemoryHeld)
+    # OAuth's records (server/oauth.py): clients, sign-ins, codes, tokens, each person's grant.
+    records: Records = field(default_factory=MemoryHeld)
 
     def running(self) -> AbstractAsyncContextManager[None]:
         """Hold the store's connections for the block (nothing to hold without Redis)."""
@@ -234,7 +254,7 @@ def shared_for(settings: Settings) -> Shared:
             "POSTHOG_REDIS_URL needs the Redis client: pip install 'posthog-warehouse-mcp[hosted]'"
         ) from None
     store = RedisStore(url)
-    return Shared(store, store, store, store)
+    return Shared(store, store, store, store, store)
 
 
 def alone(settings: Settings) -> str | None:

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .app import approvals_for, create_server
 from .approvals import PAGE
 from .auth import BearerAuth
+from .cimd import DocumentFetcher
 from .config import Settings
 from .limits import RateLimit, limiter_for
 from .shared import Shared, alone, shared_for
@@ -246,13 +247,16 @@ def http_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     shared: Shared | None = None,
+    fetcher: DocumentFetcher | None = None,
 ) -> Starlette:
     """The ASGI app for ``settings.mcp_transport``, behind bearer auth when configured, with
     ``/health`` and ``/ready`` beside it.
 
     One adapter serves every connection; it and the in-process sandbox (or ``transport``, in
     tests) are opened and closed by the app's lifespan, as are the shared store's connections
-    (``shared``, by default as the settings say).
+    (``shared``, by default as the settings say). With ``--oauth``, the OAuth routes
+    (server/oauth.py) are served beside them, and ``fetcher`` (tests: one trusting their CA)
+    reads client ID metadata documents.
     """
     client = LazyClient(settings, transport)
     shared = shared if shared is not None else shared_for(settings)
@@ -265,7 +269,20 @@ def http_app(
         limiter = limiter_for(settings, shared.windows)
         if limiter is not None:
             app = RateLimit(app, limiter)
-    if settings.auth_token or settings.forward_key:
+    oauth_routes: list[Route] = []
+    oauth = None
+    if settings.mcp_oauth:
+        from .oauth import OAuth, PublicHost
+
+        oauth = OAuth.build(settings, shared.records, fetcher=fetcher)
+        app = oauth.guard(app)
+        approvals.sessions = oauth
+        hosts = PublicHost.of(settings)
+        oauth_routes = [
+            Route(r.path, hosts.wrap(r.app), methods=sorted(r.methods or ["GET"]))
+            for r in oauth.routes()
+        ]
+    elif settings.auth_token or settings.forward_key:
         app = BearerAuth(app, token=settings.auth_token, forward_key=settings.forward_key)
     probes = Probes(client, shared)
 
@@ -286,15 +303,19 @@ def http_app(
         if approvals.public_url is not None
         else []
     )
-    return Starlette(
+    outer = Starlette(
         routes=[
             Route("/health", probes.health, methods=["GET"]),
             Route("/ready", probes.ready, methods=["GET"]),
+            *oauth_routes,
             *page,
             Mount("/", app=app),
         ],
         lifespan=lifespan,
     )
+    # Tests reach the OAuth provider (its records) through the app they were given.
+    outer.state.oauth = oauth
+    return outer
 
 
 async def serve_http(settings: Settings) -> None:

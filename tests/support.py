@@ -354,9 +354,12 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Yield ``http://127.0.0.1:PORT`` while uvicorn serves ``app`` there."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+async def serve(app: Any, *, port: int = 0, **tls: Any) -> AsyncIterator[str]:
+    """Yield ``http://127.0.0.1:PORT`` while uvicorn serves ``app`` there (on ``port``, or
+    any free one; over TLS, ``https://``, given uvicorn's ``ssl_certfile`` and ``ssl_keyfile``)."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **tls
+    )
     server = QuietServer(config)
 
     async def started() -> bool | None:
@@ -367,7 +370,7 @@ async def serve(app: Any) -> AsyncIterator[str]:
         await eventually(started, within=10, every=0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         finally:
             server.stop()
 

@@ -41,6 +41,7 @@ from posthog_warehouse_mcp.server.approvals import (
     Held,
     MemoryHeld,
 )
+from posthog_warehouse_mcp.server.callers import SERVER, Caller
 from posthog_warehouse_mcp.server.shared import RedisStore, Shared, shared_for
 from posthog_warehouse_mcp.server.transports import http_app
 from tests.support import (
@@ -212,7 +213,7 @@ async def test_over_http_without_a_human_path_a_token_is_the_fallback() -> None:
 async def test_an_expired_approval_sends_nothing() -> None:
     sent: list[Held] = []
 
-    async def send(held: Held, api_key: str | None) -> dict[str, Any]:
+    async def send(held: Held, caller: Caller) -> dict[str, Any]:
         sent.append(held)
         return {}
 
@@ -220,7 +221,7 @@ async def test_an_expired_approval_sends_nothing() -> None:
     approval = await approvals.hold(Held("x", {}, "", {}))
     await anyio.sleep(0.05)
     with pytest.raises(ApprovalRefused, match="expired"):
-        await approvals.approve(approval, caller="", api_key=None, send=send)
+        await approvals.approve(approval, caller=SERVER, send=send)
     assert sent == []
 
 

@@ -14,7 +14,7 @@ from tests.support import SOURCE_ID, Recorder, connect, settings, text_of, use_e
 
 ROOT = Path(__file__).resolve().parent.parent
 # A Redis URL carries its password: it stays out of process lists too.
-SECRETS = {"personal_api_key", "mcp_auth_token", "confirm_secret", "redis_url"}
+SECRETS = {"personal_api_key", "mcp_auth_token", "confirm_secret", "redis_url", "oauth_keys"}
 
 
 def flags_of_fields() -> dict[str, str | None]:
@@ -75,6 +75,14 @@ def test_no_demo_and_boolean_flags_leave_the_environment_alone_when_absent(
     assert settings_from(parser().parse_args([])).demo is True
 
 
+OAUTH = {
+    "mcp_transport": "http",
+    "mcp_oauth": True,
+    "mcp_public_url": "https://mcp.example.com",
+    "personal_api_key": None,
+}
+
+
 @pytest.mark.parametrize(
     ("overrides", "complaint"),
     [
@@ -82,6 +90,15 @@ def test_no_demo_and_boolean_flags_leave_the_environment_alone_when_absent(
         ({"mcp_transport": "sse", "mcp_host": "10.1.2.3"}, "without authentication"),
         ({"mcp_transport": "http", "forward_key": True}, "unset POSTHOG_PERSONAL_API_KEY"),
         ({"mcp_transport": "http", "redis_url": "redis://127.0.0.1/0"}, "POSTHOG_CONFIRM_SECRET"),
+        ({"mcp_oauth": True}, "--transport http"),
+        ({**OAUTH, "mcp_public_url": None}, "POSTHOG_MCP_PUBLIC_URL"),
+        ({**OAUTH, "forward_key": True}, "unset --forward-key"),
+        ({**OAUTH, "personal_api_key": "phx_server"}, "POSTHOG_PERSONAL_API_KEY"),
+        (
+            {**OAUTH, "redis_url": "redis://127.0.0.1/0", "confirm_secret": "s" * 32},
+            "POSTHOG_OAUTH_KEYS",
+        ),
+        ({**OAUTH, "oauth_keys": "not-a-fernet-key"}, "must be Fernet keys"),
         ({"toolsets": ["nope"]}, "Unknown toolset"),
         ({"tools": ["nope"]}, "Unknown tool"),
     ],
@@ -92,6 +109,7 @@ def test_startup_refuses_what_cannot_work(overrides: dict[str, object], complain
 
 
 def test_a_public_http_bind_with_a_token_or_forwarded_keys_is_allowed() -> None:
+    settings(**{**OAUTH, "mcp_host": "0.0.0.0"}).check()
     settings(mcp_transport="http", mcp_host="0.0.0.0", mcp_auth_token="t0k3n-long").check()
     settings(
         mcp_transport="http", mcp_host="0.0.0.0", forward_key=True, personal_api_key=None

@@ -152,6 +152,8 @@ class Call:
     client: PostHogClient
     base_path: str
     api_key: str | None = None
+    # Who is calling when the key alone does not say it for good (a refreshed OAuth token).
+    identity: str | None = None
     progress: Progress | None = None
     # How credential fields are treated (secret references, strict mode); None: sent as given.
     secrets: SecretPolicy | None = None
@@ -164,8 +166,9 @@ class Call:
 
     @property
     def caller(self) -> str:
-        """Who is calling: a digest of the forwarded key, or "" for the server's own callers."""
-        return caller_of(self.api_key)
+        """Who is calling: the identity, a digest of the forwarded key, or "" for the server's
+        own callers."""
+        return self.identity or caller_of(self.api_key)
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         """Call another row by tool name, with arguments validated by its params model."""
@@ -175,6 +178,7 @@ class Call:
             client=self.client,
             base_path=self.base_path,
             api_key=self.api_key,
+            identity=self.identity,
         )
         return await send(row, other)
 

@@ -6,6 +6,9 @@ Each test starts its own: the sandbox (``--api-key``), ``redis-server`` on a loo
 nothing kept on disk, three servers (``--transport http --stateless --forward-key --confirm
 token``, one ``POSTHOG_CONFIRM_SECRET``) each on its own port, and ``haproxy`` (round robin, no
 affinity) in front. Skipped, saying what to install, without redis-server or haproxy.
+
+The last test runs the replicas with ``--oauth`` instead (the balancer's URL as the public
+URL): the official MCP client signs in with the sandbox's PostHog OAuth through the balancer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 KEY = "phx_replicasKEY0123456789abcdef"
 SECRET = "replicas-confirm-secret-0123456789abcdef"
+# A Fernet key (32 bytes, url-safe base64) the OAuth replicas share.
+OAUTH_KEY = "cmVwbGljYXMtb2F1dGgta2V5LTAxMjM0NTY3ODlhYmM="
 REPLICAS = 3
 HEADERS = {
     "Accept": "application/json, text/event-stream",
@@ -66,6 +71,7 @@ class Deployment:
     replicas: dict[int, Process]
     sandbox: httpx.AsyncClient
     logs: Path
+    redis_url: str
     killed: list[int] = field(default_factory=list)
 
     def replica_url(self, port: int) -> str:
@@ -96,8 +102,13 @@ async def until_answers(
 
 
 @asynccontextmanager
-async def deployment(tmp_path: Path, **env: str) -> AsyncIterator[Deployment]:
-    """Start the sandbox, Redis, three replicas and HAProxy; stop them all after the block."""
+async def deployment(
+    tmp_path: Path, *, oauth: bool = False, **env: str
+) -> AsyncIterator[Deployment]:
+    """Start the sandbox, Redis, three replicas and HAProxy; stop them all after the block.
+
+    The replicas take each caller's PostHog key (--forward-key), or, with `oauth`, sign
+    people in with the sandbox's PostHog OAuth (--oauth, the balancer's URL as public URL)."""
     haproxy = installed("haproxy", "haproxy")
     installed("redis-server", "redis-server")
     logs = tmp_path / "logs"
@@ -113,11 +124,16 @@ async def deployment(tmp_path: Path, **env: str) -> AsyncIterator[Deployment]:
             f"{upstream}{API}/external_data_sources/?limit=1", Authorization=f"Bearer {KEY}"
         )
         redis_url = await stack.enter_async_context(redis_server(tmp_path / "redis"))
+        balancer = free_port()
+        url = f"http://127.0.0.1:{balancer}"
+        how = ["--oauth", "--public-url", url] if oauth else ["--forward-key"]
+        if oauth:
+            env = {"POSTHOG_OAUTH_KEYS": OAUTH_KEY, **env}
         replicas: dict[int, Process] = {}
         for n in range(REPLICAS):
             port = free_port()
             argv = [sys.executable, "-m", "posthog_warehouse_mcp", "--transport", "http"]
-            argv += ["--stateless", "--forward-key", "--confirm", "token", "--host", "127.0.0.1"]
+            argv += ["--stateless", *how, "--confirm", "token", "--host", "127.0.0.1"]
             argv += ["--port", str(port), "--posthog-host", upstream, "--environment-id", "1"]
             variables = clean_env(
                 PYTHONPATH=str(ROOT),
@@ -135,7 +151,6 @@ async def deployment(tmp_path: Path, **env: str) -> AsyncIterator[Deployment]:
             replicas[port] = process
         for port, process in replicas.items():
             await until_answers(f"http://127.0.0.1:{port}/health", process=process)
-        balancer = free_port()
         config = tmp_path / "haproxy.cfg"
         config.write_text(haproxy_config(balancer, list(replicas)))
         log = stack.enter_context((logs / "haproxy.log").open("wb"))
@@ -143,9 +158,8 @@ async def deployment(tmp_path: Path, **env: str) -> AsyncIterator[Deployment]:
             [haproxy, "-f", str(config), "-db"], stdout=log, stderr=subprocess.STDOUT
         )
         stack.push_async_callback(terminate, proxy, within=10)
-        url = f"http://127.0.0.1:{balancer}"
         await until_answers(f"{url}/health", process=proxy)
-        yield Deployment(url, replicas, sandbox, logs)
+        yield Deployment(url, replicas, sandbox, logs, redis_url)
 
 
 async def call(
@@ -345,3 +359,92 @@ async def test_ten_thousand_calls_through_the_balancer_leave_every_replica_flat(
     assert errors == []
     for p in pids:
         assert after[p] - before[p] < growth_limit_mb, figures
+
+
+async def test_people_sign_in_with_posthog_through_the_balancer_and_call_as_themselves(
+    tmp_path: Path,
+) -> None:
+    from posthog_warehouse_mcp.server.oauth import Cipher, Vault
+    from posthog_warehouse_mcp.server.shared import RedisStore
+    from tests.signin import Person, Storage, call_tool, oauth_client, revoke
+
+    async with (
+        deployment(tmp_path, oauth=True) as hosted,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        sandbox_url = str(hosted.sandbox.base_url).rstrip("/")
+        person, storage = Person(sandbox_url), Storage()
+        auth = oauth_client(hosted.url, person, storage)
+        listed = await call_tool(hosted.url, auth, "external-data-sources-list", {})
+        assert storage.tokens is not None and storage.client is not None
+        token = storage.tokens.access_token
+        # Every replica takes the token (round robin: each of these reaches another one).
+        spread = [await call(http, hosted.url, "external-data-sources-list", {}, key=token)]
+        spread += [await call(http, hosted.url, "external-data-sources-list", {}, key=token)]
+        spread += [await call(http, hosted.url, "external-data-sources-list", {}, key=token)]
+        store = RedisStore(hosted.redis_url)
+        vault = Vault(store, Cipher([OAUTH_KEY]))
+        async with store.running():
+            record = await vault.get("access", token)
+            assert record is not None
+            grant = await vault.get("grant", record["grant"])
+            assert grant is not None
+            # PostHog's token for this person is not this server's token (no passthrough).
+            posthog_token = str(grant["access_token"])
+            passthrough = await call(
+                http, hosted.url, "external-data-sources-list", {}, key=posthog_token
+            )
+            # The person's PostHog token is about to expire: calls at once on every replica
+            # refresh it once (a second refresh would use a spent refresh token, and PostHog
+            # would end the sign-in).
+            await vault.put("grant", grant["id"], {**grant, "expires_at": time.time()}, 600)
+            async with anyio.create_task_group() as tg:
+                answers: list[httpx.Response] = []
+
+                async def listing() -> None:
+                    answers.append(
+                        await call(http, hosted.url, "external-data-sources-list", {}, key=token)
+                    )
+
+                for _ in range(6):
+                    tg.start_soon(listing)
+            refreshed = await vault.get("grant", grant["id"])
+            # Tokens for another audience, and expired ones, are refused by every replica.
+            other = {**record, "resource": "https://elsewhere.example/mcp"}
+            await vault.put("access", "another-audience-token", other, 600)
+            expired = {**record, "expires_at": int(time.time()) - 5}
+            await vault.put("access", "an-expired-token", expired, 600)
+            wrong_audience = [
+                await call(
+                    http, hosted.url, "external-data-sources-list", {}, key="another-audience-token"
+                )
+                for _ in range(REPLICAS)
+            ]
+            too_old = [
+                await call(
+                    http, hosted.url, "external-data-sources-list", {}, key="an-expired-token"
+                )
+                for _ in range(REPLICAS)
+            ]
+        revoked = await revoke(http, hosted.url, storage, token)
+        after = [
+            await call(http, hosted.url, "external-data-sources-list", {}, key=token)
+            for _ in range(REPLICAS)
+        ]
+        at_posthog = await http.get(
+            f"{sandbox_url}{API}/external_data_sources/",
+            headers={"Authorization": f"Bearer {posthog_token}"},
+        )
+    assert "results" in listed
+    assert [a.status_code for a in spread] == [200] * 3
+    assert all(not result(a)["isError"] for a in spread)
+    assert passthrough.status_code == 401
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    assert all(not result(a)["isError"] for a in answers)
+    assert refreshed is not None and refreshed["access_token"] != posthog_token
+    assert revoked.status_code == 200
+    for refused in [*wrong_audience, *too_old, *after]:
+        assert refused.status_code == 401
+        assert "resource_metadata=" in refused.headers["www-authenticate"]
+    # Revoking here ended the sign-in at PostHog too.
+    assert at_posthog.status_code == 401

@@ -1,0 +1,31 @@
+"""Who a call is made for, and how it reaches PostHog for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..tools.confirm import caller_of
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The credentials a call travels with: the server's own (all None), a caller's forwarded
+    PostHog key, or a signed-in person's PostHog token with their region and environment."""
+
+    # Sent upstream as the bearer; None: the server's own key.
+    api_key: str | None = None
+    # ``https://eu.posthog.com/api/environments/@current/``; None: the configured one.
+    base_path: str | None = None
+    # Who they are when the key does not say it for good (an OAuth token is refreshed).
+    identity: str | None = None
+
+    @property
+    def id(self) -> str:
+        """What tokens, plans and held calls are bound to ("" for the server's own callers)."""
+        return self.identity or caller_of(self.api_key)
+
+
+SERVER = Caller()
+# Where the sign-in check (server/oauth.py) puts the signed-in person's Caller in a request's
+# ASGI scope, for the tool handlers to read.
+SIGNED_IN = "posthog_warehouse_mcp.caller"
