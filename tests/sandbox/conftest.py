@@ -3,24 +3,25 @@ The helpers the tests share are in support.py, the embedded PostgreSQL servers i
 
 from __future__ import annotations
 
-import functools
-import os
 import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
-from tests.sandbox.servers import SHARED_SERVERS, Databases, embedded_postgres, shared_postgres
+from tests.sandbox.servers import (
+    SHARED_SERVERS,
+    Databases,
+    embedded_postgres,
+    mariadb,
+    shared_mariadb,
+    shared_postgres,
+)
 from tests.sandbox.support import LOGICAL_SLOTS, MySQLUpstream, Upstream, client_for
-from tests.support import eventually, free_port
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +46,17 @@ def upstream(upstream_server: Databases) -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="session")
-def logical_server() -> Iterator[Databases]:
-    """An embedded PostgreSQL ready for CDC: wal_level `logical`, LOGICAL_SLOTS slots."""
+def logical_server(request: pytest.FixtureRequest) -> Iterator[Databases]:
+    """An embedded PostgreSQL ready for CDC (wal_level `logical`, LOGICAL_SLOTS slots), for the
+    whole run, like `upstream_server`."""
     settings = {"wal_level": "logical", "max_replication_slots": str(LOGICAL_SLOTS)}
-    with embedded_postgres("sandbox-logical-", settings) as databases:
+    shared = getattr(request.config, "workerinput", {}).get(SHARED_SERVERS)
+    servers = (
+        shared_postgres(Path(shared) / "logical", settings)
+        if shared
+        else embedded_postgres("sandbox-logical-", settings)
+    )
+    with servers as databases:
         yield databases
 
 
@@ -67,70 +75,21 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Starlette, httpx.AsyncC
 
 
 @pytest.fixture(scope="session")
-def mysql_server() -> Iterator[MySQLUpstream]:
-    """A MariaDB server (Debian's mariadb-server) for the session; skipped if not installed."""
+def mysql_server(request: pytest.FixtureRequest) -> Iterator[MySQLUpstream]:
+    """A MariaDB server (Debian's mariadb-server) for the run (all of xdist's workers); skipped
+    if not installed."""
     pytest.importorskip("pymysql", reason="the MySQL driver is in the sandbox extra")
     binary = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
     installer = shutil.which("mariadb-install-db")
     if binary is None or installer is None:
         pytest.skip("MariaDB is not installed (apt-get install mariadb-server)")
-    base = Path(tempfile.mkdtemp(prefix="sandbox-mariadb-"))
-    data = base / "data"
-    user = ["--user=root"] if os.geteuid() == 0 else []
-    subprocess.run(
-        [
-            installer,
-            "--no-defaults",
-            f"--datadir={data}",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-            *user,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    root = MySQLUpstream("127.0.0.1", free_port(), "", "root", "")
-    log = (base / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--no-defaults",
-            f"--datadir={data}",
-            f"--port={root.port}",
-            "--bind-address=127.0.0.1",
-            f"--socket={base / 'mysql.sock'}",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=32M",
-            f"--pid-file={base / 'mysql.pid'}",
-            *user,
-        ],
-        stdout=log,
-        stderr=log,
-    )
-
-    async def accepting() -> bool | None:
-        import pymysql
-
-        if proc.poll() is not None:
-            raise RuntimeError(f"mariadbd exited with {proc.returncode}; see {base}/server.log")
-        try:
-            root.connect().close()
-        except pymysql.err.OperationalError:
-            return None
-        return True
-
-    try:
-        anyio.run(functools.partial(eventually, accepting, within=60, every=0.2))
-        root.execute(
-            "CREATE USER 'sandbox'@'%' IDENTIFIED BY 'mysql-secret-pw'",
-            "GRANT ALL ON *.* TO 'sandbox'@'%'",
-        )
-        yield MySQLUpstream("127.0.0.1", root.port, "", "sandbox", "mysql-secret-pw")
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-        shutil.rmtree(base, ignore_errors=True)
+    shared = getattr(request.config, "workerinput", {}).get(SHARED_SERVERS)
+    with (
+        shared_mariadb(Path(shared) / "mariadb", binary, installer)
+        if shared
+        else mariadb(binary, installer)
+    ) as server:
+        yield server
 
 
 @pytest.fixture

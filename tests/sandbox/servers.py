@@ -1,23 +1,30 @@
-"""The embedded PostgreSQL servers the sandbox tests run against, and a new database in one for
-each test that asks. Under xdist the workers share one server, which the controller stops when
-the run ends (tests/conftest.py). Fixtures are in conftest.py."""
+"""The servers the sandbox tests run against: embedded PostgreSQL (a new database in one for
+each test that asks) and MariaDB. Under xdist the workers share one server of each kind, which
+the controller stops when the run ends (tests/conftest.py). Fixtures are in conftest.py."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import psycopg
 
 from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres, PostgresCredentials
-from tests.sandbox.support import Upstream
+from tests.sandbox.support import MySQLUpstream, Upstream
+from tests.support import eventually, free_port
 
 # The key of xdist's workerinput that names the folder of the run's shared servers.
 SHARED_SERVERS = "shared_servers"
@@ -108,4 +115,125 @@ def stop_shared(shared: Path) -> None:
             server = EmbeddedPostgres(pgdata)
             server.start()  # finds the running server (and so may stop it)
             server.stop()
+    for folder in (p for p in shared.glob("*") if p.is_dir()):
+        _stop_mariadb(folder)
     shutil.rmtree(shared, ignore_errors=True)
+
+
+# The MariaDB user the tests connect as (the root account stays passwordless on loopback).
+MARIADB_USER = ("sandbox", "mysql-secret-pw")
+
+
+@contextlib.contextmanager
+def mariadb(binary: str, installer: str) -> Iterator[MySQLUpstream]:
+    """Start a MariaDB server in a new temporary folder; stop and delete it on exit."""
+    base = Path(tempfile.mkdtemp(prefix="sandbox-mariadb-"))
+    try:
+        server = _start_mariadb(binary, installer, base)
+        try:
+            yield server
+        finally:
+            _stop_mariadb(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def shared_mariadb(folder: Path, binary: str, installer: str) -> Iterator[MySQLUpstream]:
+    """The run's MariaDB in `folder`: the first worker to ask starts it, the others find it;
+    `stop_shared` stops it when the run ends."""
+    folder.mkdir(exist_ok=True)
+    with (folder / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = folder / "port"
+        if found.exists():
+            server = MySQLUpstream("127.0.0.1", int(found.read_text()), "", *MARIADB_USER)
+        else:
+            server = _start_mariadb(binary, installer, folder)
+            found.write_text(str(server.port))
+    yield server
+
+
+def _start_mariadb(binary: str, installer: str, base: Path) -> MySQLUpstream:
+    """Install and start a MariaDB in `base`, with the tests' user; that user's connection."""
+    data = base / "data"
+    user = ["--user=root"] if os.geteuid() == 0 else []
+    installed = subprocess.run(
+        [
+            installer,
+            "--no-defaults",
+            f"--datadir={data}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *user,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if installed.returncode != 0:
+        said = (installed.stderr or installed.stdout).strip()[-2000:]
+        raise RuntimeError(f"mariadb-install-db exited with {installed.returncode}: {said}")
+    root = MySQLUpstream("127.0.0.1", free_port(), "", "root", "")
+    with (base / "server.log").open("wb") as log:
+        # setsid --fork: the server is no process's child here, so a worker's end leaves a
+        # shared one running; its pid file says where it is.
+        subprocess.run(
+            [
+                "setsid",
+                "--fork",
+                binary,
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--port={root.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={base / 'mysql.sock'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                f"--pid-file={base / 'mysql.pid'}",
+                *user,
+            ],
+            stdout=log,
+            stderr=log,
+            check=True,
+        )
+
+    async def accepting() -> bool | None:
+        import pymysql
+
+        try:
+            root.connect().close()
+        except pymysql.err.OperationalError:
+            return None
+        return True
+
+    try:
+        try:
+            anyio.run(functools.partial(eventually, accepting, within=60, every=0.2))
+        except TimeoutError:
+            raise RuntimeError(f"MariaDB did not start; see {base}/server.log") from None
+        name, password = MARIADB_USER
+        root.execute(
+            f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'",
+            f"GRANT ALL ON *.* TO '{name}'@'%'",
+        )
+    except BaseException:
+        _stop_mariadb(base)
+        raise
+    return MySQLUpstream("127.0.0.1", root.port, "", name, password)
+
+
+def _stop_mariadb(base: Path) -> None:
+    """Stop the MariaDB server of `base` if one runs: SIGTERM, then wait (30 s) for it to
+    remove its pid file, then kill it."""
+    pid_file = base / "mysql.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(300):
+            if not pid_file.exists():
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
