@@ -22,7 +22,8 @@ SYNC_TYPES = ("full_refresh", "incremental", "append")
 LOG_SYNC_TYPES = ("cdc", "xmin")
 # PostHog accepts this too, but it needs machinery (webhooks) the sandbox lacks.
 UNSUPPORTED_SYNC_TYPES = ("webhook",)
-ALL_SYNC_TYPES = (*SYNC_TYPES, *LOG_SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES)
+# In PostHog's order: its "Unknown sync type" message lists them so.
+ALL_SYNC_TYPES = (*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES, *LOG_SYNC_TYPES)
 CDC_NOT_ENABLED = "CDC must be enabled on the source before selecting it as a sync type."
 INCREMENTAL_FIELD_TYPES = ("integer", "numeric", "datetime", "date", "timestamp", "objectid", "xid")
 CURSOR_SYNC_TYPES = ("incremental", "append")
