@@ -192,16 +192,31 @@ class CdcSync:
         upto = postgres_cdc.current_position(conn)
         self.log("DEBUG", f"Reading changes from {lsn_to_text(position)} to {lsn_to_text(upto)}")
         written = skipped = 0
+        truncated_at: int | None = None
         with self.csv_path.open("w", encoding="utf-8", newline="") as out:
             batch = _Batch(self.columns, self.primary_key, out)
             for transaction in postgres_cdc.changes(conn, settings, upto):
                 if transaction.commit_lsn < position:
                     skipped += len(transaction.changes)
                     continue
+                if truncated_at is None and any(
+                    r.namespace == self.namespace and r.name == self.table
+                    for r in transaction.truncated
+                ):
+                    truncated_at = transaction.commit_lsn
                 written += batch.add(transaction, self.namespace, self.table)
                 if written and written % 2000 == 0:
                     self.progress(written)
         check_cancelled(self.cancelled)
+        if truncated_at is not None:
+            # PostHog's decoder reports a TRUNCATE and the extraction marks the table for a new
+            # snapshot; rows deleted by it would otherwise stay in the warehouse.
+            self.log(
+                "WARNING",
+                f"{self.namespace}.{self.table} was truncated at {lsn_to_text(truncated_at)}: "
+                "a new snapshot replaces the table",
+            )
+            return self._snapshot()
         if skipped:
             self.log("INFO", f"Skipped {skipped} changes the warehouse already holds")
         self.log("INFO", f"Read {_rows(written, 'change')} of {self.namespace}.{self.table}")

@@ -23,8 +23,10 @@ from tests.sandbox.support import (
     Upstream,
     client_for,
     jobs_of,
+    log_lines,
     reload_and_wait,
     schema_by_name,
+    sync_log,
     wait_for_jobs,
     warehouse_rows,
 )
@@ -287,3 +289,106 @@ async def test_a_sigkill_at_any_point_of_a_cdc_sync_neither_loses_nor_repeats_a_
     async with open_sandbox(directory, demo=False) as app, client_for(app) as client:
         await client.delete(f"{API}/external_data_sources/{source['id']}/")
     assert slots(logical_upstream) == []
+
+
+@pytest.mark.slow(seconds=5)
+async def test_self_managed_cdc_reads_through_the_users_publication_and_leaves_it_on_delete(
+    sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
+) -> None:
+    app, client = sandbox
+    logical_upstream.execute(TABLE_SQL + "CREATE PUBLICATION team_pub FOR TABLE orders;")
+    source, schema_id = await cdc_source(
+        client,
+        logical_upstream,
+        cdc_management_mode="self_managed",
+        cdc_publication_name="team_pub",
+    )
+    assert source["job_inputs"]["cdc_management_mode"] == "self_managed"
+    assert source["job_inputs"]["cdc_publication_name"] == "team_pub"
+    publications = "SELECT pubname, tablename FROM pg_publication_tables ORDER BY 1, 2"
+    assert logical_upstream.execute(publications) == [("team_pub", "orders")]
+    assert current_rows(app) == upstream_rows(logical_upstream)
+    logical_upstream.execute(CHANGES_SQL)
+    await reload_and_wait(client, source["id"], schema_id, 2)
+    assert current_rows(app) == upstream_rows(logical_upstream)
+
+    await client.delete(f"{API}/external_data_sources/{source['id']}/")
+    assert slots(logical_upstream) == []
+    # The publication is the user's: PostHog drops only its slot.
+    assert logical_upstream.execute(publications) == [("team_pub", "orders")]
+
+
+@pytest.mark.slow(seconds=5)
+async def test_an_unchanged_toasted_value_keeps_its_value_when_another_column_changes(
+    sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
+) -> None:
+    app, client = sandbox
+    # EXTERNAL: stored out of line without compression, so pgoutput sends it as unchanged ('u').
+    logical_upstream.execute(
+        TABLE_SQL + "ALTER TABLE orders ALTER COLUMN note SET STORAGE EXTERNAL;"
+        "UPDATE orders SET note = repeat(id::text || 'toast', 4000) WHERE id IN (1, 2);"
+    )
+    source, schema_id = await cdc_source(client, logical_upstream, "both")
+    logical_upstream.execute(
+        "UPDATE orders SET amount = -1 WHERE id = 1;"
+        "UPDATE orders SET amount = -2 WHERE id = 2; UPDATE orders SET amount = -3 WHERE id = 2"
+    )
+    await reload_and_wait(client, source["id"], schema_id, 2)
+    assert current_rows(app) == upstream_rows(logical_upstream)
+    assert len(current_rows(app)[0][2]) == len("1toast") * 4000
+    # The change log's rows of those updates carry the value too.
+    assert warehouse_rows(
+        app,
+        "SELECT id, amount, md5(note) FROM postgres_orders_cdc WHERE _ph_cdc_op = 'U' "
+        "ORDER BY id, _ph_cdc_seq, amount DESC",
+    ) == logical_upstream.execute(
+        "SELECT o.id, a, md5(note) FROM orders o, (VALUES (1, -1), (2, -2), (2, -3)) v(id, a) "
+        "WHERE o.id = v.id ORDER BY o.id, a DESC"
+    )
+    await client.delete(f"{API}/external_data_sources/{source['id']}/")
+
+
+@pytest.mark.slow(seconds=5)
+async def test_a_new_upstream_column_joins_the_table_filled_by_the_changes_that_carry_it(
+    sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
+) -> None:
+    app, client = sandbox
+    logical_upstream.execute(TABLE_SQL)
+    source, schema_id = await cdc_source(client, logical_upstream, "both")
+    logical_upstream.execute(
+        "ALTER TABLE orders ADD COLUMN region text DEFAULT 'eu';"
+        "UPDATE orders SET region = 'us' WHERE id = 1;"
+        "INSERT INTO orders VALUES (7, 70, 'n', 'apac')"
+    )
+    await reload_and_wait(client, source["id"], schema_id, 2)
+    assert (await jobs_of(client, source["id"]))[0]["status"] == "Completed"
+    # As in PostHog, the column is added to the warehouse tables (its Delta merge evolves the
+    # schema); only rows a change has carried since hold a value, the others stay null.
+    query = "SELECT id, region FROM {} WHERE {} ORDER BY id"
+    expected = [(1, "us"), (2, None), (3, None), (4, None), (5, None), (7, "apac")]
+    assert warehouse_rows(app, query.format("postgres_orders", "true")) == expected
+    assert warehouse_rows(app, query.format("postgres_orders_cdc", "valid_to IS NULL")) == expected
+    await client.delete(f"{API}/external_data_sources/{source['id']}/")
+
+
+@pytest.mark.slow(seconds=5)
+async def test_a_truncate_upstream_takes_a_new_snapshot_of_the_table(
+    sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
+) -> None:
+    app, client = sandbox
+    logical_upstream.execute(TABLE_SQL)
+    source, schema_id = await cdc_source(client, logical_upstream)
+    logical_upstream.execute(
+        "UPDATE orders SET amount = 0 WHERE id = 1; TRUNCATE orders;"
+        "INSERT INTO orders VALUES (8, 80, 'after')"
+    )
+    await reload_and_wait(client, source["id"], schema_id, 2)
+    # PostHog marks a truncated table for a new snapshot; the rows the TRUNCATE removed go.
+    assert warehouse_rows(app, "SELECT id, amount, note FROM postgres_orders") == [(8, 80, "after")]
+    job = (await jobs_of(client, source["id"]))[0]
+    logs = await sync_log(client, schema_id, instance_id=job["workflow_run_id"], level="WARNING")
+    assert any("truncated" in message for _, message in log_lines(logs)), logs
+    logical_upstream.execute("UPDATE orders SET amount = 81 WHERE id = 8")
+    await reload_and_wait(client, source["id"], schema_id, 3)
+    assert current_rows(app) == upstream_rows(logical_upstream)
+    await client.delete(f"{API}/external_data_sources/{source['id']}/")
