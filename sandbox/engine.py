@@ -432,36 +432,71 @@ class SyncEngine:
             progress=lambda rows: self._progress(run, rows),
             row_filters=tuple(filters),
         )
-        read = upstream.export(conn, export)
-        self._log(
+        return self._export_and_publish(
             run,
-            "INFO",
-            f"Read {_rows(read)} from {source.source_type} table {namespace}.{schema.name}",
+            upstream,
+            conn,
+            export,
+            read_from=f"{source.source_type} table {namespace}.{schema.name}",
+            final=name,
+            table=table,
+            staging=staging,
+            generation=generation,
+            cursor_value=cursor_value,
+            mode="full_refresh" if replace_table else mode,
+            primary_key=primary_key if mode == "incremental" else [],
+            cursor_column=cursor_column,
         )
+
+    def _export_and_publish(
+        self,
+        run: _Run,
+        upstream: Connector[Any],
+        conn: Any,
+        export: Export,
+        *,
+        read_from: str,
+        final: str,
+        table: Any,
+        staging: str,
+        generation: int,
+        cursor_value: str | None,
+        mode: str,
+        primary_key: list[str],
+        cursor_column: str | None,
+        new_cursor: str | None = None,
+    ) -> int:
+        """Export the rows, then load and publish them (`Warehouse.publish`'s arguments); the
+        rows loaded."""
+        read = upstream.export(conn, export)
+        self._log(run, "INFO", f"Read {_rows(read)} from {read_from}")
         self._checkpoint("publish", run)
         # Publication and its metadata in one critical section: a drop_table (delete_data) comes
         # wholly before or wholly after them, so the schema and the warehouse always agree.
         with self.warehouse.locked() as cur:
             run.duck = cur
             try:
-                rows = self.warehouse.load_staging(cur, csv_path, staging, columns, run.cancelled)
-                csv_path.unlink(missing_ok=True)
+                rows = self.warehouse.load_staging(
+                    cur, export.path, staging, export.columns, run.cancelled
+                )
+                export.path.unlink(missing_ok=True)
                 self._log(run, "INFO", f"Loaded {_rows(rows)} into the warehouse")
                 check_cancelled(run.cancelled)
                 self._check_still_wanted(run.schema_id, generation, cursor_value)
                 action = self.warehouse.publish(
                     cur,
-                    schema_id=schema.id,
+                    schema_id=run.schema_id,
                     staging=staging,
-                    final=name,
-                    mode="full_refresh" if replace_table else mode,
-                    primary_key=primary_key if mode == "incremental" else [],
+                    final=final,
+                    mode=mode,
+                    primary_key=primary_key,
                     cursor_column=cursor_column,
+                    new_cursor=new_cursor,
                 )
             finally:
                 run.duck = None
-            total = self._save_table(run.schema_id, name, table.columns)
-            self._log(run, "INFO", f"Published {name} ({action}): {_rows(total)} in the table")
+            total = self._save_table(run.schema_id, final, table.columns)
+            self._log(run, "INFO", f"Published {final} ({action}): {_rows(total)} in the table")
         return rows
 
     def _sync_cdc(
@@ -552,31 +587,22 @@ class SyncEngine:
             progress=lambda rows: self._progress(run, rows),
             where=where,
         )
-        read = upstream.export(conn, export)
-        self._log(run, "INFO", f"Read {_rows(read)} from {namespace}.{schema.name} by xmin")
-        self._checkpoint("publish", run)
-        with self.warehouse.locked() as cur:
-            run.duck = cur
-            try:
-                rows = self.warehouse.load_staging(cur, csv_path, staging, columns, run.cancelled)
-                csv_path.unlink(missing_ok=True)
-                check_cancelled(run.cancelled)
-                self._check_still_wanted(run.schema_id, generation, None)
-                action = self.warehouse.publish(
-                    cur,
-                    schema_id=schema.id,
-                    staging=staging,
-                    final=name,
-                    mode="full_refresh" if previous is None else "incremental",
-                    primary_key=primary_key,
-                    cursor_column="xmin",
-                    new_cursor=str(ceiling),
-                )
-            finally:
-                run.duck = None
-            total = self._save_table(run.schema_id, name, table.columns)
-            self._log(run, "INFO", f"Published {name} ({action}): {_rows(total)} in the table")
-        return rows
+        return self._export_and_publish(
+            run,
+            upstream,
+            conn,
+            export,
+            read_from=f"{namespace}.{schema.name} by xmin",
+            final=name,
+            table=table,
+            staging=staging,
+            generation=generation,
+            cursor_value=None,
+            mode="full_refresh" if previous is None else "incremental",
+            primary_key=primary_key,
+            cursor_column="xmin",
+            new_cursor=str(ceiling),
+        )
 
     def _keyed(
         self, run: _Run, table: Any, keyless: str

@@ -617,23 +617,19 @@ class Warehouse:
         snapshot_at: str,
     ) -> None:
         at = f"{_sql_str(snapshot_at)}::TIMESTAMPTZ"
-        if targets.current is not None:
-            fin = quote_ident(targets.current)
-            cur.execute(f"DROP TABLE IF EXISTS {fin}")
-            cur.execute(
-                f"CREATE TABLE {fin} AS SELECT *, NULL::VARCHAR AS {CDC_OP}, "
-                f"NULL::TIMESTAMPTZ AS {CDC_TIMESTAMP}, NULL::BIGINT AS {CDC_SEQ}, "
-                f"false AS {DELETED}, NULL::TIMESTAMPTZ AS {DELETED_AT} FROM {stg}"
-            )
-        if targets.history is not None:
-            log = quote_ident(targets.history)
-            cur.execute(f"DROP TABLE IF EXISTS {log}")
-            cur.execute(
-                f"CREATE TABLE {log} AS SELECT *, 'I' AS {CDC_OP}, {at} AS {CDC_TIMESTAMP}, "
-                f"{int(position)}::BIGINT AS {CDC_SEQ}, false AS {DELETED}, "
-                f"NULL::TIMESTAMPTZ AS {DELETED_AT}, {at} AS {VALID_FROM}, "
-                f"NULL::TIMESTAMPTZ AS {VALID_TO} FROM {stg}"
-            )
+        live = f"false AS {DELETED}, NULL::TIMESTAMPTZ AS {DELETED_AT}"
+        # The current rows carry no change; the log has each row as inserted by the snapshot.
+        meta = {
+            targets.current: f"NULL::VARCHAR AS {CDC_OP}, NULL::TIMESTAMPTZ AS {CDC_TIMESTAMP}, "
+            f"NULL::BIGINT AS {CDC_SEQ}, {live}",
+            targets.history: f"'I' AS {CDC_OP}, {at} AS {CDC_TIMESTAMP}, "
+            f"{int(position)}::BIGINT AS {CDC_SEQ}, {live}, {at} AS {VALID_FROM}, "
+            f"NULL::TIMESTAMPTZ AS {VALID_TO}",
+        }
+        for name, columns in meta.items():
+            if name is not None:
+                cur.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+                cur.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT *, {columns} FROM {stg}")
 
     def _cdc_changes(
         self,

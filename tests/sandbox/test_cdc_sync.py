@@ -65,6 +65,23 @@ async def cdc_source(
     return source, schema_by_name(source, "orders")["id"]
 
 
+async def changes_synced(
+    client: httpx.AsyncClient,
+    upstream: Upstream,
+    changes: str,
+    mode: str = "consolidated",
+    *,
+    setup: str = TABLE_SQL,
+) -> tuple[dict[str, Any], str]:
+    """Make `orders` (`setup`), snapshot it in a CDC source in `mode`, then make `changes`
+    upstream and sync them."""
+    upstream.execute(setup)
+    source, schema_id = await cdc_source(client, upstream, mode)
+    upstream.execute(changes)
+    await reload_and_wait(client, source["id"], schema_id, 2)
+    return source, schema_id
+
+
 def upstream_rows(upstream: Upstream) -> list[tuple[Any, ...]]:
     return upstream.execute("SELECT id, amount, note FROM orders ORDER BY id")
 
@@ -123,10 +140,7 @@ async def test_both_writes_the_current_rows_and_the_change_log_in_posthogs_shape
     sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
 ) -> None:
     app, client = sandbox
-    logical_upstream.execute(TABLE_SQL)
-    source, schema_id = await cdc_source(client, logical_upstream, "both")
-    logical_upstream.execute(CHANGES_SQL)
-    await reload_and_wait(client, source["id"], schema_id, 2)
+    source, _ = await changes_synced(client, logical_upstream, CHANGES_SQL, "both")
     assert current_rows(app) == upstream_rows(logical_upstream)
     log = warehouse_rows(
         app,
@@ -154,10 +168,8 @@ async def test_cdc_only_keeps_the_log_alone(
     sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
 ) -> None:
     app, client = sandbox
-    logical_upstream.execute(TABLE_SQL)
-    source, schema_id = await cdc_source(client, logical_upstream, "cdc_only")
-    logical_upstream.execute("UPDATE orders SET amount = 0 WHERE id = 1")
-    await reload_and_wait(client, source["id"], schema_id, 2)
+    update = "UPDATE orders SET amount = 0 WHERE id = 1"
+    source, _ = await changes_synced(client, logical_upstream, update, "cdc_only")
     tables = warehouse_rows(
         app, "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'postgres_orders%'"
     )
@@ -324,16 +336,15 @@ async def test_an_unchanged_toasted_value_keeps_its_value_when_another_column_ch
 ) -> None:
     app, client = sandbox
     # EXTERNAL: stored out of line without compression, so pgoutput sends it as unchanged ('u').
-    logical_upstream.execute(
+    toasted = (
         TABLE_SQL + "ALTER TABLE orders ALTER COLUMN note SET STORAGE EXTERNAL;"
         "UPDATE orders SET note = repeat(id::text || 'toast', 4000) WHERE id IN (1, 2);"
     )
-    source, schema_id = await cdc_source(client, logical_upstream, "both")
-    logical_upstream.execute(
+    updates = (
         "UPDATE orders SET amount = -1 WHERE id = 1;"
         "UPDATE orders SET amount = -2 WHERE id = 2; UPDATE orders SET amount = -3 WHERE id = 2"
     )
-    await reload_and_wait(client, source["id"], schema_id, 2)
+    source, _ = await changes_synced(client, logical_upstream, updates, "both", setup=toasted)
     assert current_rows(app) == upstream_rows(logical_upstream)
     assert len(current_rows(app)[0][2]) == len("1toast") * 4000
     # The change log's rows of those updates carry the value too.
@@ -353,14 +364,12 @@ async def test_a_new_upstream_column_joins_the_table_filled_by_the_changes_that_
     sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
 ) -> None:
     app, client = sandbox
-    logical_upstream.execute(TABLE_SQL)
-    source, schema_id = await cdc_source(client, logical_upstream, "both")
-    logical_upstream.execute(
+    changes = (
         "ALTER TABLE orders ADD COLUMN region text DEFAULT 'eu';"
         "UPDATE orders SET region = 'us' WHERE id = 1;"
         "INSERT INTO orders VALUES (7, 70, 'n', 'apac')"
     )
-    await reload_and_wait(client, source["id"], schema_id, 2)
+    source, _ = await changes_synced(client, logical_upstream, changes, "both")
     assert (await jobs_of(client, source["id"]))[0]["status"] == "Completed"
     # As in PostHog, the column is added to the warehouse tables (its Delta merge evolves the
     # schema); only rows a change has carried since hold a value, the others stay null.
@@ -376,13 +385,11 @@ async def test_a_truncate_upstream_takes_a_new_snapshot_of_the_table(
     sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
 ) -> None:
     app, client = sandbox
-    logical_upstream.execute(TABLE_SQL)
-    source, schema_id = await cdc_source(client, logical_upstream)
-    logical_upstream.execute(
+    changes = (
         "UPDATE orders SET amount = 0 WHERE id = 1; TRUNCATE orders;"
         "INSERT INTO orders VALUES (8, 80, 'after')"
     )
-    await reload_and_wait(client, source["id"], schema_id, 2)
+    source, schema_id = await changes_synced(client, logical_upstream, changes)
     # PostHog marks a truncated table for a new snapshot; the rows the TRUNCATE removed go.
     assert warehouse_rows(app, "SELECT id, amount, note FROM postgres_orders") == [(8, 80, "after")]
     job = (await jobs_of(client, source["id"]))[0]
