@@ -15,6 +15,7 @@ from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import cdc
 from .connectors import (
     Column,
     Connector,
@@ -24,6 +25,7 @@ from .connectors import (
     check_cancelled,
     connector,
 )
+from .connectors.postgres_cdc import SlotLost
 from .demo import DemoDatabase
 from .row_filters import RowFilterError, check_row_filters
 from .serializers import secret_values
@@ -44,6 +46,11 @@ DATA_DELETED = (
 SCHEMA_DELETED = "Sync discarded: the table was deleted while the sync ran"
 # What a secret of the source's job inputs becomes in a log message.
 REDACTED = "********"
+# What a sync whose slot is gone adds to its log: the way back.
+REPAIR_HINT = (
+    "Repair CDC on the source (external-data-sources-repair-cdc-create, POST "
+    "external_data_sources/{id}/repair_cdc/) to recreate the slot and re-sync its CDC tables"
+)
 # How many column names the log of a sync lists before "and N more".
 _LOGGED_COLUMNS = 20
 
@@ -74,10 +81,11 @@ class Checkpoint:
     """Where a sync thread is when it calls the engine's hook.
 
     `progress`: the job shows the rows exported so far; `publish`: the export is done and the
-    rows are about to be loaded and published; `finished`: the job is marked finished.
+    rows are about to be loaded and published; `committed` (CDC): the warehouse holds them and
+    the replication slot is not yet confirmed; `finished`: the job is marked finished.
     """
 
-    point: Literal["progress", "publish", "finished"]
+    point: Literal["progress", "publish", "committed", "finished"]
     schema_id: str
     cancelled: threading.Event
 
@@ -122,6 +130,8 @@ class SyncEngine:
         self._slots = threading.Semaphore(max_concurrent)
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
+        # One CDC sync at a time reads a source's slot (Postgres lets one backend hold it).
+        self._slot_locks: dict[str, threading.Lock] = {}
 
     def recover(self) -> None:
         """After a restart: jobs left Running were killed, so mark them Failed and drop staging."""
@@ -142,6 +152,11 @@ class SyncEngine:
             for schema in list(self.store.schemas.values()):
                 if schema.status == "Running":
                     self.store.save(replace(schema, status="Failed", latest_error=INTERRUPTED))
+
+    def slot_lock(self, source_id: str) -> threading.Lock:
+        """The lock a CDC sync holds while it reads and confirms its source's slot."""
+        with self._lock:
+            return self._slot_locks.setdefault(source_id, threading.Lock())
 
     def is_running(self, schema_id: str) -> bool:
         """Whether the schema has a sync in progress."""
@@ -172,6 +187,9 @@ class SyncEngine:
                 schema_id=schema_id,
                 created_at=iso(now()) or "",
                 workflow_run_id=new_id(),
+                cdc_write_mode=cdc.WRITE_MODES.get(schema.cdc_table_mode)
+                if schema.sync_type == "cdc"
+                else None,
             )
             self.store.save(job)
             self.store.save(replace(schema, status="Running"))
@@ -246,7 +264,9 @@ class SyncEngine:
                 result.append(schema)
         return result
 
-    def _checkpoint(self, point: Literal["progress", "publish", "finished"], run: _Run) -> None:
+    def _checkpoint(
+        self, point: Literal["progress", "publish", "committed", "finished"], run: _Run
+    ) -> None:
         if self.hook is not None:
             self.hook(Checkpoint(point, run.schema_id, run.cancelled))
 
@@ -284,6 +304,9 @@ class SyncEngine:
             rows = self._sync(run, csv_path, staging)
         except SyncCancelled:
             error, cancelled = run.reason, True
+        except SlotLost as exc:
+            error = str(exc)
+            self._log(run, "ERROR", f"{error} {REPAIR_HINT.format(id=run.job.source_id)}")
         except SourceError as exc:
             error = str(exc)
         except Exception as exc:
@@ -337,6 +360,10 @@ class SyncEngine:
             raise SourceError(f"Table {schema.name} no longer exists in the source")
         table = tables[0]
         mode = schema.sync_type or "full_refresh"
+        if mode == "cdc":
+            return self._sync_cdc(run, conn, namespace, table, csv_path, staging)
+        if mode == "xmin":
+            return self._sync_xmin(run, upstream, conn, namespace, table, csv_path, staging)
         cursor_column = schema.incremental_field if mode in ("incremental", "append") else None
         if mode in ("incremental", "append") and not cursor_column:
             raise SourceError(f"{schema.name} has no incremental field set for a {mode} sync")
@@ -406,37 +433,192 @@ class SyncEngine:
             progress=lambda rows: self._progress(run, rows),
             row_filters=tuple(filters),
         )
-        read = upstream.export(conn, export)
-        self._log(
+        return self._export_and_publish(
             run,
-            "INFO",
-            f"Read {_rows(read)} from {source.source_type} table {namespace}.{schema.name}",
+            upstream,
+            conn,
+            export,
+            read_from=f"{source.source_type} table {namespace}.{schema.name}",
+            final=name,
+            table=table,
+            staging=staging,
+            generation=generation,
+            cursor_value=cursor_value,
+            mode="full_refresh" if replace_table else mode,
+            primary_key=primary_key if mode == "incremental" else [],
+            cursor_column=cursor_column,
         )
+
+    def _export_and_publish(
+        self,
+        run: _Run,
+        upstream: Connector[Any],
+        conn: Any,
+        export: Export,
+        *,
+        read_from: str,
+        final: str,
+        table: Any,
+        staging: str,
+        generation: int,
+        cursor_value: str | None,
+        mode: str,
+        primary_key: list[str],
+        cursor_column: str | None,
+        new_cursor: str | None = None,
+    ) -> int:
+        """Export the rows, then load and publish them (`Warehouse.publish`'s arguments); the
+        rows loaded."""
+        read = upstream.export(conn, export)
+        self._log(run, "INFO", f"Read {_rows(read)} from {read_from}")
         self._checkpoint("publish", run)
         # Publication and its metadata in one critical section: a drop_table (delete_data) comes
         # wholly before or wholly after them, so the schema and the warehouse always agree.
         with self.warehouse.locked() as cur:
             run.duck = cur
             try:
-                rows = self.warehouse.load_staging(cur, csv_path, staging, columns, run.cancelled)
-                csv_path.unlink(missing_ok=True)
+                rows = self.warehouse.load_staging(
+                    cur, export.path, staging, export.columns, run.cancelled
+                )
+                export.path.unlink(missing_ok=True)
                 self._log(run, "INFO", f"Loaded {_rows(rows)} into the warehouse")
                 check_cancelled(run.cancelled)
                 self._check_still_wanted(run.schema_id, generation, cursor_value)
                 action = self.warehouse.publish(
                     cur,
-                    schema_id=schema.id,
+                    schema_id=run.schema_id,
                     staging=staging,
-                    final=name,
-                    mode="full_refresh" if replace_table else mode,
-                    primary_key=primary_key if mode == "incremental" else [],
+                    final=final,
+                    mode=mode,
+                    primary_key=primary_key,
                     cursor_column=cursor_column,
+                    new_cursor=new_cursor,
                 )
             finally:
                 run.duck = None
-            total = self._save_table(run.schema_id, name, table.columns)
-            self._log(run, "INFO", f"Published {name} ({action}): {_rows(total)} in the table")
+            total = self._save_table(run.schema_id, final, table.columns)
+            self._log(run, "INFO", f"Published {final} ({action}): {_rows(total)} in the table")
         return rows
+
+    def _sync_cdc(
+        self, run: _Run, conn: Any, namespace: str, table: Any, csv_path: Path, staging: str
+    ) -> int:
+        """A CDC sync (`cdc.py`): the snapshot, or the changes since the last one."""
+        schema, source, primary_key, columns = self._keyed(
+            run,
+            table,
+            "CDC requires a primary key on table '{}'. Add a primary key on the source table "
+            "and retry.",
+        )
+        name = schema.table_name or table_name(source.prefix, source.source_type, schema.name)
+        if name.endswith(cdc.HISTORY_SUFFIX) and schema.cdc_table_mode == "cdc_only":
+            name = name[: -len(cdc.HISTORY_SUFFIX)]
+        with self.warehouse.locked():
+            generation = self.warehouse.generation(schema.id)
+
+        def still_wanted() -> None:
+            self._check_still_wanted(run.schema_id, generation, None)
+
+        def active() -> list[str]:
+            return [
+                s.id
+                for s in self.store.live_schemas()
+                if s.source_id == source.id and s.sync_type == "cdc" and s.should_sync
+            ]
+
+        sync = cdc.CdcSync(
+            warehouse=self.warehouse,
+            job_inputs=source.job_inputs,
+            namespace=namespace,
+            table=schema.name,
+            schema_id=schema.id,
+            columns=columns,
+            primary_key=primary_key,
+            targets=cdc.targets(name, schema.cdc_table_mode),
+            csv_path=csv_path,
+            staging=staging,
+            cancelled=run.cancelled,
+            progress=lambda rows: self._progress(run, rows),
+            log=lambda level, message: self._log(run, level, message),
+            checkpoint=lambda point: self._checkpoint(point, run),  # type: ignore[arg-type]
+            still_wanted=still_wanted,
+            active_schema_ids=active,
+            replace=run.replace,
+        )
+        with self.slot_lock(source.id):
+            rows = sync.run(conn)
+        shown = sync.targets.current or sync.targets.history or name
+        total = self._save_table(run.schema_id, shown, table.columns)
+        self._log(run, "INFO", f"Published {shown} (CDC, {schema.cdc_table_mode}): {_rows(total)}")
+        return rows
+
+    def _sync_xmin(
+        self,
+        run: _Run,
+        upstream: Connector[Any],
+        conn: Any,
+        namespace: str,
+        table: Any,
+        csv_path: Path,
+        staging: str,
+    ) -> int:
+        """An xmin sync (`cdc.py`): rows changed since the last ceiling, merged on the key."""
+        schema, source, primary_key, columns = self._keyed(
+            run, table, "Table {} has no primary key to merge on; set primary_key_columns"
+        )
+        name = schema.table_name or table_name(source.prefix, source.source_type, schema.name)
+        with self.warehouse.locked():
+            generation = self.warehouse.generation(schema.id)
+            previous = None
+            if not run.replace and self.warehouse.table_exists(name):
+                saved = self.warehouse.cursor_value(schema.id, "xmin")
+                previous = int(saved) if saved is not None else None
+        ceiling = cdc.xmin_ceiling(conn)
+        where, why = cdc.xmin_condition(previous, ceiling)
+        self._log(run, "DEBUG", f"xmin ceiling {ceiling}: {why}")
+        export = Export(
+            namespace,
+            schema.name,
+            columns,
+            cursor_column=None,
+            cursor_value=None,
+            inclusive=False,
+            path=csv_path,
+            cancelled=run.cancelled,
+            progress=lambda rows: self._progress(run, rows),
+            where=where,
+        )
+        return self._export_and_publish(
+            run,
+            upstream,
+            conn,
+            export,
+            read_from=f"{namespace}.{schema.name} by xmin",
+            final=name,
+            table=table,
+            staging=staging,
+            generation=generation,
+            cursor_value=None,
+            mode="full_refresh" if previous is None else "incremental",
+            primary_key=primary_key,
+            cursor_column="xmin",
+            new_cursor=str(ceiling),
+        )
+
+    def _keyed(
+        self, run: _Run, table: Any, keyless: str
+    ) -> tuple[Schema, Any, list[str], list[Column]]:
+        """The schema, its source, its primary key and the columns it reads, for a sync that
+        merges on the key (`keyless`: the error when there is none, the table's name in it)."""
+        with self.store.lock:
+            schema = self.store.schemas[run.schema_id]
+            source = self.store.sources[schema.source_id]
+        primary_key = schema.primary_key_columns or table.primary_key
+        if not primary_key:
+            raise SourceError(keyless.format(schema.name))
+        wanted = set(schema.enabled_columns or [c.name for c in table.columns])
+        wanted.update(primary_key)
+        return schema, source, primary_key, [c for c in table.columns if c.name in wanted]
 
     def _check_still_wanted(
         self, schema_id: str, generation: int, cursor_value: str | None
@@ -542,9 +724,12 @@ def _started(schema: Schema, replace_table: bool) -> str:
     if replace_table:
         mode = "resync (every row, replacing the table)"
     else:
-        mode = {"incremental": "merge on the primary key", "append": "append new rows"}.get(
-            sync_type, "replace the table"
-        )
+        mode = {
+            "incremental": "merge on the primary key",
+            "append": "append new rows",
+            "cdc": f"change data capture, {schema.cdc_table_mode}",
+            "xmin": "merge rows changed since the last xmin ceiling",
+        }.get(sync_type, "replace the table")
     return f"Sync started for table {schema.name}: sync type {sync_type}, mode {mode}"
 
 

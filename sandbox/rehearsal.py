@@ -62,6 +62,7 @@ from .discovery import PREFERRED_INCREMENTAL_FIELDS, RLS_WARNING_MESSAGE
 from .engine import REDACTED, table_name
 from .validation import (
     CURSOR_SYNC_TYPES,
+    LOG_SYNC_TYPES,
     SYNC_TYPES,
     UNSUPPORTED_SYNC_TYPES,
     check_prefix,
@@ -542,7 +543,7 @@ class _Rehearsal:
         name = str(item["name"])
         columns = {c.name: c for c in table.columns}
         sync_type = item.get("sync_type") or "full_refresh"
-        if sync_type in UNSUPPORTED_SYNC_TYPES:
+        if sync_type in (*UNSUPPORTED_SYNC_TYPES, *LOG_SYNC_TYPES):
             raise RehearsalError(
                 f"'{name}': sync type '{sync_type}' cannot be rehearsed locally; rehearse it as "
                 f"one of {', '.join(SYNC_TYPES)}."

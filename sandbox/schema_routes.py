@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import drf, errors
-from .connectors import SourceError
+from .connectors import SourceError, postgres_cdc
 from .routing import route
 from .serializers import schema_json
 from .services import Services, with_columns
@@ -42,8 +42,13 @@ async def schemas_partial_update(request: Request, services: Services) -> Respon
     # (start() takes it before the store lock).
     with store.lock:
         before = services.get_schema(schema_id)
-        source_type = store.sources[before.source_id].source_type
-        updated = validate_settings(before, data, source_type=source_type)
+        source = store.sources[before.source_id]
+        updated = validate_settings(
+            before,
+            data,
+            source_type=source.source_type,
+            cdc_enabled=postgres_cdc.settings_of(source.job_inputs) is not None,
+        )
         store.save(updated)
     if updated.should_sync and not before.should_sync:
         services.engine.start(schema_id)

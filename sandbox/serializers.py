@@ -83,7 +83,7 @@ def schema_json(store: Store, schema: Schema, *, with_source: bool = False) -> d
         "sync_time_of_day": schema.sync_time_of_day,
         "description": schema.description,
         "primary_key_columns": schema.primary_key_columns,
-        "cdc_table_mode": "consolidated",
+        "cdc_table_mode": schema.cdc_table_mode,
         "enabled_columns": schema.enabled_columns,
         "row_filters": schema.row_filters,
         # Postgres and MySQL filter on any column: PostHog's null.
@@ -167,7 +167,7 @@ def job_json(store: Store, job: Job) -> dict[str, Any]:
         "rows_synced": job.rows_synced,
         "latest_error": job.latest_error,
         "workflow_run_id": job.workflow_run_id,
-        "cdc_write_mode": None,
+        "cdc_write_mode": job.cdc_write_mode,
         "billable": True,
         # The warehouse destinations the run wrote to; the sandbox has only its own warehouse.
         "destination_ids": [],

@@ -4,6 +4,7 @@ side effects that combine them."""
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +21,8 @@ from .connectors import (
     connector,
     discover,
     inspect,
+    postgres,
+    postgres_cdc,
 )
 from .connectors import config as form
 from .demo import DemoDatabase
@@ -30,6 +33,8 @@ from .query_pool import QueryLimits
 from .store import Schema, Source, Store, iso, new_id, now
 from .validation import create_settings, validate_prefix
 from .warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
 
 # How long a connect page's link stays usable.
 CONNECT_LINK_SECONDS = 3600.0
@@ -184,7 +189,12 @@ class Services:
             raise errors.bad_request_message(str(exc)) from exc
 
     def create_source(
-        self, new: NewSource, tables: list[Table], wanted: dict[str, dict[str, Any]]
+        self,
+        new: NewSource,
+        tables: list[Table],
+        wanted: dict[str, dict[str, Any]],
+        *,
+        source_id: str | None = None,
     ) -> Source:
         """Create a source with a schema for each table `wanted` lists (by name), with its
         settings, and start the syncs of the enabled ones that have a sync type (create, setup).
@@ -195,7 +205,7 @@ class Services:
         """
         created = iso(now()) or ""
         source = Source(
-            id=new_id(),
+            id=source_id or new_id(),
             source_type=new.source_type,
             prefix=new.prefix,
             description=new.description,
@@ -213,7 +223,10 @@ class Services:
             schema = Schema(id=new_id(), source_id=source.id, name=table.name, created_at=created)
             try:
                 schema = create_settings(
-                    with_columns(schema, table), item, source_type=new.source_type
+                    with_columns(schema, table),
+                    item,
+                    source_type=new.source_type,
+                    cdc_enabled=postgres_cdc.settings_of(new.job_inputs) is not None,
                 )
             except ErrorAnswer as exc:
                 raise errors.bad_request_message(str(exc.body.get("detail"))) from exc
@@ -239,6 +252,44 @@ class Services:
                 self.engine.join(schema_id, 30)
 
         await anyio.to_thread.run_sync(stop)
+
+    async def setup_cdc(
+        self, source_id: str, job_inputs: dict[str, Any], payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Create a new source's replication slot (and publication, PostHog-managed); the job
+        inputs with its CDC settings.
+
+        Raises:
+            ErrorAnswer: PostHog's 400 when the slot or publication cannot be created.
+        """
+
+        def run() -> tuple[dict[str, Any], str | None]:
+            with self.demo.explained(job_inputs), postgres.connect(job_inputs) as conn:
+                return postgres_cdc.setup_resources(conn, source_id, payload)
+
+        try:
+            fields, error = await anyio.to_thread.run_sync(run)
+        except SourceError as exc:
+            raise errors.bad_request_message(str(exc)) from exc
+        if error is not None:
+            raise errors.bad_request_message(error)
+        return {**job_inputs, **fields}
+
+    async def drop_cdc(self, source: Source) -> None:
+        """Drop a deleted CDC source's slot, and its publication when PostHog manages it
+        (PostHog's `cleanup_resources`: best effort, a failure is logged)."""
+        settings = postgres_cdc.settings_of(source.job_inputs)
+        if settings is None:
+            return
+
+        def run() -> None:
+            with postgres.connect(source.job_inputs) as conn:
+                postgres_cdc.cleanup_resources(conn, settings)
+
+        try:
+            await anyio.to_thread.run_sync(run)
+        except Exception:
+            logger.warning("could not drop the CDC slot of source %s", source.id, exc_info=True)
 
     async def drop_data(self, schema_id: str) -> None:
         """Stop the schema's sync, then drop its table and cursor (delete_data, destroy)."""

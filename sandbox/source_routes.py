@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import replace
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -18,6 +19,8 @@ from .connectors import (
     Table,
     TableStats,
     Unreachable,
+    postgres,
+    postgres_cdc,
     source_configs,
 )
 from .discovery import default_schemas
@@ -94,17 +97,30 @@ async def sources_create(request: Request, services: Services) -> Response:
     check_prefix(prefix)
     validate_prefix(services.store, source_type, prefix)
     credential = take_credential(services, source_type, payload)
+    cdc_wanted = drf.boolean(payload.get("cdc_enabled") or False, "cdc_enabled")
+    if cdc_wanted and source_type != "Postgres":
+        raise errors.bad_request_message(f"CDC is not supported for source type: {source_type}")
     job_inputs = job_inputs_of(payload)
     found = await services.inspect_new(source_type, job_inputs)
     tables = [table for table, _ in found]
-    wanted = schema_requests(payload.get("schemas"), tables)
+    wanted = schema_requests(payload.get("schemas"), tables, cdc_enabled=cdc_wanted)
     if wanted is None:
         # Omitting `schemas` means "sync what you found", as PostHog's setup does.
         wanted = default_schemas(found)
+    source_id = new_id()
+    if cdc_wanted:
+        # PostHog creates the slot (and its publication) before the source exists, and
+        # refuses the source when that fails.
+        job_inputs = await services.setup_cdc(source_id, job_inputs, payload)
     new = NewSource(
         source_type, job_inputs, prefix, data.get("description"), created_via, access_method
     )
-    source = services.create_source(new, tables, wanted)
+    try:
+        source = services.create_source(new, tables, wanted, source_id=source_id)
+    except errors.ErrorAnswer:
+        if cdc_wanted:
+            await services.drop_cdc(replace_inputs(source_id, new))
+        raise
     if credential is not None:  # single use: the source owns the details now
         services.store.delete_credential(credential.id)
     return drf.answer({"id": source.id}, 201)
@@ -202,7 +218,20 @@ async def sources_destroy(request: Request, services: Services) -> Response:
             store.save(replace(schema, deleted=True))
     for schema in schemas:
         await services.drop_data(schema.id)
+    await services.drop_cdc(source)
     return drf.empty(204)
+
+
+def replace_inputs(source_id: str, new: NewSource) -> Source:
+    """The source a failed create would have made: what `drop_cdc` needs to clean up after it."""
+    return Source(
+        id=source_id,
+        source_type=new.source_type,
+        prefix=new.prefix,
+        description=None,
+        job_inputs=new.job_inputs,
+        created_at="",
+    )
 
 
 # Why apply_sync_defaults could not fill a schema's settings: its table is not on the source.
@@ -255,7 +284,12 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
                 continue
             before = services.get_schema(schema_id)
             try:
-                updated = validate_settings(before, change, source_type=source.source_type)
+                updated = validate_settings(
+                    before,
+                    change,
+                    source_type=source.source_type,
+                    cdc_enabled=postgres_cdc.settings_of(source.job_inputs) is not None,
+                )
             except errors.ErrorAnswer as exc:
                 failed[schema_id] = reason_of(exc)
                 continue
@@ -335,14 +369,86 @@ async def sources_webhook(request: Request, services: Services) -> Response:
 
 @route("POST", "external_data_sources/{id}/repair_cdc/")
 async def sources_repair_cdc(request: Request, services: Services) -> Response:
-    """POST repair_cdc/: PostHog's answers for a source without CDC. Postgres has a CDC adapter
-    in PostHog but no sandbox source has CDC enabled; other types have none."""
+    """POST repair_cdc/, as PostHog's `repair_cdc_source` does it: only on evidence that the slot
+    or publication is gone (a sync failed for it, or the database says so), stop the CDC syncs,
+    forget every CDC table's position, recreate the slot (and the publication PostHog manages),
+    clear the errors and start the active tables' fresh snapshots."""
     source = services.get_source(request.path_params["id"])
     if source.source_type != "Postgres":
         raise errors.bad_request_message(
             f"CDC is not supported for source type: {source.source_type}"
         )
-    raise errors.bad_request_message("CDC is not enabled on this source.")
+    settings = postgres_cdc.settings_of(source.job_inputs)
+    if settings is None:
+        raise errors.bad_request_message("CDC is not enabled on this source.")
+    if source.id in _REPAIRING:
+        raise errors.ErrorAnswer(
+            409,
+            {"message": "A repair is already running for this source. Try again in a few minutes."},
+        )
+    _REPAIRING.add(source.id)
+    try:
+        reset = await _repair(services, source, settings)
+    finally:
+        _REPAIRING.discard(source.id)
+    return drf.answer({"success": True, "schemas_reset": reset})
+
+
+# The sources whose repair is running (PostHog's per-source Redis lock).
+_REPAIRING: set[str] = set()
+_LOST = (postgres_cdc.SLOT_MISSING, postgres_cdc.PUBLICATION_MISSING)
+
+
+async def _repair(services: Services, source: Source, settings: postgres_cdc.CdcSettings) -> int:
+    store = services.store
+    every = [s for s in store.source_schemas(source.id) if s.sync_type == "cdc"]
+    active = [s for s in every if s.should_sync]
+    if not active:
+        raise errors.bad_request_message(
+            "There are no active CDC schemas on this source to repair."
+        )
+    broken = any(s.latest_error in _LOST for s in active)
+
+    def probe() -> postgres_cdc.SlotStatus:
+        with postgres.connect(source.job_inputs) as conn:
+            return postgres_cdc.status(conn, settings)
+
+    try:
+        if not broken:
+            found = await anyio.to_thread.run_sync(probe)
+            if found.slot_exists and found.publication_exists:
+                raise errors.bad_request_message(
+                    "CDC looks healthy on this source — the replication slot and publication "
+                    "both exist. Repair is only available when one of them is missing, because "
+                    "it forces a full re-sync of every CDC schema."
+                )
+        for schema in every:
+            await services.stop_sync(schema.id, "Sync cancelled by a CDC repair")
+        namespace = postgres.schema_name(source.job_inputs)
+
+        def recreate() -> str:
+            for schema in every:
+                services.warehouse.reset_cdc(schema.id)
+            with services.engine.slot_lock(source.id), postgres.connect(source.job_inputs) as conn:
+                tables = [(namespace, s.name) for s in active]
+                return postgres_cdc.recreate(conn, settings, tables)
+
+        point = await anyio.to_thread.run_sync(recreate)
+    except SourceError as exc:
+        raise errors.bad_request_message(
+            f"Could not connect to source to repair CDC: {exc}"
+        ) from exc
+    with store.lock:
+        current = services.get_source(source.id)
+        store.save(
+            replace(current, job_inputs={**current.job_inputs, "cdc_consistent_point": point})
+        )
+        for schema in every:
+            latest = store.schemas[schema.id]
+            store.save(replace(latest, latest_error=None))
+    for schema in active:
+        services.engine.start(schema.id)
+    return len(active)
 
 
 @route("POST", "external_data_sources/{id}/update_webhook_inputs/")

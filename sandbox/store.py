@@ -86,6 +86,8 @@ class Schema:
     table_columns: list[dict[str, Any]] = field(default_factory=list)
     row_count: int | None = None
     description: str | None = None
+    # What a CDC sync writes: `consolidated`, `cdc_only` or `both` (ignored by other types).
+    cdc_table_mode: str = "consolidated"
     deleted: bool = False
 
 
@@ -102,6 +104,8 @@ class Job:
     finished_at: str | None = None
     latest_error: str | None = None
     workflow_run_id: str | None = None
+    # A CDC sync's write mode: `incremental_merge` or `scd2_append` (None for other types).
+    cdc_write_mode: str | None = None
 
 
 @dataclass

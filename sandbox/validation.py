@@ -18,8 +18,13 @@ from .row_filters import RowFilterError, check_row_filters
 from .store import LogFilter, Schema, Store
 
 SYNC_TYPES = ("full_refresh", "incremental", "append")
-# PostHog accepts these too, but they need machinery (CDC slots, webhooks) the sandbox lacks.
-UNSUPPORTED_SYNC_TYPES = ("webhook", "cdc", "xmin")
+# Postgres's log-based sync types: real in the sandbox, but a rehearsal cannot run them.
+LOG_SYNC_TYPES = ("cdc", "xmin")
+# PostHog accepts this too, but it needs machinery (webhooks) the sandbox lacks.
+UNSUPPORTED_SYNC_TYPES = ("webhook",)
+# In PostHog's order: its "Unknown sync type" message lists them so.
+ALL_SYNC_TYPES = (*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES, *LOG_SYNC_TYPES)
+CDC_NOT_ENABLED = "CDC must be enabled on the source before selecting it as a sync type."
 INCREMENTAL_FIELD_TYPES = ("integer", "numeric", "datetime", "date", "timestamp", "objectid", "xid")
 CURSOR_SYNC_TYPES = ("incremental", "append")
 # The sync types whose cursor settings a PATCH may change without naming sync_type.
@@ -42,9 +47,13 @@ class _Patch:
 
     before: Schema
     connector: Connector[Any]
+    source_type: str
+    cdc_enabled: bool
 
 
-def validate_settings(schema: Schema, data: Mapping[str, Any], *, source_type: str) -> Schema:
+def validate_settings(
+    schema: Schema, data: Mapping[str, Any], *, source_type: str, cdc_enabled: bool = False
+) -> Schema:
     """Validate a PATCH of schema settings; return the schema with it applied.
 
     `schema` itself is left as it was.
@@ -52,7 +61,7 @@ def validate_settings(schema: Schema, data: Mapping[str, Any], *, source_type: s
     Raises:
         ErrorAnswer: a DRF validation error (naming the field where PostHog's does).
     """
-    patch = _Patch(schema, connector(source_type))
+    patch = _Patch(schema, connector(source_type), source_type, cdc_enabled)
     updated = schema
     for name, validate in _FIELDS.items():
         if name in data:
@@ -60,7 +69,9 @@ def validate_settings(schema: Schema, data: Mapping[str, Any], *, source_type: s
     return _check_whole(updated, data, patch)
 
 
-def create_settings(schema: Schema, item: Mapping[str, Any], *, source_type: str) -> Schema:
+def create_settings(
+    schema: Schema, item: Mapping[str, Any], *, source_type: str, cdc_enabled: bool = False
+) -> Schema:
     """A new schema with the settings a create payload gives it (`schema_requests` checked
     them): as sent, except `sync_frequency`, which PostHog ignores at create (every table
     starts on its default interval), and a primary key, which defaults to the detected one.
@@ -68,7 +79,7 @@ def create_settings(schema: Schema, item: Mapping[str, Any], *, source_type: str
     Raises:
         ErrorAnswer: a field PostHog's serializer refuses.
     """
-    patch = _Patch(schema, connector(source_type))
+    patch = _Patch(schema, connector(source_type), source_type, cdc_enabled)
     updated = replace(
         schema, should_sync=drf.boolean(item.get("should_sync") or False, "should_sync")
     )
@@ -94,7 +105,7 @@ def check_bulk_fields(item: Mapping[str, Any], prefix: str) -> None:
     except ValueError as exc:
         raise errors.validation_error("Must be a valid UUID.", f"{prefix}id") from exc
     sync_type = item.get("sync_type")
-    if sync_type is not None and sync_type not in (*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES):
+    if sync_type is not None and sync_type not in ALL_SYNC_TYPES:
         raise errors.invalid_choice(sync_type, "sync_type")
     field_type = item.get("incremental_field_type")
     if field_type is not None and field_type not in INCREMENTAL_FIELD_TYPES:
@@ -130,15 +141,31 @@ def check_bulk_fields(item: Mapping[str, Any], prefix: str) -> None:
 def unsupported_sync_type(value: object) -> str:
     """Why the sandbox refuses a sync type PostHog may accept."""
     return (
-        f"Sync type '{value}' is not supported by the sandbox. Use one of: {', '.join(SYNC_TYPES)}."
+        f"Sync type '{value}' is not supported by the sandbox. Use one of: "
+        f"{', '.join((*SYNC_TYPES, *LOG_SYNC_TYPES))}."
     )
 
 
 def _sync_type(value: Any, updated: Schema, patch: _Patch) -> Schema:
     if value in UNSUPPORTED_SYNC_TYPES:
         raise errors.validation_error(unsupported_sync_type(value), "sync_type")
-    if value is not None and value not in SYNC_TYPES:
+    if value is not None and value not in (*SYNC_TYPES, *LOG_SYNC_TYPES):
         raise errors.invalid_choice(value, "sync_type")
+    if value in LOG_SYNC_TYPES and patch.source_type != "Postgres":
+        raise errors.validation_error(
+            f"{'CDC' if value == 'cdc' else 'xmin'} is not supported for {patch.source_type} "
+            "sources.",
+            "sync_type",
+        )
+    if value == "cdc" and value != patch.before.sync_type:
+        if not patch.cdc_enabled:
+            raise errors.validation_error(CDC_NOT_ENABLED, "sync_type")
+        if not (updated.primary_key_columns or updated.detected_primary_keys):
+            raise errors.validation_error(
+                f"CDC requires a primary key on table '{updated.name}'. Provide "
+                "primary_key_columns or refresh schema discovery to pick one up.",
+                "sync_type",
+            )
     return replace(updated, sync_type=value)
 
 
@@ -276,10 +303,10 @@ def _primary_key_columns(value: Any, updated: Schema, patch: _Patch) -> Schema:
 
 
 def _cdc_table_mode(value: Any, updated: Schema, patch: _Patch) -> Schema:
-    # PostHog checks the choice, and ignores the mode on a table that is not CDC.
+    # PostHog checks the choice and keeps it; it matters only while the table is CDC.
     if value not in (None, "consolidated", "cdc_only", "both"):
         raise errors.invalid_choice(value, "cdc_table_mode")
-    return updated
+    return updated if value is None else replace(updated, cdc_table_mode=value)
 
 
 def _should_sync(value: Any, updated: Schema, patch: _Patch) -> Schema:
@@ -433,7 +460,9 @@ def validate_prefix(store: Store, source_type: str, prefix: str | None) -> None:
         )
 
 
-def schema_requests(raw: Any, tables: list[Table]) -> dict[str, dict[str, Any]] | None:
+def schema_requests(
+    raw: Any, tables: list[Table], *, cdc_enabled: bool = False
+) -> dict[str, dict[str, Any]] | None:
     """The tables a create payload's `schemas` lists, checked as PostHog's create checks them,
     by table name; None when it lists none (PostHog then enables every table, with defaults).
 
@@ -456,16 +485,31 @@ def schema_requests(raw: Any, tables: list[Table]) -> dict[str, dict[str, Any]] 
         raise errors.bad_request_message("Schemas given do not exist in source")
     unknown = sorted(
         {str(i["sync_type"]) for i in wanted.values() if i.get("sync_type") is not None}
-        - {*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES}
+        - set(ALL_SYNC_TYPES)
     )
     if unknown:
         raise errors.bad_request_message(
-            f"Unknown sync type: {', '.join(unknown)}. Use one of: "
-            f"{', '.join((*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES))}."
+            f"Unknown sync type: {', '.join(unknown)}. Use one of: {', '.join(ALL_SYNC_TYPES)}."
         )
     for item in wanted.values():
         if item.get("sync_type") in UNSUPPORTED_SYNC_TYPES:
             raise errors.bad_request_message(unsupported_sync_type(item["sync_type"]))
+    # PostHog's create checks for CDC tables (`ExternalDataSourceSerializers.create`).
+    requested = [n for n, i in wanted.items() if i.get("sync_type") == "cdc"]
+    if requested and not cdc_enabled:
+        raise errors.bad_request_message(
+            f"{CDC_NOT_ENABLED} The following schemas requested CDC: {', '.join(requested)}."
+        )
+    keyless = [
+        n
+        for n in requested
+        if not by_name[n].primary_key and not wanted[n].get("primary_key_columns")
+    ]
+    if keyless:
+        raise errors.bad_request_message(
+            "CDC requires a primary key on each table. The following tables have no primary "
+            f"key: {', '.join(keyless)}."
+        )
     for name, item in wanted.items():
         if not item.get("should_sync") or item.get("sync_type") not in CURSOR_SYNC_TYPES:
             continue

@@ -26,6 +26,18 @@ if TYPE_CHECKING:
 
 STAGING_PREFIX = "_staging_"
 _STATE = "_sandbox_sync_state"
+# Each CDC table's position: the first commit position its warehouse tables do not hold yet.
+_CDC_STATE = "_sandbox_cdc_state"
+# How a CDC table's change-log (`_cdc`) table is keyed in _STATE, beside the table's own row.
+CDC_HISTORY_KEY = "{}:cdc"
+# The columns PostHog's CDC adds (`cdc/batcher.py`): to every CDC table, and SCD2's to the log.
+CDC_OP, CDC_TIMESTAMP, CDC_SEQ = "_ph_cdc_op", "_ph_cdc_timestamp", "_ph_cdc_seq"
+DELETED, DELETED_AT = "_ph_deleted", "_ph_deleted_at"
+VALID_FROM, VALID_TO = "valid_from", "valid_to"
+# Staging-only columns of a batch of changes: the columns left out (unchanged TOAST values, a
+# DELETE's non-key columns), separated by OMITTED_SEPARATOR, and the change's place in the batch.
+OMITTED, ORDER = "_sandbox_omitted", "_sandbox_order"
+OMITTED_SEPARATOR = "\x1f"
 # Where the copies queries read live: `<table>.<publication>.duckdb`, one a table.
 PUBLISHED_DIR = "published"
 
@@ -126,6 +138,10 @@ class Warehouse:
         self._con.execute(
             f"UPDATE {_STATE} SET publication = replace(uuid()::VARCHAR, '-', '') "
             "WHERE publication IS NULL"
+        )
+        self._con.execute(
+            f"CREATE TABLE IF NOT EXISTS {_CDC_STATE} (schema_id VARCHAR PRIMARY KEY, "
+            "position BIGINT)"
         )
         # One copier a table; the copies no longer current whose deletion failed (Windows: a
         # query worker still has it open), tried again after the next copy or drop.
@@ -369,10 +385,13 @@ class Warehouse:
         mode: str,
         primary_key: list[str],
         cursor_column: str | None,
+        new_cursor: str | None = None,
     ) -> str:
         """Move staged rows into the published table in one transaction, with the new cursor.
 
         `full_refresh` swaps the table, `incremental` merges on the primary key, `append` inserts.
+        The cursor saved is `new_cursor` when given (xmin's ceiling), else the staged rows' highest
+        value of `cursor_column`.
         Call it inside `locked()`. Returns what it did, for the sync's log: "created the table",
         "replaced the table", "merged on <key>" or "appended the rows".
 
@@ -386,8 +405,9 @@ class Warehouse:
                 f"Warehouse table {final} already belongs to another table of this project; "
                 "give one of the sources another prefix"
             )
-        new_cursor: str | None = None
-        if cursor_column is not None:
+        # A cursor given (xmin's ceiling) is not a column of the rows: nothing orders them by it.
+        order_by = cursor_column if new_cursor is None else None
+        if cursor_column is not None and new_cursor is None:
             row = cur.execute(
                 f"SELECT max({quote_ident(cursor_column)})::VARCHAR FROM {stg}"
             ).fetchone()
@@ -409,7 +429,7 @@ class Warehouse:
             if mode == "full_refresh" or not exists:
                 cur.execute(f"DROP TABLE IF EXISTS {fin}")
                 if merge:
-                    cur.execute(f"CREATE TABLE {fin} AS {_dedupe(stg, primary_key, cursor_column)}")
+                    cur.execute(f"CREATE TABLE {fin} AS {_dedupe(stg, primary_key, order_by)}")
                     cur.execute(f"DROP TABLE {stg}")
                 else:
                     cur.execute(f"ALTER TABLE {stg} RENAME TO {fin}")
@@ -421,7 +441,7 @@ class Warehouse:
                         for k in primary_key
                     )
                     cur.execute(f"DELETE FROM {fin} USING {stg} WHERE {match}")
-                    source = _dedupe(stg, primary_key, cursor_column)
+                    source = _dedupe(stg, primary_key, order_by)
                 else:
                     source = f"SELECT * FROM {stg}"
                 cur.execute(f"INSERT INTO {fin} BY NAME {source}")
@@ -446,15 +466,18 @@ class Warehouse:
             self._latest[final] = publication
         return action
 
-    def _add_new_columns(self, cur: duckdb.DuckDBPyConnection, stg: str, fin: str) -> None:
+    def _add_new_columns(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        stg: str,
+        fin: str,
+        *,
+        skip: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
         """Columns that appeared upstream since the last sync are added to the published table."""
-
-        def describe(name: str) -> dict[str, str]:
-            return {r[0]: r[1] for r in cur.execute(f"DESCRIBE {name}").fetchall()}
-
-        existing = describe(fin)
-        for name, dtype in describe(stg).items():
-            if name not in existing:
+        existing = dict(_describe(cur, fin))
+        for name, dtype in _describe(cur, stg):
+            if name not in existing and name not in skip:
                 cur.execute(f"ALTER TABLE {fin} ADD COLUMN {quote_ident(name)} {dtype}")
 
     def drop_staging(self, cur: duckdb.DuckDBPyConnection, staging: str) -> None:
@@ -466,17 +489,217 @@ class Warehouse:
 
         Call it inside `locked()`.
         """
+        keys = [schema_id, CDC_HISTORY_KEY.format(schema_id)]
+        names = {name} if name else set()
+        names.update(
+            str(row[0])
+            for row in cur.execute(
+                f"SELECT table_name FROM {_STATE} WHERE schema_id IN (?, ?) "
+                "AND table_name IS NOT NULL",
+                keys,
+            ).fetchall()
+        )
         cur.execute("BEGIN TRANSACTION")
-        if name:
-            cur.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
-        cur.execute(f"DELETE FROM {_STATE} WHERE schema_id = ?", [schema_id])
+        for dropped in names:
+            cur.execute(f"DROP TABLE IF EXISTS {quote_ident(dropped)}")
+        cur.execute(f"DELETE FROM {_STATE} WHERE schema_id IN (?, ?)", keys)
+        cur.execute(f"DELETE FROM {_CDC_STATE} WHERE schema_id = ?", [schema_id])
         cur.execute("COMMIT")
         self._generations[schema_id] = self.generation(schema_id) + 1
-        if name:
+        for dropped in names:
             with self._files_lock:
-                self._latest.pop(name, None)
-                self._copies.pop(name, None)
-            self._retire(self.published_dir.glob(f"{name}.*.duckdb"))
+                self._latest.pop(dropped, None)
+                self._copies.pop(dropped, None)
+            self._retire(self.published_dir.glob(f"{dropped}.*.duckdb"))
+
+    def cdc_position(self, schema_id: str) -> int | None:
+        """The first commit position a CDC table's warehouse tables do not hold yet; None
+        before its snapshot."""
+        row = (
+            self.cursor()
+            .execute(f"SELECT position FROM {_CDC_STATE} WHERE schema_id = ?", [schema_id])
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else int(row[0])
+
+    def reset_cdc(self, schema_id: str) -> None:
+        """Forget a CDC table's position: its next sync takes a new snapshot (its tables stay
+        queryable until that snapshot replaces them)."""
+        with self.locked() as cur:
+            cur.execute(f"DELETE FROM {_CDC_STATE} WHERE schema_id = ?", [schema_id])
+
+    def cdc_positions(self, schema_ids: Iterable[str]) -> dict[str, int]:
+        """The positions of these CDC tables that have one."""
+        wanted = list(schema_ids)
+        if not wanted:
+            return {}
+        rows = self.cursor().execute(
+            f"SELECT schema_id, position FROM {_CDC_STATE} WHERE list_contains(?, schema_id)",
+            [wanted],
+        )
+        return {str(k): int(v) for k, v in rows.fetchall() if v is not None}
+
+    def publish_cdc(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        *,
+        schema_id: str,
+        staging: str,
+        targets: CdcTargets,
+        primary_key: list[str],
+        position: int,
+        snapshot_at: str | None = None,
+    ) -> None:
+        """Publish a CDC table's snapshot (`snapshot_at` given: the staged rows replace its
+        tables) or a batch of its changes (merged into the current rows, appended to the change
+        log), with its new position, in one transaction: a sync killed before it leaves the
+        tables and position as they were, and one killed after it skips these changes.
+
+        The current-rows table follows PostHog's `incremental_merge` (one row a key, a delete
+        kept as the row's last values with `_ph_deleted` true); the change log its `scd2_append`
+        (every change a row, `valid_to` closed by the key's next change). Call inside `locked()`.
+
+        Raises:
+            SourceError: another schema's publications wrote one of the tables.
+        """
+        for key, name in targets.keyed(schema_id):
+            owner = self.table_owner(cur, name)
+            if owner is not None and owner != key:
+                raise SourceError(
+                    f"Warehouse table {name} already belongs to another table of this project; "
+                    "give one of the sources another prefix"
+                )
+        stg = quote_ident(staging)
+        published: dict[str, str] = {}
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            if snapshot_at is not None:
+                self._cdc_snapshot(cur, stg, targets, position, snapshot_at)
+            else:
+                self._cdc_changes(cur, stg, targets, primary_key)
+            cur.execute(f"DROP TABLE {stg}")
+            for key, name in targets.keyed(schema_id):
+                publication = uuid.uuid4().hex
+                cur.execute(
+                    f"INSERT OR REPLACE INTO {_STATE} (schema_id, table_name, cursor_value, "
+                    "cursor_column, publication) VALUES (?, ?, NULL, NULL, ?)",
+                    [key, name, publication],
+                )
+                published[name] = publication
+            for key in (schema_id, CDC_HISTORY_KEY.format(schema_id)):
+                if key not in dict(targets.keyed(schema_id)):
+                    self._forget(cur, key)
+            cur.execute(
+                f"INSERT OR REPLACE INTO {_CDC_STATE} (schema_id, position) VALUES (?, ?)",
+                [schema_id, position],
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        with self._files_lock:
+            self._latest.update(published)
+
+    def _forget(self, cur: duckdb.DuckDBPyConnection, key: str) -> None:
+        """Drop a table a CDC table no longer writes (its table mode changed), in the caller's
+        transaction."""
+        row = cur.execute(f"SELECT table_name FROM {_STATE} WHERE schema_id = ?", [key]).fetchone()
+        if row is not None and row[0]:
+            cur.execute(f"DROP TABLE IF EXISTS {quote_ident(str(row[0]))}")
+        cur.execute(f"DELETE FROM {_STATE} WHERE schema_id = ?", [key])
+
+    def _cdc_snapshot(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        stg: str,
+        targets: CdcTargets,
+        position: int,
+        snapshot_at: str,
+    ) -> None:
+        at = f"{_sql_str(snapshot_at)}::TIMESTAMPTZ"
+        live = f"false AS {DELETED}, NULL::TIMESTAMPTZ AS {DELETED_AT}"
+        # The current rows carry no change; the log has each row as inserted by the snapshot.
+        meta = {
+            targets.current: f"NULL::VARCHAR AS {CDC_OP}, NULL::TIMESTAMPTZ AS {CDC_TIMESTAMP}, "
+            f"NULL::BIGINT AS {CDC_SEQ}, {live}",
+            targets.history: f"'I' AS {CDC_OP}, {at} AS {CDC_TIMESTAMP}, "
+            f"{int(position)}::BIGINT AS {CDC_SEQ}, {live}, {at} AS {VALID_FROM}, "
+            f"NULL::TIMESTAMPTZ AS {VALID_TO}",
+        }
+        for name, columns in meta.items():
+            if name is not None:
+                cur.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+                cur.execute(f"CREATE TABLE {quote_ident(name)} AS SELECT *, {columns} FROM {stg}")
+
+    def _cdc_changes(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        stg: str,
+        targets: CdcTargets,
+        primary_key: list[str],
+    ) -> None:
+        staged = [n for n, _ in _describe(cur, stg)]
+        data = [c for c in staged if c not in (CDC_OP, CDC_TIMESTAMP, CDC_SEQ, OMITTED, ORDER)]
+        keys = ", ".join(quote_ident(k) for k in primary_key)
+
+        def match(a: str, b: str) -> str:
+            return " AND ".join(
+                f"{a}.{quote_ident(k)} IS NOT DISTINCT FROM {b}.{quote_ident(k)}"
+                for k in primary_key
+            )
+
+        # Values the stream left out (an unchanged TOAST value, a delete's non-key columns) are
+        # the row's last known ones: the current row, or the log's open version of it.
+        known = None
+        if targets.current is not None and self.table_exists(targets.current):
+            known = quote_ident(targets.current)
+        elif targets.history is not None and self.table_exists(targets.history):
+            known = f"(SELECT * FROM {quote_ident(targets.history)} WHERE {VALID_TO} IS NULL)"
+        if known is not None:
+            known_columns = {n for n, _ in _describe(cur, known)}
+            omitted = cur.execute(
+                f"SELECT DISTINCT unnest(string_split({OMITTED}, chr(31))) FROM {stg} "
+                f"WHERE {OMITTED} IS NOT NULL"
+            ).fetchall()
+            for (column,) in omitted:
+                if column not in known_columns or column not in data:
+                    continue
+                col = quote_ident(column)
+                cur.execute(
+                    f"UPDATE {stg} SET {col} = k.{col} FROM {known} k WHERE {match(stg, 'k')} "
+                    f"AND list_contains(string_split({stg}.{OMITTED}, chr(31)), ?)",
+                    [column],
+                )
+        flags = (
+            f"({CDC_OP} = 'D') AS {DELETED}, "
+            f"CASE WHEN {CDC_OP} = 'D' THEN {CDC_TIMESTAMP} END AS {DELETED_AT}"
+        )
+        picked = ", ".join(quote_ident(c) for c in data)
+        meta = f"{CDC_OP}, {CDC_TIMESTAMP}, {CDC_SEQ}, {flags}"
+        if targets.current is not None:
+            fin = quote_ident(targets.current)
+            self._add_new_columns(cur, stg, fin, skip={OMITTED, ORDER})
+            cur.execute(
+                f"DELETE FROM {fin} USING (SELECT DISTINCT {keys} FROM {stg}) s "
+                f"WHERE {match(fin, 's')}"
+            )
+            cur.execute(
+                f"INSERT INTO {fin} BY NAME SELECT {picked}, {meta} FROM {stg} "
+                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {ORDER} DESC) = 1"
+            )
+        if targets.history is not None:
+            log = quote_ident(targets.history)
+            self._add_new_columns(cur, stg, log, skip={OMITTED, ORDER})
+            cur.execute(
+                f"UPDATE {log} SET {VALID_TO} = f.first_at FROM (SELECT {keys}, "
+                f"min_by({CDC_TIMESTAMP}, {ORDER}) AS first_at FROM {stg} GROUP BY {keys}) f "
+                f"WHERE {log}.{VALID_TO} IS NULL AND {match(log, 'f')}"
+            )
+            cur.execute(
+                f"INSERT INTO {log} BY NAME SELECT {picked}, {meta}, "
+                f"{CDC_TIMESTAMP} AS {VALID_FROM}, lead({CDC_TIMESTAMP}) OVER "
+                f"(PARTITION BY {keys} ORDER BY {ORDER}) AS {VALID_TO} FROM {stg} ORDER BY {ORDER}"
+            )
 
     def columns(self, name: str) -> list[tuple[str, str]]:
         """Name and DuckDB type of each column of a published table."""
@@ -490,6 +713,28 @@ class Warehouse:
             self._con.execute("CHECKPOINT")
             self._con.close()
         self._retire()
+
+
+@dataclass(frozen=True)
+class CdcTargets:
+    """The warehouse tables a CDC table writes: its current rows (`consolidated`, `both`) and
+    its change log, `<table>_cdc` (`cdc_only`, `both`), as PostHog names them."""
+
+    current: str | None
+    history: str | None
+
+    def keyed(self, schema_id: str) -> list[tuple[str, str]]:
+        """Each table with the key its state is saved under."""
+        keyed = []
+        if self.current is not None:
+            keyed.append((schema_id, self.current))
+        if self.history is not None:
+            keyed.append((CDC_HISTORY_KEY.format(schema_id), self.history))
+        return keyed
+
+
+def _describe(cur: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[str, str]]:
+    return [(str(r[0]), str(r[1])) for r in cur.execute(f"DESCRIBE {relation}").fetchall()]
 
 
 def _sql_str(value: str) -> str:

@@ -125,7 +125,9 @@ which to sync; large row counts cost more.
 updated_at-like column in incremental_fields and a primary key (incremental_field and its \
 field_type as incremental_field_type, primary_key_columns = detected_primary_keys); append for \
 insert-only logs or events with an increasing column; full_refresh for small tables or when \
-nothing fits. Confirm the prefix with the user: every table name depends on it.
+nothing fits. Confirm the prefix with the user: every table name depends on it. For CDC \
+(sync_type "cdc": deletes too, no cursor needed): external-data-sources-check-cdc-prerequisites-\
+create first; if valid, add cdc_enabled true to the payload below.
 5. external-data-sources-create with source_type "Postgres", the prefix, and payload = the \
 connection fields plus schemas: one entry per chosen table (name, should_sync true, sync_type \
 and, for incremental or append, incremental_field and incremental_field_type). Never omit \
@@ -158,8 +160,9 @@ then external-data-schemas-partial-update (sync_type with the new incremental_fi
 reload;
    - a new table at the source: external-data-sources-refresh-schemas;
    - stuck in Running: external-data-schemas-cancel, then external-data-schemas-reload;
-   - CDC errors (slot, publication, wal_level): external-data-sources-check-cdc-prerequisites-\
-create;
+   - CDC: "replication slot no longer exists" or "publication ... no longer exists": \
+external-data-sources-repair-cdc-create (every CDC table re-syncs in full, billed: ask first); \
+other CDC errors (wal_level, permissions): external-data-sources-check-cdc-prerequisites-create;
    - billing limits: no technical fix; tell the user.
 4. Only when the data itself is wrong (duplicates, missing rows) propose \
 external-data-schemas-resync or external-data-schemas-delete-data then reload: both discard \

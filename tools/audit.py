@@ -2,6 +2,14 @@
 each finding with its cause, what it affects and the safe next step (PostHog's recovery rules:
 reload first, cancel then reload when stuck, resync only for bad data). It only reads: it never
 acts, and it talks to the configured host only.
+
+CDC (Postgres change data capture) adds two findings. A lost slot: a CDC table whose last sync
+failed with PostHog's slot-missing or publication-missing text; reloads fail until
+repair-cdc recreates the slot. A slot holding back WAL: PostHog's API reports no slot lag (its
+sweeper reads it on the source database, only logs it, and at `cdc_lag_critical_threshold_mb`
+drops a PostHog-managed slot), so the audit infers it from what the API gives: the slot is
+confirmed only up to the oldest position of the source's active CDC tables, so while one of them
+fails, is stuck or is stale, the source database keeps every change since for the slot.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ INTERVALS = {frequency.value: _interval(frequency.value) for frequency in SyncFr
 _CREDENTIAL_WORDS = ("password", "credential", "authentication", "permission denied", "401", "403")
 _BILLING = ("Billing limits", "Billing limits too low", "BillingLimitReached", "BillingLimitTooLow")
 MAX_PAGES = 10
+# Phrases of PostHog's texts for a CDC sync whose replication slot or publication is gone
+# (`cdc/errors.py`, SLOT_MISSING and PUBLICATION_MISSING).
+_CDC_LOST = (
+    "replication slot no longer exists",
+    "publication used for change data capture no longer exists",
+)
+# PostHog's default `cdc_lag_critical_threshold_mb`.
+_CDC_CRITICAL_MB = 10240
 
 
 def _when(value: Any) -> datetime | None:
@@ -66,14 +82,25 @@ def _finding(
     return finding
 
 
+def _cdc_lost(schema: dict[str, Any]) -> bool:
+    """Whether an active CDC table's last sync failed because its slot or publication is gone."""
+    error = str(schema.get("latest_error") or "").lower()
+    return (
+        schema.get("sync_type") == "cdc"
+        and bool(schema.get("should_sync"))
+        and schema.get("status") == "Failed"
+        and any(phrase in error for phrase in _CDC_LOST)
+    )
+
+
 def _table_findings(
     source: dict[str, Any], schema: dict[str, Any], running_jobs: set[str], at: datetime
 ) -> list[dict[str, Any]]:
     where = _where(source, schema.get("name"))
     status = schema.get("status")
     error = schema.get("latest_error")
-    if not schema.get("should_sync"):
-        return []
+    if not schema.get("should_sync") or _cdc_lost(schema):
+        return []  # a lost slot is one finding for the source (_cdc_findings)
     if status in _BILLING:
         return [
             _finding(
@@ -146,6 +173,53 @@ def _table_findings(
     return []
 
 
+def _cdc_findings(
+    source: dict[str, Any], schemas: list[dict[str, Any]], findings: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A CDC source's lost slot, or its slot holding back WAL while a CDC table is behind
+    (`findings`: the source's table findings, which say which tables are)."""
+    lost = [s for s in schemas if _cdc_lost(s)]
+    if lost:
+        names = ", ".join(str(s.get("name")) for s in lost)
+        return [
+            _finding(
+                "cdc_slot_lost",
+                _where(source),
+                f"The CDC sync of {names} cannot read changes: {lost[0].get('latest_error')}",
+                "Every CDC table of the source gets no new changes; reloads fail the same way.",
+                "external-data-sources-repair-cdc-create with the source id: it recreates the "
+                "replication slot (and a PostHog-managed publication) and re-snapshots every CDC "
+                "table. Not reload, not resync.",
+                source=source,
+            )
+        ]
+    active = {
+        str(s.get("id")): str(s.get("name"))
+        for s in schemas
+        if s.get("sync_type") == "cdc" and s.get("should_sync")
+    }
+    behind = {active[f["schema_id"]] for f in findings if f.get("schema_id") in active}
+    if not behind:
+        return []
+    names = ", ".join(sorted(behind))
+    critical = (source.get("job_inputs") or {}).get("cdc_lag_critical_threshold_mb")
+    return [
+        _finding(
+            "cdc_wal",
+            _where(source),
+            f"The replication slot is confirmed only as far as the source's least recent CDC "
+            f"table, so while {names} does not sync, the source database keeps every change "
+            "since for the slot. PostHog's API does not report how much.",
+            "The source database's disk. Past cdc_lag_critical_threshold_mb "
+            f"({critical or _CDC_CRITICAL_MB} MB) PostHog drops a PostHog-managed slot "
+            "(cdc_auto_drop_slot), and every CDC table of the source then needs a new snapshot.",
+            f"Fix {names} first (its own finding says how). If the source database is short of "
+            "disk, pause it (should_sync false) so the slot moves on for the other tables.",
+            source=source,
+        )
+    ]
+
+
 async def audit(call: Caller[NoParams], send: Send) -> dict[str, Any]:
     """external-data-sources-audit's hook. Its own request is the sources list, made through
     that row so the page is read as a page (the row's response is the report)."""
@@ -187,8 +261,10 @@ async def audit(call: Caller[NoParams], send: Send) -> dict[str, Any]:
                 target = job.get("schema")
                 if job.get("status") == "Running" and isinstance(target, dict):
                     running.add(str(target.get("id")))
+        tables: list[dict[str, Any]] = []
         for schema in schemas:
-            findings += _table_findings(source, schema, running, at)
+            tables += _table_findings(source, schema, running, at)
+        findings += tables + _cdc_findings(source, schemas, tables)
         if any(s.get("sync_type") == "webhook" and s.get("should_sync") for s in schemas):
             info = await call.call(
                 "external-data-sources-webhook-info-retrieve", id=str(source["id"])

@@ -168,6 +168,8 @@ class Export:
     # Where each part of the CSV goes once whole (a rehearsal loads them as they come); None:
     # one file, `path`.
     part_ready: PartReady | None = None
+    # A condition in the source's own SQL, ANDed on (Postgres: an xmin sync's range).
+    where: str | None = None
 
     @property
     def past_cursor(self) -> tuple[str, str] | None:

@@ -62,7 +62,18 @@ SOURCE_CONFIG = form.source_config(
     featured=True,
     supports_column_selection=True,
 )
-NONSENSITIVE_INPUTS = form.nonsensitive_inputs(SOURCE_CONFIG["fields"])
+# With the CDC settings PostHog keeps in answers too (none of them is a secret).
+CDC_INPUTS = (
+    "cdc_enabled",
+    "cdc_management_mode",
+    "cdc_slot_name",
+    "cdc_publication_name",
+    "cdc_auto_drop_slot",
+    "cdc_lag_warning_threshold_mb",
+    "cdc_lag_critical_threshold_mb",
+    "cdc_consistent_point",
+)
+NONSENSITIVE_INPUTS = (*form.nonsensitive_inputs(SOURCE_CONFIG["fields"]), *CDC_INPUTS)
 
 # PostHog's Postgres source turns driver errors into these messages (first match wins).
 _CONNECT_ERRORS = {
@@ -151,7 +162,8 @@ def _host(job_inputs: dict[str, Any]) -> str:
     return host
 
 
-def _conninfo(job_inputs: dict[str, Any]) -> dict[str, Any]:
+def conninfo(job_inputs: dict[str, Any]) -> dict[str, Any]:
+    """libpq connection parameters of a source's job inputs (TLS and password rules applied)."""
     try:
         port = int(job_inputs.get("port") or 5432)
     except (TypeError, ValueError) as exc:
@@ -178,7 +190,7 @@ def connect(job_inputs: dict[str, Any]) -> psycopg.Connection[Any]:
     """Open a connection; raise ConnectionFailed with PostHog's message on failure."""
     import psycopg
 
-    info = _conninfo(job_inputs)
+    info = conninfo(job_inputs)
     if "require_auth" in info and psycopg.pq.version() < _LIBPQ_REQUIRE_AUTH:
         # Without require_auth, libpq answers a cleartext request: send no password at all.
         raise ConnectionFailed(
@@ -288,6 +300,8 @@ def copy_statement(export: Export) -> str:
         else:
             literal = sql.Literal(row_filter.value).as_string()
         conditions.append(f"{quote_ident(row_filter.column)} {row_filter.operator} {literal}")
+    if export.where:
+        conditions.append(export.where)
     if conditions:
         query += " WHERE " + " AND ".join(conditions)
     if export.limit is not None:

@@ -18,7 +18,7 @@ from mcp import Client
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.store import Store, iso
 from posthog_warehouse_mcp.server.app import create_server
-from tests.sandbox.support import Upstream, call, services_of
+from tests.sandbox.support import Upstream, call, client_for, services_of, wait_for_jobs
 from tests.support import settings
 
 pytestmark = pytest.mark.anyio
@@ -100,3 +100,45 @@ async def test_the_audit_finds_each_seeded_problem_with_its_next_step(
     assert found["stuck"]["next"].startswith("external-data-schemas-cancel")
     assert "Not resync" in found["stuck"]["next"]
     assert report["checked"]["data_health"] == {"checked": True}
+
+
+async def test_a_cdc_table_that_stopped_syncing_is_named_as_holding_back_the_slots_wal(
+    tmp_path: Path, logical_upstream: Upstream
+) -> None:
+    logical_upstream.execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, total int);"
+        "INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g"
+    )
+    schema = {"name": "orders", "should_sync": True, "sync_type": "cdc"}
+    payload = logical_upstream.payload([schema], cdc_enabled=True)
+    async with agent_in(tmp_path / "sandbox") as (client, app):
+        created = await call(
+            client,
+            "external-data-sources-create",
+            {"source_type": "Postgres", "prefix": "shop_", "payload": payload},
+        )
+        async with client_for(app) as http:
+            await wait_for_jobs(http, created["id"], 1)  # the snapshot the create started
+        source = await call(client, "external-data-sources-retrieve", {"id": created["id"]})
+        assert (await call(client, "external-data-sources-audit", {}))["findings"] == []
+        # Changes the slot keeps while the table's last sync grows old on an hourly schedule.
+        logical_upstream.execute("UPDATE orders SET total = total + 1")
+        (held,) = logical_upstream.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) "
+            "FROM pg_replication_slots WHERE database = current_database()"
+        )[0]
+        assert held > 0
+        live = services_of(app).store
+        orders = source["schemas"][0]["id"]
+        with live.lock:
+            stale_at = iso(datetime.now(UTC) - timedelta(days=3))
+            live.save(
+                replace(live.schemas[orders], sync_frequency="1hour", last_synced_at=stale_at)
+            )
+        report = await call(client, "external-data-sources-audit", {})
+        await call(client, "external-data-sources-destroy", {"id": created["id"]})
+    found = {f["kind"]: f for f in report["findings"]}
+    assert set(found) == {"stale", "cdc_wal"}, report["findings"]
+    assert found["cdc_wal"]["source_id"] == created["id"]
+    assert "orders" in found["cdc_wal"]["cause"]
+    assert "10240 MB" in found["cdc_wal"]["affects"]

@@ -327,11 +327,18 @@ async def test_validation_errors_use_drf_shape(
     _, client = sandbox
     schema_id = schema_by_name(source, "orders")["id"]
     url = f"{API}/external_data_schemas/{schema_id}/"
-    bad_type = await client.patch(url, json={"sync_type": "cdc"})
+    bad_type = await client.patch(url, json={"sync_type": "webhook"})
     assert bad_type.status_code == 400
     assert bad_type.json()["type"] == "validation_error"
     assert bad_type.json()["attr"] == "sync_type"
     assert "full_refresh" in bad_type.json()["detail"]
+    # CDC needs a source created with CDC enabled (its slot and publication).
+    no_cdc = await client.patch(url, json={"sync_type": "cdc"})
+    assert (no_cdc.status_code, no_cdc.json()["attr"], no_cdc.json()["detail"]) == (
+        400,
+        "sync_type",
+        "CDC must be enabled on the source before selecting it as a sync type.",
+    )
     bad_choice = await client.patch(url, json={"sync_type": "sometimes"})
     assert bad_choice.json()["code"] == "invalid_choice"
     freq = await client.patch(url, json={"sync_frequency": "2hour"})

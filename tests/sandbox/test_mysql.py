@@ -118,7 +118,7 @@ async def test_mysql_cancel_kills_the_running_query(
         jobs = await wait_for_jobs(client, str(source["id"]), 1)
     assert (jobs[0]["status"], jobs[0]["latest_error"]) == ("Failed", "Sync cancelled by user")
     tables = warehouse_rows(
-        app, "SELECT count(*) FROM duckdb_tables() WHERE table_name <> '_sandbox_sync_state'"
+        app, "SELECT count(*) FROM duckdb_tables() WHERE NOT starts_with(table_name, '_sandbox_')"
     )
     assert tables == [(0,)]
 

@@ -349,8 +349,10 @@ async def test_deleting_a_source_stops_its_running_sync(
         deleted = await client.delete(f"{API}/external_data_sources/{source['id']}/")
         assert deleted.status_code == 204
     assert not services_of(app).engine.is_running(source["schemas"][0]["id"])
-    tables = warehouse_rows(app, "SELECT count(*) FROM duckdb_tables()")
-    assert tables == [(1,)]  # only the sandbox's own cursor-state table
+    tables = warehouse_rows(
+        app, "SELECT count(*) FROM duckdb_tables() WHERE NOT starts_with(table_name, '_sandbox_')"
+    )
+    assert tables == [(0,)]  # only the sandbox's own state tables
 
 
 async def test_schedules_start_syncs_when_due(
