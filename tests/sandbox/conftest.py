@@ -46,17 +46,12 @@ def upstream(upstream_server: Databases) -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="session")
-def logical_server(request: pytest.FixtureRequest) -> Iterator[Databases]:
-    """An embedded PostgreSQL ready for CDC (wal_level `logical`, LOGICAL_SLOTS slots), for the
-    whole run, like `upstream_server`."""
+def logical_server() -> Iterator[Databases]:
+    """An embedded PostgreSQL ready for CDC: wal_level `logical`, LOGICAL_SLOTS slots. One a
+    worker, not one a run: a test fills every slot (test_cdc.py), which would fail another
+    worker's CDC sync meanwhile."""
     settings = {"wal_level": "logical", "max_replication_slots": str(LOGICAL_SLOTS)}
-    shared = getattr(request.config, "workerinput", {}).get(SHARED_SERVERS)
-    servers = (
-        shared_postgres(Path(shared) / "logical", settings)
-        if shared
-        else embedded_postgres("sandbox-logical-", settings)
-    )
-    with servers as databases:
+    with embedded_postgres("sandbox-logical-", settings) as databases:
         yield databases
 
 
