@@ -165,15 +165,35 @@ class MemoryHeld:
             entry = self._kept.pop(key, None)
         return entry[0] if entry is not None and entry[1] >= self._clock() else None
 
-    async def claim(self, key: str, seconds: float) -> bool:
-        """Keep "1" under `key` for `seconds` unless a live value is there; whether it did."""
+    async def replace(self, key: str, value: str, seconds: float) -> bool:
+        """Keep `value` under `key` for `seconds` only if a live value is there."""
+        moment = self._clock()
+        with self._lock:
+            entry = self._kept.get(key)
+            if entry is None or entry[1] < moment:
+                return False
+            self._kept[key] = (value, moment + seconds)
+        return True
+
+    async def claim(self, key: str, owner: str, seconds: float) -> bool:
+        """Keep `owner` under `key` for `seconds` unless a live value is there; whether it
+        did."""
         moment = self._clock()
         with self._lock:
             entry = self._kept.get(key)
             if entry is not None and entry[1] >= moment:
                 return False
-            self._kept[key] = ("1", moment + seconds)
+            self._kept[key] = (owner, moment + seconds)
         return True
+
+    async def release(self, key: str, owner: str) -> bool:
+        """Remove `key` if it still holds `owner`; whether it did."""
+        with self._lock:
+            entry = self._kept.get(key)
+            if entry is None or entry[0] != owner:
+                return False
+            del self._kept[key]
+        return entry[1] >= self._clock()
 
 
 class Sessions(Protocol):
@@ -365,11 +385,18 @@ class Approvals:
         """The approval page (a Starlette endpoint for :data:`PAGE`'s route)."""
         try:
             caller = SERVER
-            if self.sessions is not None:
-                signed_in = await self._signed_in(request)
+
+            # The person is asked for after the Host, Origin and attempts' checks: a foreign
+            # page learns nothing of a link, and failed sign-in checks count as attempts.
+            async def gate(request: Request, link: Link) -> Response | None:
+                nonlocal caller
+                if self.sessions is None:
+                    return None
+                signed_in = await self._signed_in(request, link)
                 if isinstance(signed_in, Response):
                     return signed_in
                 caller = signed_in
+                return None
 
             async def act(link: Link, token: str, fields: dict[str, str]) -> Response:
                 return await self._act(link, token, fields, caller)
@@ -380,6 +407,7 @@ class Approvals:
                 tokens=self.links,
                 show=_show,
                 act=act,
+                gate=gate,
             )
         except StoreUnavailable as exc:
             log.warning("approval page: %s", exc)
@@ -390,13 +418,10 @@ class Approvals:
                 503,
             )
 
-    async def _signed_in(self, request: Request) -> Caller | Response:
+    async def _signed_in(self, request: Request, found: Link) -> Caller | Response:
         """With sessions: the signed-in person whose call the link holds, or the page that
         says why not (the link is left as it was: its person may still open it)."""
         assert self.sessions is not None
-        found = await self.links.find(str(request.path_params.get("token", "")))
-        if found is None:
-            return SERVER  # an unknown link: the page says so, and counts the attempt
         caller = await self.sessions.caller(request)
         if caller is None:
             body = (

@@ -51,6 +51,10 @@ PREFIX = "posthog-warehouse-mcp:"
 # A store that does not answer within this long is down for this request; the balancer's and
 # the client's timeouts are much longer.
 TIMEOUT_SECONDS = 1.0
+# Compare-and-delete: a lock is removed only by the instance that holds it.
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 
 
 class RedisStore:
@@ -166,9 +170,47 @@ class RedisStore:
             raise self._unavailable("take a held call", exc) from None
         return found.decode() if isinstance(found, bytes) else found
 
-    async def claim(self, key: str, seconds: float) -> bool:
-        """``SET <prefix><key> 1 NX EX <seconds>``: True for the one instance that set it (a
-        lock every replica sees; :meth:`take` releases it early).
+    async def replace(self, key: str, value: str, seconds: float) -> bool:
+        """``SET <prefix><key> <value> XX EX <seconds>``: only over a live value, so that a
+        record removed meanwhile (a revoked grant) is not written back.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        return await self._set_if(key, value, seconds, doing="replace a record", xx=True)
+
+    async def claim(self, key: str, owner: str, seconds: float) -> bool:
+        """``SET <prefix><key> <owner> NX EX <seconds>``: True for the one instance that set it
+        (a lock every replica sees; :meth:`release` ends it early).
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        return await self._set_if(key, owner, seconds, doing="take a lock", nx=True)
+
+    async def _set_if(
+        self,
+        key: str,
+        value: str,
+        seconds: float,
+        *,
+        doing: str,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            done = await self._redis().set(
+                f"{PREFIX}{key}", value, nx=nx, xx=xx, ex=max(1, math.ceil(seconds))
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(doing, exc) from None
+        return bool(done)
+
+    async def release(self, key: str, owner: str) -> bool:
+        """Delete ``<prefix><key>`` if it still holds `owner`, in one step (a script): a lock
+        that expired and was claimed by another instance is left to it.
 
         Raises:
             StoreUnavailable: Redis cannot be reached.
@@ -176,12 +218,10 @@ class RedisStore:
         from redis.exceptions import RedisError
 
         try:
-            added = await self._redis().set(
-                f"{PREFIX}{key}", b"1", nx=True, ex=max(1, math.ceil(seconds))
-            )
+            done = await self._redis().eval(_RELEASE, 1, f"{PREFIX}{key}", owner)
         except (RedisError, OSError) as exc:
-            raise self._unavailable("take a lock", exc) from None
-        return bool(added)
+            raise self._unavailable("release a lock", exc) from None
+        return bool(done)
 
     def _unavailable(self, doing: str, exc: BaseException) -> StoreUnavailable:
         log.warning("cannot %s in %s: %s", doing, self.where, exc)

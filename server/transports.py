@@ -274,12 +274,12 @@ def http_app(
     if settings.mcp_oauth:
         from .oauth import OAuth, PublicHost
 
-        oauth = OAuth.build(settings, shared.records, fetcher=fetcher)
+        oauth = OAuth.build(settings, shared.records, fetcher=fetcher, windows=shared.windows)
         app = oauth.guard(app)
         approvals.sessions = oauth
         hosts = PublicHost.of(settings)
         oauth_routes = [
-            Route(r.path, hosts.wrap(r.app), methods=sorted(r.methods or ["GET"]))
+            Route(r.path, hosts.wrap(oauth.wrap(r.app)), methods=sorted(r.methods or ["GET"]))
             for r in oauth.routes()
         ]
     elif settings.auth_token or settings.forward_key:
