@@ -116,7 +116,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..loopback.hosts import origin_of
+from ..loopback.hosts import HostCheck, Visitors, origin_of
 from ..loopback.pages import render
 from ..tools.confirm import StoreUnavailable
 from ..tools.table import ENDPOINTS
@@ -1106,9 +1106,11 @@ class PerAddress:
 @dataclass(frozen=True)
 class PublicHost:
     """The OAuth routes answer only requests for the deployment's own host (its public URL's,
-    or one of ``--allowed-hosts``): no DNS rebinding. Their Origin is not checked: the token,
-    registration and revocation endpoints serve browser-based clients of any origin (CORS, as
-    the SDK sets them up), and carry no cookie; the callback is a top-level navigation."""
+    or one of ``--allowed-hosts``): no DNS rebinding. Their Origin is not checked here: the
+    token, registration and revocation endpoints serve browser-based clients of any origin
+    (CORS, as the SDK sets them up), and carry no cookie; the callback is a top-level
+    navigation; the consent page checks its own form's Origin. The check is the loopback
+    listeners' (loopback/hosts.py)."""
 
     hosts: frozenset[str]
 
@@ -1118,36 +1120,9 @@ class PublicHost:
         public = urlsplit(settings.mcp_public_url or "").netloc
         return cls(frozenset([public, *settings.mcp_allowed_hosts]))
 
-    def allows(self, host: str) -> bool:
-        """Whether a Host header names this deployment."""
-        for pattern in self.hosts:
-            if host == pattern:
-                return True
-            if pattern.endswith(":*") and host.rpartition(":")[0] == pattern[:-2]:
-                return True
-        return False
-
     def wrap(self, app: ASGIApp) -> ASGIApp:
         """`app`, answering only this deployment's hosts."""
-        return _HostChecked(app, self)
-
-
-class _HostChecked:
-    """An ASGI app behind :class:`PublicHost` (a class: Starlette would take a function for a
-    request handler)."""
-
-    def __init__(self, app: ASGIApp, hosts: PublicHost) -> None:
-        self.app = app
-        self.hosts = hosts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self.hosts.allows(
-            Request(scope).headers.get("host", "")
-        ):
-            response = JSONResponse({"detail": "Invalid Host header."}, status_code=400)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        return HostCheck(app, Visitors(self.hosts, check_origin=False))
 
 
 @dataclass

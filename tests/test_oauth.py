@@ -821,3 +821,11 @@ async def test_the_document_is_fetched_from_the_address_that_was_checked(tmp_pat
             await fetcher.fetch(f"https://other.test:{port}/named.json", scope=None)
     assert client.client_name == "Named"
     assert "could not be fetched" in str(unnamed.value)
+
+
+def test_mcp_answers_the_public_urls_host_behind_a_wildcard_bind() -> None:
+    from posthog_warehouse_mcp.server.transports import security
+
+    checks = security(hosted_settings("https://mcp.example.com", mcp_host="0.0.0.0"))
+    assert "mcp.example.com" in (checks.allowed_hosts or [])
+    assert "https://mcp.example.com" in (checks.allowed_origins or [])
