@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..tools.confirm import Spent, StoreUnavailable
-from .approvals import HeldStore, MemoryHeld
 from .config import ConfigError, Settings
 from .limits import MemoryWindows, Windows
-from .records import Records
+from .records import Expiring, MemoryRecords, Records
 from .store import SqliteSpent
 
 if TYPE_CHECKING:
@@ -59,8 +58,8 @@ _RELEASE = (
 
 class RedisStore:
     """One Redis for a deployment: spent ids (:class:`~..tools.confirm.Spent`), held calls
-    (:class:`~.approvals.HeldStore`), rate-limit counts (:class:`~.limits.Windows`) and a
-    readiness probe.
+    (:class:`~.records.Expiring`), OAuth's records (:class:`~.records.Records`), rate-limit
+    counts (:class:`~.limits.Windows`) and a readiness probe.
 
     The client (and its connection pool) is made on first use and closed when the last
     :meth:`running` block ends: an HTTP app holds one for its lifetime, and each SSE or stdio
@@ -139,7 +138,7 @@ class RedisStore:
         try:
             await self._redis().set(f"{PREFIX}{key}", value, ex=max(1, math.ceil(seconds)))
         except (RedisError, OSError) as exc:
-            raise self._unavailable("hold a call for approval", exc) from None
+            raise self._unavailable("keep a record", exc) from None
 
     async def peek(self, key: str) -> str | None:
         """``GET <prefix><key>``: the value, left in place.
@@ -152,7 +151,7 @@ class RedisStore:
         try:
             found = await self._redis().get(f"{PREFIX}{key}")
         except (RedisError, OSError) as exc:
-            raise self._unavailable("read a held call", exc) from None
+            raise self._unavailable("read a record", exc) from None
         return found.decode() if isinstance(found, bytes) else found
 
     async def take(self, key: str) -> str | None:
@@ -167,7 +166,7 @@ class RedisStore:
         try:
             found = await self._redis().getdel(f"{PREFIX}{key}")
         except (RedisError, OSError) as exc:
-            raise self._unavailable("take a held call", exc) from None
+            raise self._unavailable("take a record", exc) from None
         return found.decode() if isinstance(found, bytes) else found
 
     async def replace(self, key: str, value: str, seconds: float) -> bool:
@@ -265,9 +264,9 @@ class Shared:
     spent: Spent
     windows: Windows
     redis: RedisStore | None = None
-    held: HeldStore = field(default_factory=MemoryHeld)
+    held: Expiring = field(default_factory=MemoryRecords)
     # OAuth's records (server/oauth.py): clients, sign-ins, codes, tokens, each person's grant.
-    records: Records = field(default_factory=MemoryHeld)
+    records: Records = field(default_factory=MemoryRecords)
 
     def running(self) -> AbstractAsyncContextManager[None]:
         """Hold the store's connections for the block (nothing to hold without Redis)."""

@@ -39,9 +39,9 @@ from posthog_warehouse_mcp.server.approvals import (
     ApprovalRefused,
     Approvals,
     Held,
-    MemoryHeld,
 )
 from posthog_warehouse_mcp.server.callers import SERVER, Caller
+from posthog_warehouse_mcp.server.records import MemoryRecords
 from posthog_warehouse_mcp.server.shared import RedisStore, Shared, shared_for
 from posthog_warehouse_mcp.server.transports import http_app
 from tests.support import (
@@ -382,7 +382,7 @@ async def test_over_http_without_a_public_url_the_token_remains_and_no_page_is_s
 
 async def test_a_page_link_expires_and_then_sends_nothing() -> None:
     now = [0.0]
-    store = MemoryHeld(clock=lambda: now[0])
+    store = MemoryRecords(clock=lambda: now[0])
     approvals = Approvals(store, public_url=PUBLIC)
     sent: list[Held] = []
 

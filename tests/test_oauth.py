@@ -772,10 +772,10 @@ async def test_no_region_answering_is_a_temporary_failure_not_a_guess() -> None:
 
 
 async def test_a_record_copied_under_another_key_does_not_open() -> None:
-    from posthog_warehouse_mcp.server.approvals import MemoryHeld
     from posthog_warehouse_mcp.server.oauth import Cipher
+    from posthog_warehouse_mcp.server.records import MemoryRecords
 
-    records = MemoryHeld()
+    records = MemoryRecords()
     vault = Vault(records, Cipher([]))
     await vault.put("access", "victims-token", {"grant": "theirs"}, 600)
     sealed = await records.peek(Vault._key("access", "victims-token"))
