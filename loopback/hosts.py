@@ -78,11 +78,13 @@ def _matches(value: str, patterns: Iterable[str]) -> bool:
 class Visitors:
     """Who a listener answers: requests naming one of its `hosts` (``name:port``, or
     ``name:*`` for any port), and, when they carry an Origin, coming from a page of one of them
-    served over plain HTTP (every loopback listener here is)."""
+    served over plain HTTP (every loopback listener here is). With ``check_origin=False`` the
+    Origin is left to the app (endpoints that serve pages of any origin, through CORS)."""
 
-    def __init__(self, hosts: Iterable[str]) -> None:
+    def __init__(self, hosts: Iterable[str], *, check_origin: bool = True) -> None:
         self.hosts = frozenset(hosts)
         self.origins = frozenset(f"http://{host}" for host in self.hosts)
+        self.check_origin = check_origin
 
     def refusal(self, headers: Mapping[str, str]) -> tuple[int, str] | None:
         """Why a request with these (lower-case) headers is refused, as (status, detail), or
@@ -92,7 +94,7 @@ class Visitors:
         # No Origin: not a browser, or a browser's plain navigation. "null" (a sandboxed or
         # privacy-stripped page) is refused: it cannot be told from a foreign page.
         origin = headers.get("origin")
-        if origin is not None and not _matches(origin, self.origins):
+        if self.check_origin and origin is not None and not _matches(origin, self.origins):
             return 403, "Invalid Origin header."
         return None
 

@@ -132,9 +132,12 @@ class OneTimePage:
         tokens: Links[T],
         show: Callable[[T, str], Response],
         act: Callable[[T, str, dict[str, str]], Awaitable[Response]],
+        gate: Callable[[Request, T], Awaitable[Response | None]] | None = None,
     ) -> Response:
         """Answer a request for the page, served at `address` (None: it has none a browser can
-        open); its token must be live in `tokens`.
+        open); its token must be live in `tokens`. `gate`, when given, may refuse a request
+        that passed every other check (its Host, its Origin, the attempts' limits), with the
+        answer it returns.
 
         A GET is answered by `show(value, token)`: the form. A POST from the page calls
         `act(value, token, fields)` with the form's non-empty text fields; `act` spends the
@@ -155,7 +158,9 @@ class OneTimePage:
                 headers={"Retry-After": str(wait)},
             )
         value = await tokens.find(token)
-        answer = await self._answer(request, token, value, address=address, show=show, act=act)
+        answer = await self._answer(
+            request, token, value, address=address, show=show, act=act, gate=gate
+        )
         if answer.status_code >= 400:
             tokens.attempts.fail(client, token if value is not None else None)
         return answer
@@ -169,6 +174,7 @@ class OneTimePage:
         address: str | None,
         show: Callable[[T, str], Response],
         act: Callable[[T, str, dict[str, str]], Awaitable[Response]],
+        gate: Callable[[Request, T], Awaitable[Response | None]] | None,
     ) -> Response:
         if address is None or request.headers.get("host") != host_of(address):
             return render(
@@ -184,11 +190,15 @@ class OneTimePage:
         if request.method == "GET":
             if request.query_params:
                 return render("Not accepted", f"<p>{html.escape(self.typed_only)}</p>", 400)
-            return show(value, token)
-        if request.method != "POST":
+        elif request.method != "POST":
             return render("Not accepted", "<p>This page takes only its form.</p>", 405)
-        if request.headers.get("origin") != origin_of(address):
+        elif request.headers.get("origin") != origin_of(address):
             return render("Not accepted", "<p>The form must be sent from this page.</p>", 403)
+        refused = await gate(request, value) if gate is not None else None
+        if refused is not None:
+            return refused
+        if request.method == "GET":
+            return show(value, token)
         form = await request.form()
         fields = {k: v for k, v in form.items() if isinstance(v, str) and v != ""}
         return await act(value, token, fields)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import ipaddress
 import json
 import secrets
 import time
@@ -48,6 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ..loopback.hosts import is_loopback
 from ..loopback.pages import render
 from .access import ENVIRONMENT_ID
 
@@ -257,12 +257,15 @@ class OAuthProvider:
         return _error("unsupported_grant_type", f"Unsupported grant type: {grant_type}.")
 
     def _exchange_code(self, client: Client, fields: dict[str, str]) -> Response:
-        entry = self.codes.pop(_digest(fields.get("code", "")), None)
+        key = _digest(fields.get("code", ""))
+        entry = self.codes.get(key)
         if entry is None or entry[2] < time.time():
             return _error("invalid_grant", "Invalid or expired authorization code.")
         query, grant, _ = entry
+        # Checked before the code is used up: another client's attempt must not burn it.
         if query["client_id"] != client.client_id:
             return _error("invalid_grant", "The code was issued to another client.")
+        del self.codes[key]
         if fields.get("redirect_uri") != query["redirect_uri"]:
             return _error("invalid_grant", "Mismatching redirect URI.")
         verifier = fields.get("code_verifier", "")
@@ -276,7 +279,8 @@ class OAuthProvider:
         return self._issue(grant)
 
     def _refresh(self, client: Client, fields: dict[str, str]) -> Response:
-        issued = self.tokens.pop(_digest(fields.get("refresh_token", "")), None)
+        key = _digest(fields.get("refresh_token", ""))
+        issued = self.tokens.get(key)
         if (
             issued is None
             or issued.kind != "refresh"
@@ -286,6 +290,7 @@ class OAuthProvider:
             return _error("invalid_grant", "Invalid refresh token.")
         if issued.grant.client_id != client.client_id:
             return _error("invalid_grant", "The refresh token was issued to another client.")
+        del self.tokens[key]
         self.refreshes += 1
         return self._issue(issued.grant)
 
@@ -419,16 +424,7 @@ def _is_document_url(client_id: str) -> bool:
         return True
     # Not PostHog's rule: the sandbox serves this machine, and a client under test on it has
     # no certificate a browser would trust.
-    return parts.scheme == "http" and _loopback(parts.hostname or "")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return parts.scheme == "http" and is_loopback(parts.hostname or "")
 
 
 async def _fetch_document(url: str) -> Client | None:

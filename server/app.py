@@ -36,6 +36,7 @@ from ..tools.secrets import SecretRefused
 from ..tools.table import ENDPOINTS, Endpoint, lookup
 from . import apps, asking
 from .approvals import APPROVE_TOOL, Approvals, Held
+from .callers import Caller
 from .config import Settings
 from .filters import enabled, why_disabled
 from .limits import caller_of, limiter_for
@@ -108,6 +109,20 @@ def preflight(settings: Settings, row: Endpoint, request: Request | None) -> str
     return None
 
 
+def scope_refusal(row: Endpoint, caller: Caller) -> str | None:
+    """Why the caller's token may not make this call (a signed-in person's token lacks a scope
+    the row needs), or None."""
+    missing = caller.missing(row.scopes)
+    if not missing:
+        return None
+    plural = "s" if len(missing) > 1 else ""
+    return (
+        f"{row.name} needs the scope{plural} {' and '.join(missing)}, which this sign-in was "
+        "not granted; nothing was sent. Reconnect the server in your MCP client and approve "
+        f"the scope{plural} to use this tool."
+    )
+
+
 async def on_list_tools(
     ctx: Context, params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
@@ -131,8 +146,11 @@ async def on_call_tool(
     """
     state = ctx.lifespan_context
     settings = state.settings
+    caller = caller_of_request(settings, ctx.request)
     if state.limiter is not None:
-        refused = await state.limiter.check(caller_of(ctx.request.headers if ctx.request else None))
+        # A signed-in person is counted as themselves: a refreshed token starts no new count.
+        who = caller.identity or caller_of(ctx.request.headers if ctx.request else None)
+        refused = await state.limiter.check(who)
         if refused is not None:
             return error_result(f"{params.name}: {refused.message}")
     if params.name == APPROVE_TOOL and asking.offers_cards(ctx):
@@ -140,7 +158,7 @@ async def on_call_tool(
             answered = await asking.card_answer(
                 ctx,
                 params.arguments,
-                caller=caller_of_request(settings, ctx.request),
+                caller=caller,
                 send=sender_of(state).held,
             )
         except Exception as exc:
@@ -149,7 +167,7 @@ async def on_call_tool(
     row = lookup(params.name)
     if row is None:
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-    refusal = preflight(settings, row, ctx.request)
+    refusal = preflight(settings, row, ctx.request) or scope_refusal(row, caller)
     if refusal is not None:
         return error_result(refusal)
     try:
@@ -162,7 +180,7 @@ async def on_call_tool(
     try:
         call = sender_of(state).call(
             args,
-            caller=caller_of_request(settings, ctx.request),
+            caller=caller,
             progress=ctx.session.report_progress,
             open_url=asking.url_opener(ctx),
         )
@@ -288,6 +306,7 @@ def create_server(
             settings.api_key,
             settings.auth_token,
             settings.confirm_secret.get_secret_value() if settings.confirm_secret else None,
+            *settings.oauth_key_list,
         ]
     )
     listing = listing_for(settings)

@@ -3,7 +3,7 @@ approves it, then sent once.
 
 A held call is data, not a closure: the tool, its validated arguments, the caller (a digest of
 a forwarded key, or "" for the server's own callers) and the preview the person was shown. It
-is kept in a :class:`HeldStore` for 10 minutes: this process's memory, or Redis with
+is kept in a :class:`Expiring` for 10 minutes: this process's memory, or Redis with
 ``POSTHOG_REDIS_URL`` (server/shared.py), so that whichever replica the approval reaches can
 take it. Taking is atomic and single-use (``GETDEL`` in Redis): of two replicas taking one
 approval, one gets the call; the other gets nothing. The replica that takes it rebuilds the
@@ -35,8 +35,6 @@ import html
 import json
 import logging
 import secrets
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -56,6 +54,7 @@ from ..loopback.serve import free_socket, listening
 from ..tools.confirm import StoreUnavailable
 from ..tools.errors import NothingSent, PostHogError
 from .callers import SERVER, Caller
+from .records import Expiring, MemoryRecords
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -109,73 +108,6 @@ class Held:
         )
 
 
-class HeldStore(Protocol):
-    """Where held calls and page links are kept until taken or expired: shared by every
-    instance that may be asked to approve them."""
-
-    async def hold(self, key: str, value: str, seconds: float) -> None:
-        """Keep `value` under `key` for `seconds`.
-
-        Raises:
-            StoreUnavailable: the store cannot be reached.
-        """
-        ...
-
-    async def peek(self, key: str) -> str | None:
-        """The value under `key`, left in place; None when there is none (or it expired).
-
-        Raises:
-            StoreUnavailable: the store cannot be reached.
-        """
-        ...
-
-    async def take(self, key: str) -> str | None:
-        """The value under `key`, removed at once: of two takers, only one gets it.
-
-        Raises:
-            StoreUnavailable: the store cannot be reached.
-        """
-        ...
-
-
-class MemoryHeld:
-    """Held calls in this process only (one instance, or stdio): a dict under a lock."""
-
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._kept: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
-
-    async def hold(self, key: str, value: str, seconds: float) -> None:
-        """Keep `value` under `key` for `seconds` (forgetting what has expired)."""
-        moment = self._clock()
-        with self._lock:
-            self._kept = {k: v for k, v in self._kept.items() if v[1] >= moment}
-            self._kept[key] = (value, moment + seconds)
-
-    async def peek(self, key: str) -> str | None:
-        """The live value under `key`, left in place."""
-        with self._lock:
-            entry = self._kept.get(key)
-        return entry[0] if entry is not None and entry[1] >= self._clock() else None
-
-    async def take(self, key: str) -> str | None:
-        """The live value under `key`, removed."""
-        with self._lock:
-            entry = self._kept.pop(key, None)
-        return entry[0] if entry is not None and entry[1] >= self._clock() else None
-
-    async def claim(self, key: str, seconds: float) -> bool:
-        """Keep "1" under `key` for `seconds` unless a live value is there; whether it did."""
-        moment = self._clock()
-        with self._lock:
-            entry = self._kept.get(key)
-            if entry is not None and entry[1] >= moment:
-                return False
-            self._kept[key] = ("1", moment + seconds)
-        return True
-
-
 class Sessions(Protocol):
     """Who a browser is signed in as (``--oauth``: the session the sign-in left)."""
 
@@ -206,7 +138,7 @@ class PageLinks:
     """The page's one-time links, kept in the held store (any replica serves them), and the
     failed attempts at them (counted by each instance)."""
 
-    store: HeldStore
+    store: Expiring
     attempts: Attempts = field(default_factory=Attempts)
 
     async def find(self, token: str) -> Link | None:
@@ -227,7 +159,7 @@ class PageLinks:
 
 
 class Approvals:
-    """The calls waiting for a person, in a :class:`HeldStore`, and the page that shows them.
+    """The calls waiting for a person, in a :class:`Expiring`, and the page that shows them.
 
     The page is served on stdio by a loopback listener (``loopback=True``: started at the
     first link, within :meth:`running`), over HTTP by the deployment's app at ``public_url``
@@ -236,13 +168,13 @@ class Approvals:
 
     def __init__(
         self,
-        store: HeldStore | None = None,
+        store: Expiring | None = None,
         *,
         seconds: float = APPROVAL_SECONDS,
         loopback: bool = False,
         public_url: str | None = None,
     ) -> None:
-        self.store: HeldStore = store if store is not None else MemoryHeld()
+        self.store: Expiring = store if store is not None else MemoryRecords()
         self.seconds = seconds
         self.loopback = loopback
         self.public_url = None if loopback else public_url
@@ -365,11 +297,18 @@ class Approvals:
         """The approval page (a Starlette endpoint for :data:`PAGE`'s route)."""
         try:
             caller = SERVER
-            if self.sessions is not None:
-                signed_in = await self._signed_in(request)
+
+            # The person is asked for after the Host, Origin and attempts' checks: a foreign
+            # page learns nothing of a link, and failed sign-in checks count as attempts.
+            async def gate(request: Request, link: Link) -> Response | None:
+                nonlocal caller
+                if self.sessions is None:
+                    return None
+                signed_in = await self._signed_in(request, link)
                 if isinstance(signed_in, Response):
                     return signed_in
                 caller = signed_in
+                return None
 
             async def act(link: Link, token: str, fields: dict[str, str]) -> Response:
                 return await self._act(link, token, fields, caller)
@@ -380,6 +319,7 @@ class Approvals:
                 tokens=self.links,
                 show=_show,
                 act=act,
+                gate=gate,
             )
         except StoreUnavailable as exc:
             log.warning("approval page: %s", exc)
@@ -390,13 +330,10 @@ class Approvals:
                 503,
             )
 
-    async def _signed_in(self, request: Request) -> Caller | Response:
+    async def _signed_in(self, request: Request, found: Link) -> Caller | Response:
         """With sessions: the signed-in person whose call the link holds, or the page that
         says why not (the link is left as it was: its person may still open it)."""
         assert self.sessions is not None
-        found = await self.links.find(str(request.path_params.get("token", "")))
-        if found is None:
-            return SERVER  # an unknown link: the page says so, and counts the attempt
         caller = await self.sessions.caller(request)
         if caller is None:
             body = (

@@ -18,6 +18,14 @@ class Caller:
     base_path: str | None = None
     # Who they are when the key does not say it for good (an OAuth token is refreshed).
     identity: str | None = None
+    # What the caller may call (a signed-in person's token's scopes); None: not bounded here.
+    scopes: frozenset[str] | None = None
+
+    def missing(self, needed: tuple[str, ...]) -> list[str]:
+        """The scopes of `needed` this caller lacks (none when it is not bounded)."""
+        if self.scopes is None:
+            return []
+        return [scope for scope in needed if scope not in self.scopes]
 
     @property
     def id(self) -> str:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ..loopback.hosts import is_loopback
 from ..tools.output import DEFAULT_MAX_OUTPUT_BYTES
 from ..tools.secrets import SecretPolicy
 from ..tools.table import BY_NAME, ENDPOINTS, TOOLSETS
@@ -350,7 +351,17 @@ class Settings(BaseSettings):
                 "--oauth calls PostHog as each signed-in person; unset --forward-key, "
                 "POSTHOG_MCP_AUTH_TOKEN and POSTHOG_PERSONAL_API_KEY."
             )
-        if self.redis_url and not self.oauth_keys:
+        for name, url in (
+            ("POSTHOG_MCP_PUBLIC_URL", self.mcp_public_url),
+            ("PostHog's OAuth server (--oauth-host, else --posthog-host)", self.oauth_server),
+        ):
+            parts = urlsplit(url)
+            if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
+                raise ConfigError(
+                    f"--oauth sends sign-in codes and tokens through {name}; it must be "
+                    f"https:// (plain http:// only on a loopback address), not {url}."
+                )
+        if self.redis_url and not self.oauth_key_list:
             raise ConfigError(
                 "--oauth with POSTHOG_REDIS_URL keeps each person's PostHog token in Redis, "
                 "encrypted: set the same POSTHOG_OAUTH_KEYS on every instance (make one with "

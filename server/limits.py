@@ -2,9 +2,11 @@
 
 A caller is the hash of the bearer token it sends (the server's token, or its own PostHog key
 with --forward-key): the same token is the same caller on every replica, and the token itself
-is never stored. Each request adds one to the caller's count in the current minute and the
-current hour (``POSTHOG_MCP_RATE_LIMIT_PER_MINUTE``, ``_PER_HOUR``; PostHog's defaults, 1,500
-and 15,000); past either, the request is refused until that window ends.
+is never stored. A person signed in with --oauth is counted by who they are (their PostHog
+user and project), so that a refreshed token does not start a new count. Each request adds
+one to the caller's count in the current minute and the current hour
+(``POSTHOG_MCP_RATE_LIMIT_PER_MINUTE``, ``_PER_HOUR``; PostHog's defaults, 1,500 and 15,000);
+past either, the request is refused until that window ends.
 
 Where the counts live is a :class:`Windows`: this process's memory (one instance), or Redis
 (server/shared.py), so that every replica counts the same caller together. When the shared
@@ -35,6 +37,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import bearer
+from .callers import SIGNED_IN, Caller
 from .config import Settings
 
 log = logging.getLogger("posthog_warehouse_mcp.limits")
@@ -189,7 +192,11 @@ class RateLimit:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        refused = await self.limiter.check(caller_of(Request(scope).headers))
+        # A signed-in person (--oauth) is counted as themselves, whichever token they send:
+        # refreshing a token must not start a new count.
+        signed_in = scope.get(SIGNED_IN)
+        who = signed_in.identity if isinstance(signed_in, Caller) else None
+        refused = await self.limiter.check(who or caller_of(Request(scope).headers))
         if refused is None:
             await self.app(scope, receive, send)
             return

@@ -7,7 +7,10 @@ token stays here, encrypted, and is used for their calls only.
 
 The flow, once per person and client::
 
-    MCP client --/authorize--> this server --302--> PostHog /oauth/authorize/ (consent)
+    MCP client --/authorize--> this server --302--> /oauth/consent: this server's own page
+        naming the client (its name, where the code goes, its metadata URL); once approved,
+        a browser remembers the client (a sealed cookie) and is not asked again
+    this server --302--> PostHog /oauth/authorize/ (PostHog's consent, naming this server)
     PostHog --302--> this server /oauth/callback: code exchanged (PKCE) for the person's
         PostHog tokens; their region found; the grant kept, encrypted
     this server --302--> the client's redirect_uri with this server's own code
@@ -40,18 +43,36 @@ record                      holds                                        lives
 ``oauth:access:<token>``    client, grant, scopes, audience               the token's
 ``oauth:refresh:<token>``   client, grant, scopes, audience               30 days
 ``oauth:session:<cookie>``  the browser's grant (the approval page)       12 hours
-``oauth:client:<id>``       a dynamically registered client               1 year
+``oauth:client:<id>``       a dynamically registered client               1 day; 1 year
+                                                                          once it has a
+                                                                          token
+``oauth:document:<url>``    a fetched client ID metadata document         1 hour
+``oauth:refused:<url>``     why a document was refused                    1 minute
+``oauth:refreshing:<id>``   the refresh lock of a grant (its owner)       30 seconds
 ==========================  ===========================================  =============
 
+Each sealed value names the key it was kept under, and is refused under any other: someone
+who can write to the store cannot copy a person's record under a token of their own.
+
 A PostHog token that is about to expire is refreshed by one instance (a lock in the store:
-``oauth:refreshing:<grant>``); the others wait for it and use the new one. A revoked token
-(``/revoke``) ends its grant: every token of that sign-in stops working.
+``oauth:refreshing:<grant>``, released only by its owner); the others wait for it and use the
+new one, or take the lock themselves when its holder gave up. A revoked token (``/revoke``)
+ends its grant: every token of that sign-in stops working, and a refresh under way does not
+write it back. A code or refresh token used twice ends its grant too (RFC 9700: a replay is
+the sign of a stolen token).
+
+The calls a token makes are held to its scopes: a tool whose row needs a scope the token
+lacks is a tool error naming it. PostHog is asked for the scopes the client asked for (or was
+registered with), and ``user:read``, to learn who the person is: their held calls are bound to
+their PostHog user and project, not to one sign-in.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import html
 import json
 import logging
 import secrets
@@ -76,6 +97,7 @@ from mcp.server.auth.provider import (
     IdentityAssertionParams,
     ProviderTokenVerifier,
     RefreshToken,
+    RegistrationError,
     TokenError,
     construct_redirect_uri,
 )
@@ -92,23 +114,34 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..loopback.hosts import HostCheck, Visitors, origin_of
 from ..loopback.pages import render
 from ..tools.confirm import StoreUnavailable
 from ..tools.table import ENDPOINTS
 from .callers import SIGNED_IN, Caller
-from .cimd import DocumentFetcher, DocumentRefused, is_document_url
+from .cimd import DocumentFetcher, DocumentRefused, is_document_url, redirect_uri_problem
 from .config import HOST_SHORTCUTS, OAUTH_PROXY, Settings
 from .filters import enabled
+from .limits import Limit, Limiter, Windows
 from .records import Records
 
 log = logging.getLogger("posthog_warehouse_mcp.oauth")
 
 CALLBACK_PATH = "/oauth/callback"
+CONSENT_PATH = "/oauth/consent"
 DOCUMENT_PATH = "/oauth/client-metadata.json"
 SESSION_COOKIE = "posthog_mcp_session"
+# The consent form's one-time token (double submit: the form and this cookie must agree).
+CONSENT_COOKIE = "posthog_mcp_consent"
+# The clients this browser approved, sealed.
+APPROVED_COOKIE = "posthog_mcp_approved"
+# Which browser began a sign-in: the callback answers that browser only (no login CSRF).
+SIGNIN_COOKIE = "posthog_mcp_signin"
 CLIENT_NAME = "PostHog warehouse MCP"
+# Asked of PostHog beside the client's scopes: /api/users/@me/ says who signed in.
+WHOAMI_SCOPE = "user:read"
 
 PENDING_SECONDS = 600
 CODE_SECONDS = 300
@@ -116,12 +149,23 @@ REFRESH_TOKEN_SECONDS = 30 * 24 * 3600
 GRANT_SECONDS = 30 * 24 * 3600
 SESSION_SECONDS = 12 * 3600
 CLIENT_SECONDS = 365 * 24 * 3600
+# A registered client that never gets a token is forgotten after a day.
+UNUSED_CLIENT_SECONDS = 24 * 3600
 DOCUMENT_CACHE_SECONDS = 3600
+REFUSED_CACHE_SECONDS = 60
+APPROVED_SECONDS = 30 * 24 * 3600
+APPROVED_MAX = 20
+# The OAuth routes a client address may call (unauthenticated, so counted by address).
+ROUTE_LIMITS = (Limit(120, 60, "a minute", "(fixed)"), Limit(1200, 3600, "an hour", "(fixed)"))
 # A PostHog token with less left than this is refreshed before it is used.
 REFRESH_MARGIN_SECONDS = 60.0
 # How long one instance may hold a grant's refresh lock, and how long the others wait.
 LOCK_SECONDS = 30.0
 WAIT_SECONDS = 15.0
+# A waiter looks at the grant and the lock this often at first, backing off to the most.
+POLL_SECONDS = 0.05
+POLL_MAX_SECONDS = 0.5
+PUT_ATTEMPTS = 3
 UPSTREAM_TIMEOUT = 15.0
 
 
@@ -165,7 +209,8 @@ class Cipher:
 
 @dataclass(frozen=True)
 class Vault:
-    """Records kept encrypted, each under a digest of its secret."""
+    """Records kept encrypted, each under a digest of its secret and bound to that key (the
+    sealed value names it; a value copied under another key does not open)."""
 
     records: Records
     cipher: Cipher
@@ -176,25 +221,53 @@ class Vault:
         Raises:
             StoreUnavailable: the store cannot be reached.
         """
-        await self.records.hold(self._key(kind, secret), self.cipher.seal(value), seconds)
+        key = self._key(kind, secret)
+        await self.records.hold(key, self._seal(key, value), seconds)
+
+    async def replace(self, kind: str, secret: str, value: dict[str, Any], seconds: float) -> bool:
+        """Keep `value` for `seconds` only over a live record; whether it did (a record taken
+        meanwhile, a revoked grant, stays gone).
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        key = self._key(kind, secret)
+        return await self.records.replace(key, self._seal(key, value), seconds)
 
     async def get(self, kind: str, secret: str) -> dict[str, Any] | None:
         """The live value, left in place."""
-        found = await self.records.peek(self._key(kind, secret))
-        return self.cipher.open(found) if found is not None else None
+        key = self._key(kind, secret)
+        found = await self.records.peek(key)
+        return self._open(key, found) if found is not None else None
 
     async def take(self, kind: str, secret: str) -> dict[str, Any] | None:
         """The live value, removed (of two takers, one gets it)."""
-        found = await self.records.take(self._key(kind, secret))
-        return self.cipher.open(found) if found is not None else None
+        key = self._key(kind, secret)
+        found = await self.records.take(key)
+        return self._open(key, found) if found is not None else None
 
-    async def claim(self, kind: str, secret: str, seconds: float) -> bool:
-        """A lock on `secret`'s record of `kind`; :meth:`release` ends it early."""
-        return await self.records.claim(self._key(kind, secret), seconds)
+    async def claim(self, kind: str, secret: str, owner: str, seconds: float) -> bool:
+        """A lock on `secret`'s record of `kind`, held by `owner`; :meth:`release` ends it."""
+        return await self.records.claim(self._key(kind, secret), owner, seconds)
 
-    async def release(self, kind: str, secret: str) -> None:
-        """End a lock."""
-        await self.records.take(self._key(kind, secret))
+    async def locked(self, kind: str, secret: str) -> bool:
+        """Whether someone holds the lock."""
+        return await self.records.peek(self._key(kind, secret)) is not None
+
+    async def release(self, kind: str, secret: str, owner: str) -> None:
+        """End `owner`'s lock (another's, after `owner`'s expired, is left alone)."""
+        await self.records.release(self._key(kind, secret), owner)
+
+    def _seal(self, key: str, value: dict[str, Any]) -> str:
+        return self.cipher.seal({"key": key, "value": value})
+
+    def _open(self, key: str, text: str) -> dict[str, Any] | None:
+        found = self.cipher.open(text)
+        if found is None or found.get("key") != key or not isinstance(found.get("value"), dict):
+            if found is not None:
+                log.warning("an OAuth record was found under a key it was not kept under")
+            return None
+        return dict(found["value"])
 
     @staticmethod
     def _key(kind: str, secret: str) -> str:
@@ -212,13 +285,19 @@ class Grant:
     api_base: str
     environment: str
     scopes: list[str]
+    # Their PostHog user's uuid: who they are, whichever client or sign-in.
+    user: str
 
-    def caller(self, path_prefix: str) -> Caller:
-        """How their calls reach PostHog."""
+    def caller(self, path_prefix: str, *, scopes: list[str] | None = None) -> Caller:
+        """How their calls reach PostHog; `scopes`, the token's, bound what they may call."""
+        allowed = None
+        if scopes is not None:
+            allowed = frozenset(scopes) & frozenset(self.scopes) if self.scopes else scopes
         return Caller(
             api_key=self.access_token,
             base_path=f"{self.api_base}/api/{path_prefix}/{self.environment}/",
-            identity=f"oauth:{self.id}",
+            identity=f"oauth:{self.user}:{self.environment}",
+            scopes=frozenset(allowed) if allowed is not None else None,
         )
 
     @classmethod
@@ -232,11 +311,18 @@ class Grant:
             api_base=str(found["api_base"]),
             environment=str(found["environment"]),
             scopes=list(found["scopes"]),
+            user=str(found["user"]),
         )
 
 
 class UpstreamRefused(Exception):
-    """PostHog refused a code or a refresh token (the person must sign in again)."""
+    """PostHog refused a code or a refresh token, or could not be reached; ``error`` is the
+    OAuth error code it answered (``invalid_grant``: the person must sign in again), or
+    ``temporarily_unavailable`` when it did not answer."""
+
+    def __init__(self, message: str, *, error: str = "temporarily_unavailable") -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class PostHogOAuth:
@@ -253,6 +339,8 @@ class PostHogOAuth:
         self.redirect_uri = public + CALLBACK_PATH
         self.scopes = scopes_for(settings)
         self.transport = transport
+        # Where a region-agnostic sign-in may live (tests: loopback stand-ins).
+        self.regions = [HOST_SHORTCUTS["us"], HOST_SHORTCUTS["eu"]]
 
     def document(self) -> dict[str, Any]:
         """This server's client ID metadata document, which PostHog fetches."""
@@ -265,13 +353,13 @@ class PostHogOAuth:
             "token_endpoint_auth_method": "none",
         }
 
-    def authorize_url(self, state: str, challenge: str) -> str:
-        """PostHog's consent page for one sign-in."""
+    def authorize_url(self, state: str, challenge: str, scopes: list[str]) -> str:
+        """PostHog's consent page for one sign-in, asking for `scopes` (and who they are)."""
         query = {
             "client_id": self.client_id,
             "redirect_uri": self.redirect_uri,
             "response_type": "code",
-            "scope": " ".join(self.scopes),
+            "scope": " ".join(sorted({*scopes, WHOAMI_SCOPE})),
             "state": state,
             "code_challenge": challenge,
             "code_challenge_method": "S256",
@@ -297,7 +385,12 @@ class PostHogOAuth:
             body = {}
         if answer.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
             error = body.get("error") if isinstance(body, dict) else None
-            raise UpstreamRefused(f"PostHog answered {answer.status_code} ({error or 'no error'})")
+            code = str(error) if error else "temporarily_unavailable"
+            if answer.status_code >= 500:
+                code = "temporarily_unavailable"
+            raise UpstreamRefused(
+                f"PostHog answered {answer.status_code} ({error or 'no error'})", error=code
+            )
         return body
 
     async def exchange(self, code: str, verifier: str) -> dict[str, Any]:
@@ -341,23 +434,27 @@ class PostHogOAuth:
         except httpx.HTTPError as exc:
             log.warning("PostHog's revocation endpoint could not be reached: %s", exc)
 
-    async def api_base(self, access_token: str) -> str:
-        """Where this person's PostHog API is: with PostHog's region-agnostic OAuth server,
-        the Cloud region whose ``/api/users/@me/`` knows the token; otherwise the PostHog
-        host."""
-        if self.server != OAUTH_PROXY:
-            return self.settings.host
+    async def whoami(self, access_token: str) -> tuple[str, str]:
+        """Where this person's PostHog API is and who they are (their user's uuid): the
+        ``/api/users/@me/`` that knows the token, the PostHog host's or, with PostHog's
+        region-agnostic OAuth server, a Cloud region's.
+
+        Raises:
+            UpstreamRefused: no candidate answered for the token (``temporarily_unavailable``:
+                a guess could send every call to the wrong region for the grant's life).
+        """
+        bases = self.regions if self.server == OAUTH_PROXY else [self.settings.host]
         headers = {"Authorization": f"Bearer {access_token}"}
         async with self._http() as http:
-            for region in ("us", "eu"):
-                base = HOST_SHORTCUTS[region]
+            for base in bases:
                 try:
                     answer = await http.get(f"{base}/api/users/@me/", headers=headers)
-                except httpx.HTTPError:
+                    body = answer.json() if answer.status_code == 200 else None
+                except (httpx.HTTPError, ValueError):
                     continue
-                if answer.status_code == 200:
-                    return base
-        return self.settings.host
+                if isinstance(body, dict) and body.get("uuid"):
+                    return base, str(body["uuid"])
+        raise UpstreamRefused("no PostHog region knows this sign-in's token")
 
 
 def _environment(tokens: dict[str, Any]) -> str:
@@ -384,6 +481,7 @@ class Provider:
         self.vault = vault
         self.upstream = upstream
         self.fetcher = fetcher
+        self.public = public
         self.resource = f"{public}/mcp"
         self.scopes = upstream.scopes
         self.token_seconds = settings.mcp_oauth_token_seconds
@@ -392,15 +490,19 @@ class Provider:
     # Clients.
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
-        """A registered client, or the one a client ID metadata document describes."""
+        """A registered client, or the one a client ID metadata document describes (a refused
+        document is remembered for a minute: not fetched again for each request)."""
         if is_document_url(client_id):
             cached = await self.vault.get("document", client_id)
             if cached is not None:
                 return OAuthClientInformationFull.model_validate(cached)
+            if await self.vault.get("refused", client_id) is not None:
+                return None
             try:
                 client = await self.fetcher.fetch(client_id, scope=" ".join(self.scopes))
             except DocumentRefused as exc:
                 log.info("client metadata document refused: %s", exc)
+                await self.vault.put("refused", client_id, {"why": str(exc)}, REFUSED_CACHE_SECONDS)
                 return None
             await self.vault.put(
                 "document", client_id, client.model_dump(mode="json"), DOCUMENT_CACHE_SECONDS
@@ -410,42 +512,184 @@ class Provider:
         return OAuthClientInformationFull.model_validate(found) if found is not None else None
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
-        """Keep a dynamically registered client (its secret, if any, encrypted)."""
+        """Keep a dynamically registered client (its secret, if any, encrypted), for a day
+        until it gets a token.
+
+        Raises:
+            RegistrationError: a redirect URI that is not https://, http:// on loopback, or a
+                private-use scheme.
+        """
+        for uri in client_info.redirect_uris or []:
+            problem = redirect_uri_problem(str(uri))
+            if problem is not None:
+                raise RegistrationError("invalid_redirect_uri", problem)
         await self.vault.put(
-            "client", client_info.client_id, client_info.model_dump(mode="json"), CLIENT_SECONDS
+            "client",
+            client_info.client_id,
+            {**client_info.model_dump(mode="json"), "used": False},
+            UNUSED_CLIENT_SECONDS,
         )
 
-    # Authorization: to PostHog and back.
+    async def _client_used(self, client_id: str) -> None:
+        """A registered client got a token: keep it for the year."""
+        if is_document_url(client_id):
+            return
+        found = await self.vault.get("client", client_id)
+        if found is not None and not found.get("used"):
+            await self.vault.replace("client", client_id, {**found, "used": True}, CLIENT_SECONDS)
+
+    # Authorization: this server's consent, then PostHog and back.
 
     async def authorize(
         self, client: OAuthClientInformationFull, params: AuthorizationParams
     ) -> str:
-        """Keep the client's request; send the person to PostHog's consent page."""
+        """Keep the client's request; send the person to this server's consent page, which
+        names the client (PostHog's names only this server)."""
         if params.resource is not None and not _same_resource(params.resource, self.resource):
             raise AuthorizeError("invalid_target", f"this server's resource is {self.resource}")
+        problem = redirect_uri_problem(str(params.redirect_uri))
+        if problem is not None:
+            raise AuthorizeError("invalid_request", problem)
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
+        registered = client.scope.split() if client.scope else self.scopes
+        scopes = [s for s in (params.scopes or registered) if s in self.scopes]
+        pending = {
+            "client_id": client.client_id,
+            "client_name": client.client_name or client.client_id,
+            "redirect_uri": str(params.redirect_uri),
+            "explicit": params.redirect_uri_provided_explicitly,
+            "code_challenge": params.code_challenge,
+            "state": params.state,
+            "scopes": scopes,
+            "resource": self.resource,
+            "verifier": verifier,
+        }
+        await self.vault.put("pending", state, pending, PENDING_SECONDS)
+        return f"{self.public}{CONSENT_PATH}?{urlencode({'request': state})}"
+
+    def cookie(self, name: str) -> str:
+        """A cookie's name: ``__Host-`` (Secure, this host only, no subdomain may set it) over
+        HTTPS; browsers refuse that prefix on plain HTTP (loopback tests)."""
+        return f"__Host-{name}" if self.secure_cookie else name
+
+    def _set_cookie(self, response: Response, name: str, value: str, seconds: int) -> None:
+        response.set_cookie(
+            self.cookie(name),
+            value,
+            max_age=seconds,
+            path="/",
+            httponly=True,
+            secure=self.secure_cookie,
+            samesite="lax",
+        )
+
+    def _approved(self, request: Request) -> list[str]:
+        found = request.cookies.get(self.cookie(APPROVED_COOKIE))
+        opened = self.vault.cipher.open(found) if found else None
+        if opened is None or opened.get("key") != APPROVED_COOKIE:
+            return []
+        return [str(c) for c in opened.get("clients") or []]
+
+    async def consent(self, request: Request) -> Response:
+        """This server's consent page: GET shows which client asks (or goes on to PostHog for
+        a client this browser approved before); POST, from the page only, is the answer."""
+        state = (
+            str((await request.form()).get("request", ""))
+            if request.method == "POST"
+            else request.query_params.get("request", "")
+        )
+        try:
+            pending = await self.vault.get("pending", state) if state else None
+        except StoreUnavailable:
+            return _page("Not available now", "The server cannot reach its store.", 503)
+        if pending is None:
+            return _page("Sign-in expired", "This sign-in was used or has expired.", 400)
+        if request.method == "GET":
+            if pending["client_id"] in self._approved(request):
+                return await self._to_posthog(request, state, pending)
+            return self._consent_page(state, pending)
+        # A form post from this page only: its Origin, and the token this browser was given.
+        form = await request.form()
+        token = str(form.get("token", ""))
+        cookie = request.cookies.get(self.cookie(CONSENT_COOKIE), "")
+        if request.headers.get("origin") != origin_of(self.public) or not (
+            token and cookie and secrets.compare_digest(token, cookie)
+        ):
+            return _page("Not accepted", "The answer must come from this server's page.", 403)
+        if form.get("decision") != "allow":
+            with contextlib.suppress(StoreUnavailable):
+                await self.vault.take("pending", state)
+            return _to_client(
+                str(pending["redirect_uri"]), error="access_denied", state=pending.get("state")
+            )
+        response = await self._to_posthog(request, state, pending)
+        approved = [pending["client_id"], *self._approved(request)]
+        approved = list(dict.fromkeys(approved))[:APPROVED_MAX]
+        sealed = self.vault.cipher.seal({"key": APPROVED_COOKIE, "clients": approved})
+        self._set_cookie(response, APPROVED_COOKIE, sealed, APPROVED_SECONDS)
+        response.delete_cookie(self.cookie(CONSENT_COOKIE), path="/", secure=self.secure_cookie)
+        return response
+
+    def _consent_page(self, state: str, pending: dict[str, Any]) -> Response:
+        token = secrets.token_urlsafe(24)
+        client_id = str(pending["client_id"])
+        redirect = urlsplit(str(pending["redirect_uri"]))
+        where = redirect.netloc or f"{redirect.scheme}:"
+        rows = [
+            f"<p><strong>{html.escape(str(pending['client_name']))}</strong> asks to use "
+            "PostHog's data warehouse as you, through this server.</p><ul>",
+            f"<li>Its answer goes to <strong>{html.escape(where)}</strong></li>",
+        ]
+        if is_document_url(client_id):
+            rows.append(f"<li>It is described at {html.escape(client_id)}</li>")
+        else:
+            rows.append(f"<li>Registered here as {html.escape(client_id)}</li>")
+        scopes = ", ".join(html.escape(s) for s in pending["scopes"]) or "none"
+        rows.append(f"<li>Scopes: {scopes}</li></ul>")
+        rows.append(
+            "<p>Allow only a client you are setting up now. PostHog asks next, naming this "
+            "server.</p>"
+            f'<form method="post" action="{CONSENT_PATH}">'
+            f'<input type="hidden" name="request" value="{html.escape(state)}">'
+            f'<input type="hidden" name="token" value="{token}">'
+            '<button type="submit" name="decision" value="allow">Allow</button> '
+            '<button type="submit" name="decision" value="deny">Deny</button></form>'
+        )
+        response = render("Allow this client?", "".join(rows), 200)
+        self._set_cookie(response, CONSENT_COOKIE, token, PENDING_SECONDS)
+        return response
+
+    async def _to_posthog(self, request: Request, state: str, pending: dict[str, Any]) -> Response:
+        """On to PostHog's consent, with a cookie naming this browser as the one that began
+        the sign-in."""
+        browser = secrets.token_urlsafe(24)
+        try:
+            kept = await self.vault.replace(
+                "pending", state, {**pending, "browser": _digest(browser)}, PENDING_SECONDS
+            )
+        except StoreUnavailable:
+            return _page("Not available now", "The server cannot reach its store.", 503)
+        if not kept:
+            return _page("Sign-in expired", "This sign-in was used or has expired.", 400)
+        verifier = str(pending["verifier"])
         challenge = (
             base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
             .rstrip(b"=")
             .decode()
         )
-        pending = {
-            "client_id": client.client_id,
-            "redirect_uri": str(params.redirect_uri),
-            "explicit": params.redirect_uri_provided_explicitly,
-            "code_challenge": params.code_challenge,
-            "state": params.state,
-            "scopes": params.scopes or self.scopes,
-            "resource": self.resource,
-            "verifier": verifier,
-        }
-        await self.vault.put("pending", state, pending, PENDING_SECONDS)
-        return self.upstream.authorize_url(state, challenge)
+        response = RedirectResponse(
+            self.upstream.authorize_url(state, challenge, list(pending["scopes"])),
+            status_code=302,
+            headers={"Cache-Control": "no-store"},
+        )
+        self._set_cookie(response, _signin_cookie(state), browser, PENDING_SECONDS)
+        return response
 
     async def callback(self, request: Request) -> Response:
-        """PostHog's redirect back: exchange its code, keep the grant, give the client a code
-        of this server's own (and the browser a session, for the approval page)."""
+        """PostHog's redirect back, in the browser that began the sign-in: exchange its code,
+        keep the grant, give the client a code of this server's own (and the browser a
+        session, for the approval page)."""
         state = request.query_params.get("state", "")
         try:
             pending = await self.vault.take("pending", state) if state else None
@@ -453,6 +697,16 @@ class Provider:
             return _page("Not available now", "The server cannot reach its store.", 503)
         if pending is None:
             return _page("Sign-in expired", "This sign-in was used or has expired.", 400)
+        browser = request.cookies.get(self.cookie(_signin_cookie(state)), "")
+        if not browser or not secrets.compare_digest(
+            _digest(browser), str(pending.get("browser", ""))
+        ):
+            return _page(
+                "Not this browser",
+                "This sign-in was begun in another browser; nothing was signed in. Start again "
+                "from your MCP client.",
+                403,
+            )
         back = str(pending["redirect_uri"])
         client_state = pending.get("state")
         code = request.query_params.get("code")
@@ -460,14 +714,16 @@ class Provider:
             return _to_client(back, error="access_denied", state=client_state)
         try:
             tokens = await self.upstream.exchange(code, str(pending["verifier"]))
+            api_base, user = await self.upstream.whoami(str(tokens["access_token"]))
             grant = Grant(
                 id=secrets.token_urlsafe(24),
                 access_token=str(tokens["access_token"]),
                 refresh_token=tokens.get("refresh_token"),
                 expires_at=time.time() + float(tokens.get("expires_in") or 3600),
-                api_base=await self.upstream.api_base(str(tokens["access_token"])),
+                api_base=api_base,
                 environment=_environment(tokens),
                 scopes=str(tokens.get("scope") or "").split(),
+                user=user,
             )
             await self.vault.put("grant", grant.id, asdict(grant), GRANT_SECONDS)
             ours = secrets.token_urlsafe(32)
@@ -482,10 +738,14 @@ class Provider:
             await self.vault.put("session", session, {"grant": grant.id}, SESSION_SECONDS)
         except UpstreamRefused as exc:
             log.warning("PostHog sign-in failed: %s", exc)
-            return _to_client(back, error="access_denied", state=client_state)
+            error = "temporarily_unavailable" if exc.error == "temporarily_unavailable" else None
+            return _to_client(back, error=error or "access_denied", state=client_state)
         except StoreUnavailable:
             return _to_client(back, error="temporarily_unavailable", state=client_state)
         response = _to_client(back, code=ours, state=client_state)
+        response.delete_cookie(
+            self.cookie(_signin_cookie(state)), path="/", secure=self.secure_cookie
+        )
         response.set_cookie(
             SESSION_COOKIE,
             session,
@@ -499,9 +759,13 @@ class Provider:
     async def load_authorization_code(
         self, client: OAuthClientInformationFull, authorization_code: str
     ) -> AuthorizationCode | None:
-        """What one of this server's codes grants (still unused)."""
+        """What one of this server's codes grants (still unused). A code used again ends the
+        sign-in it made (RFC 9700 §4.5: whoever replays it may have stolen it)."""
         found = await self.vault.get("code", authorization_code)
-        if found is None or found["client_id"] != client.client_id:
+        if found is None:
+            await self._replayed("spent-code", authorization_code)
+            return None
+        if found["client_id"] != client.client_id:
             return None
         return AuthorizationCode(
             code=authorization_code,
@@ -515,15 +779,24 @@ class Provider:
             subject=str(found["grant"]),
         )
 
+    async def _replayed(self, kind: str, secret: str) -> None:
+        spent = await self.vault.get(kind, secret)
+        if spent is not None:
+            log.warning("a used %s was presented again: its sign-in is ended", kind)
+            await self._end(str(spent["grant"]))
+
     async def exchange_authorization_code(
         self, client: OAuthClientInformationFull, authorization_code: AuthorizationCode
     ) -> OAuthToken:
         """Tokens for a code, once."""
         if await self.vault.take("code", authorization_code.code) is None:
             raise TokenError("invalid_grant", "this authorization code was used already")
+        grant = str(authorization_code.subject)
+        await self.vault.put("spent-code", authorization_code.code, {"grant": grant}, GRANT_SECONDS)
+        await self._client_used(client.client_id)
         return await self._issue(
             client.client_id,
-            str(authorization_code.subject),
+            grant,
             authorization_code.scopes,
             authorization_code.resource or self.resource,
         )
@@ -550,9 +823,12 @@ class Provider:
     async def load_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: str
     ) -> RefreshToken | None:
-        """A live refresh token of this client's."""
+        """A live refresh token of this client's (one used already ends its sign-in)."""
         found = await self.vault.get("refresh", refresh_token)
-        if found is None or found["client_id"] != client.client_id:
+        if found is None:
+            await self._replayed("spent-refresh", refresh_token)
+            return None
+        if found["client_id"] != client.client_id:
             return None
         if await self.vault.get("grant", str(found["grant"])) is None:
             return None
@@ -570,20 +846,25 @@ class Provider:
         """New tokens for a refresh token, which is used up (rotation)."""
         if await self.vault.take("refresh", refresh_token.token) is None:
             raise TokenError("invalid_grant", "this refresh token was used already")
+        grant = str(refresh_token.subject)
+        await self.vault.put(
+            "spent-refresh", refresh_token.token, {"grant": grant}, REFRESH_TOKEN_SECONDS
+        )
         return await self._issue(
             client.client_id,
-            str(refresh_token.subject),
+            grant,
             scopes or refresh_token.scopes,
             refresh_token.resource or self.resource,
         )
 
     async def load_access_token(self, token: str) -> AccessToken | None:
-        """A live access token, whose sign-in has not been revoked."""
-        try:
-            found = await self.vault.get("access", token)
-            if found is None or await self.vault.get("grant", str(found["grant"])) is None:
-                return None
-        except StoreUnavailable:
+        """A live access token, whose sign-in has not been revoked.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached (answered 503, not "sign in again").
+        """
+        found = await self.vault.get("access", token)
+        if found is None or await self.vault.get("grant", str(found["grant"])) is None:
             return None
         return AccessToken(
             token=token,
@@ -599,9 +880,11 @@ class Provider:
         revoked too."""
         kind = "access" if isinstance(token, AccessToken) else "refresh"
         await self.vault.take(kind, token.token)
-        if token.subject is None:
-            return
-        found = await self.vault.take("grant", token.subject)
+        if token.subject is not None:
+            await self._end(token.subject)
+
+    async def _end(self, grant_id: str) -> None:
+        found = await self.vault.take("grant", grant_id)
         if found is not None:
             grant = Grant.of(found)
             await self.upstream.revoke(grant.refresh_token or grant.access_token)
@@ -630,51 +913,75 @@ class Provider:
         return await self._refreshed(grant)
 
     async def _refreshed(self, seen: Grant) -> Grant | None:
-        if not await self.vault.claim("refreshing", seen.id, LOCK_SECONDS):
-            # Another instance refreshes it: wait for the grant it writes.
-            with anyio.move_on_after(WAIT_SECONDS):
-                while True:
-                    await anyio.sleep(0.05)
-                    found = await self.vault.get("grant", seen.id)
-                    if found is None:
-                        return None
-                    if float(found["expires_at"]) != seen.expires_at:
-                        return Grant.of(found)
-            return seen
-        try:
-            found = await self.vault.get("grant", seen.id)
-            if found is None:
-                return None
-            grant = Grant.of(found)
-            if grant.expires_at != seen.expires_at or grant.refresh_token is None:
-                return grant  # refreshed meanwhile, or cannot be
-            try:
-                tokens = await self.upstream.refresh(grant.refresh_token)
-            except UpstreamRefused as exc:
-                log.warning("a PostHog token could not be refreshed: %s", exc)
-                if "invalid_grant" in str(exc):
-                    await self.vault.take("grant", grant.id)
+        """`seen`, refreshed by this instance or another. A waiter watches the grant and the
+        lock: a new token is used; a lock gone without one (its holder failed or ended) is
+        claimed by the waiter, which refreshes itself."""
+        owner = secrets.token_urlsafe(16)
+        pause = POLL_SECONDS
+        with anyio.move_on_after(WAIT_SECONDS):
+            while not await self.vault.claim("refreshing", seen.id, owner, LOCK_SECONDS):
+                await anyio.sleep(pause)
+                pause = min(pause * 2, POLL_MAX_SECONDS)
+                found = await self.vault.get("grant", seen.id)
+                if found is None:
                     return None
-                return grant
-            fresh = Grant(
-                id=grant.id,
-                access_token=str(tokens["access_token"]),
-                refresh_token=tokens.get("refresh_token") or grant.refresh_token,
-                expires_at=time.time() + float(tokens.get("expires_in") or 3600),
-                api_base=grant.api_base,
-                environment=grant.environment,
-                scopes=str(tokens.get("scope") or " ".join(grant.scopes)).split(),
-            )
-            await self.vault.put("grant", grant.id, asdict(fresh), GRANT_SECONDS)
-            return fresh
-        finally:
-            await self.vault.release("refreshing", seen.id)
+                if float(found["expires_at"]) != seen.expires_at:
+                    return Grant.of(found)
+            try:
+                return await self._refresh_held(seen)
+            finally:
+                await self.vault.release("refreshing", seen.id, owner)
+        return seen  # the holder neither finished nor let go: PostHog may still take it
+
+    async def _refresh_held(self, seen: Grant) -> Grant | None:
+        found = await self.vault.get("grant", seen.id)
+        if found is None:
+            return None
+        grant = Grant.of(found)
+        if grant.expires_at != seen.expires_at or grant.refresh_token is None:
+            return grant  # refreshed meanwhile, or cannot be
+        try:
+            tokens = await self.upstream.refresh(grant.refresh_token)
+        except UpstreamRefused as exc:
+            log.warning("a PostHog token could not be refreshed: %s", exc)
+            if exc.error == "invalid_grant":
+                await self.vault.take("grant", grant.id)
+                return None
+            return grant
+        fresh = Grant(
+            id=grant.id,
+            access_token=str(tokens["access_token"]),
+            refresh_token=tokens.get("refresh_token") or grant.refresh_token,
+            expires_at=time.time() + float(tokens.get("expires_in") or 3600),
+            api_base=grant.api_base,
+            environment=grant.environment,
+            scopes=str(tokens.get("scope") or " ".join(grant.scopes)).split(),
+            user=grant.user,
+        )
+        # PostHog has rotated the refresh token: losing the new one would end the sign-in.
+        for attempt in range(PUT_ATTEMPTS):
+            try:
+                # Only over the grant still there: one revoked meanwhile stays revoked.
+                if not await self.vault.replace("grant", grant.id, asdict(fresh), GRANT_SECONDS):
+                    await self.upstream.revoke(fresh.refresh_token or fresh.access_token)
+                    return None
+                return fresh
+            except StoreUnavailable:
+                if attempt == PUT_ATTEMPTS - 1:
+                    raise
+                await anyio.sleep(POLL_SECONDS * (attempt + 1))
+        return None  # not reached: the last attempt returns or raises
 
     async def session_grant(self, request: Request) -> str | None:
         """The grant of the browser's session (the approval page), or None."""
         cookie = request.cookies.get(SESSION_COOKIE)
         found = await self.vault.get("session", cookie) if cookie else None
         return str(found["grant"]) if found is not None else None
+
+
+def _signin_cookie(state: str) -> str:
+    """One cookie per sign-in under way, so that two begun in one browser both finish."""
+    return f"{SIGNIN_COOKIE}_{_digest(state)[:16]}"
 
 
 def _same_resource(given: str, ours: str) -> bool:
@@ -714,12 +1021,7 @@ class SignedIn:
         try:
             grant = await self.provider.grant(str(user.access_token.subject))
         except StoreUnavailable:
-            response: Response = JSONResponse(
-                {"error": "temporarily_unavailable", "error_description": "store unreachable"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
-            await response(scope, receive, send)
+            await _store_down()(scope, receive, send)
             return
         if grant is None:
             response = JSONResponse(
@@ -733,16 +1035,82 @@ class SignedIn:
             )
             await response(scope, receive, send)
             return
-        scope[SIGNED_IN] = grant.caller(self.provider.settings.path_prefix)
+        scope[SIGNED_IN] = grant.caller(
+            self.provider.settings.path_prefix, scopes=list(user.access_token.scopes)
+        )
         await self.app(scope, receive, send)
+
+
+def _store_down() -> Response:
+    return JSONResponse(
+        {"error": "temporarily_unavailable", "error_description": "store unreachable"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+class StoreDown:
+    """A store that cannot be reached is a 503 with ``Retry-After``, never a 401 (which tells
+    a client to sign the person in again) or a 500: around the bearer check and the OAuth
+    routes, whose SDK handlers let the provider's errors through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except StoreUnavailable:
+            if started or scope["type"] != "http":
+                raise
+            await _store_down()(scope, receive, send)
+
+
+class PerAddress:
+    """The OAuth routes' limit per client address (they are unauthenticated, and write to the
+    store): past it, 429 with ``Retry-After``. Counted in the deployment's store, as the
+    per-caller limits are (server/limits.py)."""
+
+    def __init__(self, app: ASGIApp, limiter: Limiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        refused = await self.limiter.check(f"oauth-ip:{address}")
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": f"Too many requests; retry in {refused.retry_after} s.",
+            },
+            status_code=429,
+            headers={"Retry-After": str(refused.retry_after)},
+        )
+        await response(scope, receive, send)
 
 
 @dataclass(frozen=True)
 class PublicHost:
     """The OAuth routes answer only requests for the deployment's own host (its public URL's,
-    or one of ``--allowed-hosts``): no DNS rebinding. Their Origin is not checked: the token,
-    registration and revocation endpoints serve browser-based clients of any origin (CORS, as
-    the SDK sets them up), and carry no cookie; the callback is a top-level navigation."""
+    or one of ``--allowed-hosts``): no DNS rebinding. Their Origin is not checked here: the
+    token, registration and revocation endpoints serve browser-based clients of any origin
+    (CORS, as the SDK sets them up), and carry no cookie; the callback is a top-level
+    navigation; the consent page checks its own form's Origin. The check is the loopback
+    listeners' (loopback/hosts.py)."""
 
     hosts: frozenset[str]
 
@@ -752,36 +1120,9 @@ class PublicHost:
         public = urlsplit(settings.mcp_public_url or "").netloc
         return cls(frozenset([public, *settings.mcp_allowed_hosts]))
 
-    def allows(self, host: str) -> bool:
-        """Whether a Host header names this deployment."""
-        for pattern in self.hosts:
-            if host == pattern:
-                return True
-            if pattern.endswith(":*") and host.rpartition(":")[0] == pattern[:-2]:
-                return True
-        return False
-
     def wrap(self, app: ASGIApp) -> ASGIApp:
         """`app`, answering only this deployment's hosts."""
-        return _HostChecked(app, self)
-
-
-class _HostChecked:
-    """An ASGI app behind :class:`PublicHost` (a class: Starlette would take a function for a
-    request handler)."""
-
-    def __init__(self, app: ASGIApp, hosts: PublicHost) -> None:
-        self.app = app
-        self.hosts = hosts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self.hosts.allows(
-            Request(scope).headers.get("host", "")
-        ):
-            response = JSONResponse({"detail": "Invalid Host header."}, status_code=400)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        return HostCheck(app, Visitors(self.hosts, check_origin=False))
 
 
 @dataclass
@@ -790,6 +1131,8 @@ class OAuth:
     the approval page's sessions (:class:`~.approvals.Sessions`)."""
 
     provider: Provider
+    # The OAuth routes' per-address limit (None: not limited).
+    limiter: Limiter | None = None
 
     async def caller(self, request: Request) -> Caller | None:
         """The person the browser signed in as (its session cookie), with their PostHog
@@ -806,11 +1149,14 @@ class OAuth:
         *,
         fetcher: DocumentFetcher | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        windows: Windows | None = None,
     ) -> OAuth:
-        """The provider for `settings`, keeping its records in `records`."""
+        """The provider for `settings`, keeping its records in `records` and counting the
+        OAuth routes' requests per address in `windows`."""
         vault = Vault(records, Cipher(settings.oauth_key_list))
         upstream = PostHogOAuth(settings, transport=transport)
-        return cls(Provider(settings, vault, upstream, fetcher or DocumentFetcher()))
+        limiter = Limiter(ROUTE_LIMITS, windows) if windows is not None else None
+        return cls(Provider(settings, vault, upstream, fetcher or DocumentFetcher()), limiter)
 
     @property
     def metadata_url(self) -> str:
@@ -867,9 +1213,15 @@ class OAuth:
                 scopes_supported=provider.scopes,
                 resource_name=CLIENT_NAME,
             ),
+            Route(CONSENT_PATH, provider.consent, methods=["GET", "POST"]),
             Route(CALLBACK_PATH, provider.callback, methods=["GET"]),
             Route(DOCUMENT_PATH, client_document, methods=["GET"]),
         ]
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """An OAuth route's app, limited per address, with the store's outages a 503."""
+        app = StoreDown(app)
+        return PerAddress(app, self.limiter) if self.limiter is not None else app
 
     def guard(self, app: ASGIApp) -> ASGIApp:
         """``app`` behind the SDK's bearer check (this server's tokens, for its resource only)
@@ -882,4 +1234,4 @@ class OAuth:
             ProviderTokenVerifier(self.provider),
             resource_server_url=AnyHttpUrl(self.provider.resource),
         )
-        return AuthenticationMiddleware(required, backend=backend)
+        return StoreDown(AuthenticationMiddleware(required, backend=backend))

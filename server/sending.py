@@ -88,6 +88,9 @@ class Sender:
             params = validate(row, held.arguments)
         except ArgumentError as exc:
             raise ApprovalRefused(str(exc)) from None
+        missing = caller.missing(row.scopes)
+        if missing:
+            raise ApprovalRefused(f"this sign-in was not granted {' and '.join(missing)}")
         call = self.call(params, caller=caller)
         if call.caller != held.caller:
             raise ApprovalRefused("this approval belongs to another caller")

@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..tools.confirm import Spent, StoreUnavailable
-from .approvals import HeldStore, MemoryHeld
 from .config import ConfigError, Settings
 from .limits import MemoryWindows, Windows
-from .records import Records
+from .records import Expiring, MemoryRecords, Records
 from .store import SqliteSpent
 
 if TYPE_CHECKING:
@@ -51,12 +50,16 @@ PREFIX = "posthog-warehouse-mcp:"
 # A store that does not answer within this long is down for this request; the balancer's and
 # the client's timeouts are much longer.
 TIMEOUT_SECONDS = 1.0
+# Compare-and-delete: a lock is removed only by the instance that holds it.
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 
 
 class RedisStore:
     """One Redis for a deployment: spent ids (:class:`~..tools.confirm.Spent`), held calls
-    (:class:`~.approvals.HeldStore`), rate-limit counts (:class:`~.limits.Windows`) and a
-    readiness probe.
+    (:class:`~.records.Expiring`), OAuth's records (:class:`~.records.Records`), rate-limit
+    counts (:class:`~.limits.Windows`) and a readiness probe.
 
     The client (and its connection pool) is made on first use and closed when the last
     :meth:`running` block ends: an HTTP app holds one for its lifetime, and each SSE or stdio
@@ -135,7 +138,7 @@ class RedisStore:
         try:
             await self._redis().set(f"{PREFIX}{key}", value, ex=max(1, math.ceil(seconds)))
         except (RedisError, OSError) as exc:
-            raise self._unavailable("hold a call for approval", exc) from None
+            raise self._unavailable("keep a record", exc) from None
 
     async def peek(self, key: str) -> str | None:
         """``GET <prefix><key>``: the value, left in place.
@@ -148,7 +151,7 @@ class RedisStore:
         try:
             found = await self._redis().get(f"{PREFIX}{key}")
         except (RedisError, OSError) as exc:
-            raise self._unavailable("read a held call", exc) from None
+            raise self._unavailable("read a record", exc) from None
         return found.decode() if isinstance(found, bytes) else found
 
     async def take(self, key: str) -> str | None:
@@ -163,12 +166,50 @@ class RedisStore:
         try:
             found = await self._redis().getdel(f"{PREFIX}{key}")
         except (RedisError, OSError) as exc:
-            raise self._unavailable("take a held call", exc) from None
+            raise self._unavailable("take a record", exc) from None
         return found.decode() if isinstance(found, bytes) else found
 
-    async def claim(self, key: str, seconds: float) -> bool:
-        """``SET <prefix><key> 1 NX EX <seconds>``: True for the one instance that set it (a
-        lock every replica sees; :meth:`take` releases it early).
+    async def replace(self, key: str, value: str, seconds: float) -> bool:
+        """``SET <prefix><key> <value> XX EX <seconds>``: only over a live value, so that a
+        record removed meanwhile (a revoked grant) is not written back.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        return await self._set_if(key, value, seconds, doing="replace a record", xx=True)
+
+    async def claim(self, key: str, owner: str, seconds: float) -> bool:
+        """``SET <prefix><key> <owner> NX EX <seconds>``: True for the one instance that set it
+        (a lock every replica sees; :meth:`release` ends it early).
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        return await self._set_if(key, owner, seconds, doing="take a lock", nx=True)
+
+    async def _set_if(
+        self,
+        key: str,
+        value: str,
+        seconds: float,
+        *,
+        doing: str,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            done = await self._redis().set(
+                f"{PREFIX}{key}", value, nx=nx, xx=xx, ex=max(1, math.ceil(seconds))
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(doing, exc) from None
+        return bool(done)
+
+    async def release(self, key: str, owner: str) -> bool:
+        """Delete ``<prefix><key>`` if it still holds `owner`, in one step (a script): a lock
+        that expired and was claimed by another instance is left to it.
 
         Raises:
             StoreUnavailable: Redis cannot be reached.
@@ -176,12 +217,10 @@ class RedisStore:
         from redis.exceptions import RedisError
 
         try:
-            added = await self._redis().set(
-                f"{PREFIX}{key}", b"1", nx=True, ex=max(1, math.ceil(seconds))
-            )
+            done = await self._redis().eval(_RELEASE, 1, f"{PREFIX}{key}", owner)
         except (RedisError, OSError) as exc:
-            raise self._unavailable("take a lock", exc) from None
-        return bool(added)
+            raise self._unavailable("release a lock", exc) from None
+        return bool(done)
 
     def _unavailable(self, doing: str, exc: BaseException) -> StoreUnavailable:
         log.warning("cannot %s in %s: %s", doing, self.where, exc)
@@ -225,9 +264,9 @@ class Shared:
     spent: Spent
     windows: Windows
     redis: RedisStore | None = None
-    held: HeldStore = field(default_factory=MemoryHeld)
+    held: Expiring = field(default_factory=MemoryRecords)
     # OAuth's records (server/oauth.py): clients, sign-ins, codes, tokens, each person's grant.
-    records: Records = field(default_factory=MemoryHeld)
+    records: Records = field(default_factory=MemoryRecords)
 
     def running(self) -> AbstractAsyncContextManager[None]:
         """Hold the store's connections for the block (nothing to hold without Redis)."""

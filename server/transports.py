@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..loopback.hosts import host_of, origin_of
 from .app import approvals_for, create_server
 from .approvals import PAGE
 from .auth import BearerAuth
@@ -62,6 +63,11 @@ def security(settings: Settings) -> TransportSecuritySettings:
         if settings.is_loopback
         else [f"https://{host}:*", f"http://{host}:*"]
     )
+    if settings.mcp_oauth and settings.mcp_public_url and not settings.mcp_allowed_hosts:
+        # Clients reach /mcp at the public URL, whose host the bind address does not name.
+        hosts = [*hosts, host_of(settings.mcp_public_url)]
+    if settings.mcp_oauth and settings.mcp_public_url and not settings.mcp_allowed_origins:
+        origins = [*origins, origin_of(settings.mcp_public_url)]
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
@@ -274,12 +280,12 @@ def http_app(
     if settings.mcp_oauth:
         from .oauth import OAuth, PublicHost
 
-        oauth = OAuth.build(settings, shared.records, fetcher=fetcher)
+        oauth = OAuth.build(settings, shared.records, fetcher=fetcher, windows=shared.windows)
         app = oauth.guard(app)
         approvals.sessions = oauth
         hosts = PublicHost.of(settings)
         oauth_routes = [
-            Route(r.path, hosts.wrap(r.app), methods=sorted(r.methods or ["GET"]))
+            Route(r.path, hosts.wrap(oauth.wrap(r.app)), methods=sorted(r.methods or ["GET"]))
             for r in oauth.routes()
         ]
     elif settings.auth_token or settings.forward_key:

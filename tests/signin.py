@@ -20,6 +20,7 @@ from mcp.shared.auth import (
     OAuthClientMetadata,
     OAuthToken,
 )
+from mcp_types import CallToolResult
 from pydantic import AnyUrl
 
 # Where the MCP client says it takes the code back; nothing listens there (the browser below
@@ -54,8 +55,32 @@ class Person:
 
     posthog: str
     allow: bool = True
+    # The project chosen on PostHog's consent page ("": all projects, so @current).
+    project: str = "1"
     asked: list[str] = field(default_factory=list)
     cookies: httpx.Cookies = field(default_factory=httpx.Cookies)
+    # The server's own consent pages this browser was shown (not for a client it approved).
+    consent_pages: list[str] = field(default_factory=list)
+    # The codes this server gave the client (a test may replay one).
+    codes: list[str] = field(default_factory=list)
+
+    async def approve(self, browser: httpx.AsyncClient, url: str) -> httpx.Response:
+        """This server's consent page for the client: allowed, from the page (its Origin and
+        its one-time token); a client this browser approved before goes straight on."""
+        page = await browser.get(url)
+        if page.status_code == 302:
+            return page
+        assert page.status_code == 200, page.text
+        self.consent_pages.append(page.text)
+        token = re.search(r'name="token" value="([^"]+)"', page.text)
+        request = re.search(r'name="request" value="([^"]+)"', page.text)
+        assert token is not None and request is not None
+        parts = urlsplit(url)
+        return await browser.post(
+            f"{parts.scheme}://{parts.netloc}{parts.path}",
+            data={"request": request[1], "token": token[1], "decision": "allow"},
+            headers={"Origin": f"{parts.scheme}://{parts.netloc}"},
+        )
 
     async def open(self, url: str) -> None:
         self.asked.append(url)
@@ -64,13 +89,20 @@ class Person:
         async with httpx.AsyncClient(cookies=self.cookies) as browser:
             to_posthog = await browser.get(self.asked[-1])
             assert to_posthog.status_code == 302, to_posthog.text
+            if "/oauth/consent" in to_posthog.headers["location"]:
+                to_posthog = await self.approve(browser, to_posthog.headers["location"])
+            assert to_posthog.status_code == 302, to_posthog.text
             consent = await browser.get(to_posthog.headers["location"])
             assert consent.status_code == 200, consent.text
             found = re.search(r'name="consent" value="([^"]+)"', consent.text)
             assert found is not None
             decided = await browser.post(
                 f"{self.posthog}/oauth/authorize/",
-                data={"consent": found[1], "allow": str(self.allow).lower(), "scoped_teams": "1"},
+                data={
+                    "consent": found[1],
+                    "allow": str(self.allow).lower(),
+                    "scoped_teams": self.project,
+                },
             )
             back = await browser.get(decided.headers["location"])
             assert back.status_code == 302, back.text
@@ -78,17 +110,24 @@ class Person:
         query = parse_qs(urlsplit(back.headers["location"]).query)
         if "error" in query:
             raise PermissionError(query["error"][0])
+        self.codes.append(query["code"][0])
         return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0])
 
 
 def oauth_client(
-    url: str, person: Person, storage: Storage, *, document: str | None = None
+    url: str,
+    person: Person,
+    storage: Storage,
+    *,
+    document: str | None = None,
+    scope: str | None = None,
 ) -> OAuthClientProvider:
-    """The SDK's OAuth support for an MCP client at `url`."""
+    """The SDK's OAuth support for an MCP client at `url` (registering with `scope`, when
+    given)."""
     return OAuthClientProvider(
         server_url=f"{url}/mcp",
         client_metadata=OAuthClientMetadata(
-            client_name="test client", redirect_uris=[AnyUrl(CLIENT_REDIRECT)]
+            client_name="test client", redirect_uris=[AnyUrl(CLIENT_REDIRECT)], scope=scope
         ),
         storage=storage,
         redirect_handler=person.open,
@@ -108,13 +147,20 @@ async def call_tool(
     url: str, auth: OAuthClientProvider, name: str, arguments: dict[str, Any]
 ) -> dict[str, Any]:
     """One tool call by the official MCP client at ``url/mcp``, signing in as it needs to."""
+    result = await tool_result(url, auth, name, arguments)
+    assert not result.is_error, result
+    return dict(result.structured_content or {})
+
+
+async def tool_result(
+    url: str, auth: OAuthClientProvider, name: str, arguments: dict[str, Any]
+) -> CallToolResult:
+    """The result of one tool call, a tool error included."""
     async with (
         httpx2.AsyncClient(auth=auth, timeout=60) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
-        result = await client.call_tool(name, arguments)
-    assert not result.is_error, result
-    return dict(result.structured_content or {})
+        return await client.call_tool(name, arguments)
 
 
 async def revoke(http: httpx.AsyncClient, url: str, storage: Storage, token: str) -> httpx.Response:

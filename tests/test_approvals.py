@@ -39,9 +39,9 @@ from posthog_warehouse_mcp.server.approvals import (
     ApprovalRefused,
     Approvals,
     Held,
-    MemoryHeld,
 )
 from posthog_warehouse_mcp.server.callers import SERVER, Caller
+from posthog_warehouse_mcp.server.records import MemoryRecords
 from posthog_warehouse_mcp.server.shared import RedisStore, Shared, shared_for
 from posthog_warehouse_mcp.server.transports import http_app
 from tests.support import (
@@ -382,7 +382,7 @@ async def test_over_http_without_a_public_url_the_token_remains_and_no_page_is_s
 
 async def test_a_page_link_expires_and_then_sends_nothing() -> None:
     now = [0.0]
-    store = MemoryHeld(clock=lambda: now[0])
+    store = MemoryRecords(clock=lambda: now[0])
     approvals = Approvals(store, public_url=PUBLIC)
     sent: list[Held] = []
 
@@ -423,3 +423,32 @@ async def test_with_the_store_down_nothing_is_held_and_nothing_sent() -> None:
     assert "nothing was sent" in text_of(first)
     assert refused.is_error is True and "shared store" in text_of(refused)
     assert changes(recorder) == []
+
+
+class NobodySignedIn:
+    """Sessions (``--oauth``) in which no browser is signed in."""
+
+    async def caller(self, request: Request) -> Caller | None:
+        return None
+
+
+async def test_a_signed_in_page_checks_host_and_origin_before_the_person() -> None:
+    public = "http://127.0.0.1:9"
+    approvals = Approvals(public_url=public)
+    approvals.sessions = NobodySignedIn()
+    held = Held("external-data-schemas-delete-data", {"id": "x"}, "oauth:someone:1", {})
+    link = await approvals.link(await approvals.hold(held), held)
+    assert link is not None
+    app = Starlette(routes=[Route(PAGE.route, approvals.page, methods=["GET", "POST"])])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport) as browser:
+        rebound = await browser.get(link, headers={"host": "evil.example"})
+        foreign = await browser.post(
+            link, data={"decision": "decline"}, headers={"origin": "http://evil.example"}
+        )
+        refused = [await browser.get(link) for _ in range(12)]
+    # A foreign page learns nothing of the link (not even that it wants a sign-in).
+    assert rebound.status_code == 400 and foreign.status_code == 403
+    # Failed sign-in checks count as failed attempts, as any other refusal does.
+    assert refused[0].status_code == 401
+    assert refused[-1].status_code == 429

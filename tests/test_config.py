@@ -99,6 +99,18 @@ OAUTH = {
             "POSTHOG_OAUTH_KEYS",
         ),
         ({**OAUTH, "oauth_keys": "not-a-fernet-key"}, "must be Fernet keys"),
+        (
+            # Only separators: no key at all, so each replica would make its own.
+            {
+                **OAUTH,
+                "redis_url": "redis://127.0.0.1/0",
+                "confirm_secret": "s" * 32,
+                "oauth_keys": " , ",
+            },
+            "POSTHOG_OAUTH_KEYS",
+        ),
+        ({**OAUTH, "mcp_public_url": "http://mcp.example.com"}, "must be https://"),
+        ({**OAUTH, "oauth_host": "http://posthog.example.com"}, "must be https://"),
         ({"toolsets": ["nope"]}, "Unknown toolset"),
         ({"tools": ["nope"]}, "Unknown tool"),
     ],

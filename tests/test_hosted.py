@@ -249,6 +249,28 @@ async def test_instances_sharing_redis_count_one_caller_together(tmp_path: Path)
     assert checks[3] is not None and checks[3].retry_after >= 1
 
 
+@pytest.mark.slow
+async def test_a_lock_in_redis_is_ended_only_by_its_owner_and_gone_records_stay_gone(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path / "redis") as url:
+        one, two = RedisStore(url), RedisStore(url)
+        async with one.running(), two.running():
+            claimed = [await one.claim("lock", "one", 30), await two.claim("lock", "two", 30)]
+            # A replica whose own lock expired must not end the one another now holds.
+            by_another = await two.release("lock", "two")
+            still = await one.peek("lock")
+            by_owner = await one.release("lock", "one")
+            await one.hold("grant", "v1", 60)
+            replaced = await two.replace("grant", "v2", 60)
+            await one.take("grant")  # revoked
+            written_back = await two.replace("grant", "v3", 60)
+            after = await one.peek("grant")
+    assert claimed == [True, False]
+    assert by_another is False and still == "one" and by_owner is True
+    assert replaced is True and written_back is False and after is None
+
+
 def test_a_stateless_start_without_redis_says_what_it_gives_up() -> None:
     warning = alone(settings(**STATELESS))
     assert warning is not None

@@ -147,3 +147,23 @@ def test_log_lines_lose_short_secrets_too(caplog: pytest.LogCaptureFixture) -> N
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "connect with %s", ("ab3d5",), None)
     RedactingFilter().filter(record)
     assert record.getMessage() == f"connect with {REDACTED}"
+
+
+def test_posthog_oauth_tokens_are_redacted() -> None:
+    access = "pha_" + "Ab3-d5_" * 5
+    refresh = "phr_" + "Zy9xW8" * 5
+    assert redact_text(f"token {access} then {refresh}.", known=False) == (
+        f"token {REDACTED} then {REDACTED}."
+    )
+
+
+def test_the_oauth_encryption_keys_are_never_shown() -> None:
+    from cryptography.fernet import Fernet
+
+    from posthog_warehouse_mcp.server.app import create_server
+    from tests.support import settings
+
+    key = Fernet.generate_key().decode()
+    oauth = {"mcp_transport": "http", "mcp_oauth": True, "personal_api_key": None}
+    create_server(settings(**oauth, mcp_public_url="https://mcp.example.com", oauth_keys=key))
+    assert redact_text(f"decrypting with {key} failed") == f"decrypting with {REDACTED} failed"

@@ -177,7 +177,8 @@ def _scrub(value: Any, wanted: frozenset[str]) -> Any:
 
 
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
-_PHX = re.compile(r"\bph[xc]_[A-Za-z0-9]{6,}")
+# PostHog keys and tokens: personal (phx_), project (phc_), OAuth access and refresh (pha_, phr_).
+_PHX = re.compile(r"\bph[xcar]_[A-Za-z0-9_-]{6,}")
 _URL_PASSWORD = re.compile(r"(?P<head>://[^:/@\s]+:)(?P<password>[^@\s]+)@")
 # What a form's placeholder puts where a URL's password goes: no secret.
 _PLACEHOLDER_PASSWORDS = frozenset({"password", "pass", "<password>", "{password}", "[redacted]"})
