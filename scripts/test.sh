@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything into .venv, then run what CI runs: lint, format, types, and the tests:
-# the fast default set, then the slow set (soaks, restarts, subprocesses, large tables), each
-# spread over every core (pytest-xdist; see pyproject.toml's addopts), the slow set's longest
-# tests first (tests/conftest.py). Arguments go to both pytest runs (e.g. -x, -k name; -n 0
+# the fast default set, then the slow set (soaks, restarts, subprocesses, browsers, large tables),
+# each spread over the cores by pytest-xdist (tests/conftest.py: how many workers; the slow
+# set's longest tests first). Arguments go to both pytest runs (e.g. -x, -k name; -n 0
 # runs in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[sandbox,dev]'
   echo "$want" >"$stamp"
 fi
+# pytest keeps the test modules it rewrites (for its assertion messages) as bytecode beside
+# them; with PYTHONDONTWRITEBYTECODE set, each worker of each run rewrites all of them (~3 s).
+unset PYTHONDONTWRITEBYTECODE
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -77,6 +77,7 @@ def fill_in_browser(url: str, values: dict[str, str]) -> str:
         driver.quit()
 
 
+@pytest.mark.slow  # a real browser, as every browser test
 @browser_needed
 async def test_a_person_types_the_credentials_and_the_agent_never_sees_them(
     served: tuple[Client, str, Any], upstream: Upstream, caplog: pytest.LogCaptureFixture
@@ -145,6 +146,7 @@ async def test_a_person_types_the_credentials_and_the_agent_never_sees_them(
     assert store.st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow  # a real browser, as every browser test
 @browser_needed
 async def test_a_person_pastes_only_a_connection_string(
     served: tuple[Client, str, Any], upstream: Upstream, caplog: pytest.LogCaptureFixture
