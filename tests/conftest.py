@@ -121,6 +121,31 @@ def _schemas_checked_once() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_default_tls_context() -> Iterator[None]:
+    """Every httpx client with the default certificate check shares one TLS context a process.
+
+    httpx reads the CA bundle again for each client it builds (about 40 ms); the tests build
+    a client per test, a server per call, and a sign-in's each request, about 80 a run (3 CPU
+    seconds). The server does the same in one place (tools/client.py, `_tls`). A context built
+    for anything else (a test CA, a client certificate) is built as before."""
+    import httpx._transports.default as transports
+
+    build = transports.create_ssl_context
+    shared: list[Any] = []
+
+    def build_once(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None or not trust_env:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if not shared:
+            shared.append(build(verify=True, cert=None, trust_env=True))
+        return shared[0]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transports, "create_ssl_context", build_once)
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Servers the tests start (in process or as subprocesses) keep their state here, not in
     the home directory."""
