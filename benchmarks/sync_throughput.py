@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,38 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+@contextmanager
+def standalone_sandbox(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The sandbox CLI as a subprocess on a loopback port (so its peak RSS is its own): its base
+    URL once it answers, and the process; stopped with SIGINT on exit."""
+    port = free_port()
+    log = (workdir / "sandbox.log").open("wb")
+    args = ["--port", str(port), "--dir", str(workdir / "sandbox"), "--no-demo"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "posthog_warehouse_mcp.sandbox", *args, "--log-level", "warning"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=log,
+        stderr=log,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base_url}{API}/external_data_sources/").raise_for_status()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield base_url, proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        log.close()
+
+
 def job_seconds(job: dict[str, Any]) -> float:
     """How long the job ran by the sandbox's own clock (created_at to finished_at)."""
     start = datetime.fromisoformat(job["created_at"].replace("Z", "+00:00"))
@@ -173,33 +207,9 @@ def main(argv: list[str]) -> int:
                 for backend in ("pyarrow", "sqlalchemy"):
                     runs = [dlt_full_refresh(creds, workdir, backend) for _ in range(args.repeat)]
                     dlt_times[backend] = statistics.median(runs)
-            port = free_port()
-            log = (workdir / "sandbox.log").open("wb")
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "posthog_warehouse_mcp.sandbox",
-                    "--port",
-                    str(port),
-                    "--dir",
-                    str(workdir / "sandbox"),
-                    "--no-demo",
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=log,
-                stderr=log,
-            )
-            try:
-                results = drive(f"http://127.0.0.1:{port}", creds, args.repeat)
+            with standalone_sandbox(workdir) as (base_url, proc):
+                results = drive(base_url, creds, args.repeat)
                 results["peak_rss"] = peak_rss_mb(proc.pid)
-            finally:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(60)
-                log.close()
         finally:
             pg.stop()
     full = statistics.median(results["full"])
@@ -228,15 +238,6 @@ def main(argv: list[str]) -> int:
 def drive(base_url: str, creds: PostgresCredentials, repeat: int) -> dict[str, Any]:
     """Create the source in the sandbox, run the full and incremental syncs, collect timings."""
     with httpx.Client(base_url=base_url, timeout=60) as client:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.get(f"{API}/external_data_sources/").raise_for_status()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         payload = {
             **creds.job_inputs(),
             "schemas": [{"name": "bench", "should_sync": False, "sync_type": "full_refresh"}],

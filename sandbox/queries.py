@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from .cdc import HISTORY_SUFFIX
 from .engine import table_name
 from .hogql import NESTED_TOO_DEEPLY, Catalog, QueryError, compile_query
 from .query_pool import QueryLimits, QueryPool, WorkerFailed
@@ -37,13 +38,26 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def hogql_name(source: Source, schema: Schema) -> str:
-    """PostHog's `get_data_warehouse_table_name`: `postgres.prefix.orders`, or
-    `postgres.orders` without a prefix."""
+def hogql_name(source: Source, table: str) -> str:
+    """PostHog's `get_data_warehouse_table_name` of a warehouse table: `shop_postgres_orders`
+    is `postgres.shop.orders`, or `postgres.orders` without a prefix."""
     source_type = source.source_type.lower()
     prefix = (source.prefix or "").strip("_").lower()
-    table = schema.name.replace(".", "__").lower()
-    return f"{source_type}.{prefix}.{table}" if prefix else f"{source_type}.{table}"
+    stored = table_name(source.prefix, source.source_type, "")
+    stripped = table[len(stored) :] if table.lower().startswith(stored) else table
+    return (f"{source_type}.{prefix}.{stripped}" if prefix else f"{source_type}.{stripped}").lower()
+
+
+def schema_tables(schema: Schema) -> list[str]:
+    """A schema's published warehouse tables: its own, and a `both` CDC table's change log
+    `<table>_cdc`, which PostHog registers as a table of its own, named as any other
+    (`register_cdc_companion_table`); `cdc_only`'s log is the schema's own table."""
+    if not schema.table_name:
+        return []
+    tables = [schema.table_name]
+    if schema.sync_type == "cdc" and schema.cdc_table_mode == "both":
+        tables.append(schema.table_name + HISTORY_SUFFIX)
+    return tables
 
 
 def _source_label(source: Source) -> str:
@@ -112,16 +126,16 @@ class Queries:
         owners: dict[str, str] = {}
         empty: dict[str, str] = {}
         for source, schema in schemas:
-            if schema.table_name:
-                names[schema.table_name.lower()] = schema.table_name
-                names[hogql_name(source, schema)] = schema.table_name
-                owners[schema.table_name] = _source_label(source)
+            for table in schema_tables(schema):
+                names[table.lower()] = table
+                names[hogql_name(source, table)] = table
+                owners[table] = _source_label(source)
         for source, schema in schemas:
             if schema.table_name:
                 continue
             why = _no_data(source, schema)
             stored = table_name(source.prefix, source.source_type, schema.name)
-            for name in (hogql_name(source, schema), stored):
+            for name in (hogql_name(source, stored), stored):
                 if name not in names:
                     empty.setdefault(name, why)
         return Catalog(names, owners, empty)
@@ -206,8 +220,8 @@ class Queries:
         """PostHog's `DatabaseSchemaQueryResponse` for the warehouse tables: keyed by the
         dotted name, with fields, row count, the schema and the source they come from."""
         tables: dict[str, Any] = {}
-        for source, schema in self.synced_tables():
-            name = hogql_name(source, schema)
+        for source, schema, table, columns, row_count in self._published():
+            name = hogql_name(source, table)
             jobs = [j for j in self.store.source_jobs(source.id) if j.status == "Completed"]
             tables[name] = {
                 "type": "data_warehouse",
@@ -220,12 +234,12 @@ class Queries:
                         "type": c.get("type", "string"),
                         "schema_valid": bool(c.get("schema_valid", True)),
                     }
-                    for c in schema.table_columns
+                    for c in columns
                 },
-                "search_aliases": [schema.table_name],
+                "search_aliases": [table],
                 "format": "DuckDB",
                 "url_pattern": "",
-                "row_count": schema.row_count,
+                "row_count": row_count,
                 "schema": {
                     "id": schema.id,
                     "name": schema.name,
@@ -244,3 +258,19 @@ class Queries:
                 },
             }
         return {"tables": tables, "joins": []}
+
+    def _published(self) -> list[tuple[Source, Schema, str, list[dict[str, Any]], int | None]]:
+        """Each published table: its source and schema, its name, columns and row count (a CDC
+        change log beside the schema's table is described from the warehouse)."""
+        found = []
+        for source, schema in self.synced_tables():
+            own, *logs = schema_tables(schema)
+            found.append((source, schema, own, schema.table_columns, schema.row_count))
+            for log in logs:
+                if not self.warehouse.table_exists(log):
+                    continue  # the mode became `both` since the last sync
+                types = {c["name"]: c.get("type", "string") for c in schema.table_columns}
+                described = self.warehouse.columns(log)
+                columns = [{"name": n, "type": types.get(n, "string")} for n, _ in described]
+                found.append((source, schema, log, columns, self.warehouse.count(log)))
+        return found
