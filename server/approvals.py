@@ -181,8 +181,8 @@ class Approvals:
         self.links = PageLinks(self.store)
         # How the page sends what it approves: set by the server (server/app.py).
         self.send: Send | None = None
-        # With --oauth, who the page's browser is signed in as (server/oauth.py): the page
-        # then answers the person whose call is held, and only in their signed-in browser.
+        # With --oauth, who the page's browser is signed in as (server/oauth/consent.py): the
+        # page then answers the person whose call is held, and only in their signed-in browser.
         self.sessions: Sessions | None = None
         self._group: TaskGroup | None = None
         self._address: str | None = None

@@ -34,6 +34,6 @@ class Caller:
 
 
 SERVER = Caller()
-# Where the sign-in check (server/oauth.py) puts the signed-in person's Caller in a request's
-# ASGI scope, for the tool handlers to read.
+# Where the sign-in check (``SignedIn``, server/oauth/web.py) puts the signed-in person's Caller
+# in a request's ASGI scope, for the tool handlers to read.
 SIGNED_IN = "posthog_warehouse_mcp.caller"

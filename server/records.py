@@ -1,6 +1,6 @@
 """What the server keeps for a while, where every instance sees it: values that expire, taken
-once (held calls and approval page links, server/approvals.py), and for OAuth (server/oauth.py)
-also replaced only while they last, and locks. In this process's memory
+once (held calls and approval page links, server/approvals.py), and for OAuth
+(server/oauth/vault.py) also replaced only while they last, and locks. In this process's memory
 (:class:`MemoryRecords`), or the deployment's Redis (server/shared.py's ``RedisStore``)."""
 
 from __future__ import annotations

@@ -265,7 +265,8 @@ class Shared:
     windows: Windows
     redis: RedisStore | None = None
     held: Expiring = field(default_factory=MemoryRecords)
-    # OAuth's records (server/oauth.py): clients, sign-ins, codes, tokens, each person's grant.
+    # OAuth's records (server/oauth/vault.py): clients, sign-ins, codes, tokens, each person's
+    # grant.
     records: Records = field(default_factory=MemoryRecords)
 
     def running(self) -> AbstractAsyncContextManager[None]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -41,11 +41,13 @@ from ..loopback.hosts import host_of, origin_of
 from .app import approvals_for, create_server
 from .approvals import PAGE
 from .auth import BearerAuth
-from .cimd import DocumentFetcher
 from .config import Settings
 from .limits import RateLimit, limiter_for
 from .shared import Shared, alone, shared_for
 from .state import LazyClient, open_backend
+
+if TYPE_CHECKING:
+    from .oauth.cimd import DocumentFetcher
 
 log = logging.getLogger("posthog_warehouse_mcp.http")
 
@@ -261,7 +263,7 @@ def http_app(
     One adapter serves every connection; it and the in-process sandbox (or ``transport``, in
     tests) are opened and closed by the app's lifespan, as are the shared store's connections
     (``shared``, by default as the settings say). With ``--oauth``, the OAuth routes
-    (server/oauth.py) are served beside them, and ``fetcher`` (tests: one trusting their CA)
+    (server/oauth/) are served beside them, and ``fetcher`` (tests: one trusting their CA)
     reads client ID metadata documents.
     """
     client = LazyClient(settings, transport)

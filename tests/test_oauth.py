@@ -30,9 +30,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from posthog_warehouse_mcp.sandbox.oauth import OAuthProvider
-from posthog_warehouse_mcp.server.cimd import DocumentFetcher, DocumentRefused
 from posthog_warehouse_mcp.server.config import Settings
-from posthog_warehouse_mcp.server.oauth import OAuth, Vault
+from posthog_warehouse_mcp.server.oauth import OAuth
+from posthog_warehouse_mcp.server.oauth.cimd import DocumentFetcher, DocumentRefused
+from posthog_warehouse_mcp.server.oauth.vault import Vault
 from posthog_warehouse_mcp.server.transports import http_app
 from tests.signin import (
     CLIENT_REDIRECT,
@@ -757,7 +758,7 @@ async def test_refreshing_a_token_does_not_reset_the_rate_limit() -> None:
 
 
 async def test_no_region_answering_is_a_temporary_failure_not_a_guess() -> None:
-    from posthog_warehouse_mcp.server.oauth import PostHogOAuth, UpstreamRefused
+    from posthog_warehouse_mcp.server.oauth.upstream import PostHogOAuth, UpstreamRefused
 
     async def refuse(request: Request) -> Response:
         return JSONResponse({"detail": "Invalid access token."}, status_code=401)
@@ -772,7 +773,7 @@ async def test_no_region_answering_is_a_temporary_failure_not_a_guess() -> None:
 
 
 async def test_a_record_copied_under_another_key_does_not_open() -> None:
-    from posthog_warehouse_mcp.server.oauth import Cipher
+    from posthog_warehouse_mcp.server.oauth.vault import Cipher
     from posthog_warehouse_mcp.server.records import MemoryRecords
 
     records = MemoryRecords()

@@ -364,7 +364,7 @@ async def test_ten_thousand_calls_through_the_balancer_leave_every_replica_flat(
 async def test_people_sign_in_with_posthog_through_the_balancer_and_call_as_themselves(
     tmp_path: Path,
 ) -> None:
-    from posthog_warehouse_mcp.server.oauth import Cipher, Vault
+    from posthog_warehouse_mcp.server.oauth.vault import Cipher, Vault
     from posthog_warehouse_mcp.server.shared import RedisStore
     from tests.signin import Person, Storage, call_tool, oauth_client, revoke
 

@@ -40,7 +40,7 @@ import httpx
 from mcp.shared.auth import OAuthClientInformationFull
 from pydantic import ValidationError
 
-from ..loopback.hosts import is_loopback
+from ...loopback.hosts import is_loopback
 
 log = logging.getLogger("posthog_warehouse_mcp.oauth")
 
