@@ -64,6 +64,7 @@ async def test_the_in_process_sandbox_listens_on_loopback_behind_a_token(
     assert code == 2 and "No running sandbox found" in err
 
 
+@pytest.mark.slow  # a subprocess or a restart
 async def test_the_standalone_sandbox_is_reached_with_its_api_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -29,6 +29,7 @@ QUERY = {"query": {"kind": "HogQLQuery", "query": "SELECT 1 AS one"}}
 SCHEMA_ID = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
+@pytest.mark.slow  # a subprocess or a restart
 async def test_the_standalone_sandbox_refuses_a_rebinding_host_and_a_foreign_origin(
     tmp_path: Path, upstream: Upstream
 ) -> None:

@@ -59,6 +59,7 @@ async def test_a_query_reads_the_last_publication_and_earlier_copies_are_deleted
     assert gone.status_code == 400 and "Unknown table" in gone.json()["detail"]
 
 
+@pytest.mark.slow  # a subprocess or a restart
 async def test_a_restart_keeps_the_current_copies_and_deletes_the_rest(
     tmp_path: Path, upstream: Upstream
 ) -> None:

@@ -116,6 +116,7 @@ async def test_demo_registers_a_postgres_source_once_and_keeps_its_password_secr
         assert schema["table"]["row_count"] == 20000
 
 
+@pytest.mark.slow  # a subprocess or a restart
 async def test_a_directory_in_use_by_another_process_is_refused_clearly(tmp_path: Path) -> None:
     port = free_port()
     directory = tmp_path / "sandbox"
@@ -128,6 +129,7 @@ async def test_a_directory_in_use_by_another_process_is_refused_clearly(tmp_path
     assert refused.value.pid is not None and f"(pid {refused.value.pid})" in str(refused.value)
 
 
+@pytest.mark.slow  # a subprocess or a restart
 async def test_a_server_on_a_directory_in_use_says_who_holds_it_and_does_not_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,6 +157,7 @@ async def test_a_server_on_a_directory_in_use_says_who_holds_it_and_does_not_ret
     assert len(sent) == 1  # no retries: trying again cannot free the directory
 
 
+@pytest.mark.slow  # a subprocess or a restart
 def test_a_postgres_left_running_by_a_killed_sandbox_is_adopted_and_stopped(
     tmp_path: Path,
 ) -> None:
