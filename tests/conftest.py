@@ -126,7 +126,7 @@ def _one_default_tls_context() -> Iterator[None]:
 
     httpx reads the CA bundle again for each client it builds (about 40 ms); the tests build
     a client per test, a server per call, and a sign-in's each request, about 80 a run (3 CPU
-    seconds). The server does the same in one place (tools/client.py, `_tls`). A context built
+    seconds). The server does the same in one place (tools/client.py, `tls_context`). A context built
     for anything else (a test CA, a client certificate) is built as before."""
     import httpx._transports.default as transports
 

@@ -244,7 +244,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """The process's TLS context: httpx would read the CA bundle again for each client (about
     20 ms), and a process may build several (a server per connection, a test per call)."""
     return httpx.create_ssl_context()
@@ -268,7 +268,7 @@ def build_http_client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         transport=transport,
-        verify=_tls(),
+        verify=tls_context(),
         follow_redirects=False,
     )
 

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 import anyio
 import httpx
 
+from ...tools.client import tls_context
 from ...tools.confirm import StoreUnavailable
 from ...tools.table import ENDPOINTS
 from ..callers import Caller
@@ -153,7 +154,10 @@ class PostHogOAuth:
 
     def _http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            timeout=UPSTREAM_TIMEOUT, transport=self.transport, follow_redirects=False
+            timeout=UPSTREAM_TIMEOUT,
+            transport=self.transport,
+            follow_redirects=False,
+            verify=tls_context(),  # the process's one context, not the CA bundle read again
         )
 
     async def _token(self, fields: dict[str, str]) -> dict[str, Any]:
