@@ -126,8 +126,8 @@ def _one_default_tls_context() -> Iterator[None]:
 
     httpx reads the CA bundle again for each client it builds (about 40 ms); the tests build
     a client per test, a server per call, and a sign-in's each request, about 80 a run (3 CPU
-    seconds). The server does the same in one place (tools/client.py, `tls_context`). A context built
-    for anything else (a test CA, a client certificate) is built as before."""
+    seconds). The server does the same (tools/client.py, `tls_context`). A context built for
+    anything else (a test CA, a client certificate) is built as before."""
     import httpx._transports.default as transports
 
     build = transports.create_ssl_context
