@@ -1146,16 +1146,10 @@ class _Rehearsal:
                 f"count(*) AS n, {dialect.key_text(target.key)} AS ex FROM {relation}{where} "
                 f"GROUP BY {keys} HAVING count(*) > 1) d"
             )
-            try:
-                found, more, example = (list(run(sql, [])) + [None] * 3)[:3]
-            except _CutShort as exc:
-                check.update(result="cut_short", why=exc.why, how=how)
+            row = _first_row(run, sql, 3, check, how)
+            if row is None:
                 return check
-            except RehearsalCancelled:
-                raise
-            except Exception as exc:
-                check.update(result="failed", error=_first_line(exc), how=how)
-                return check
+            found, more, example = row
             groups += _int(found)
             extra += _int(more)
             if example is not None:
@@ -1191,16 +1185,10 @@ class _Rehearsal:
             f"WHERE {c} < before"
         )
         how = f"at the source in stored order, read-only, statement timeout {self._timeout_text()}"
-        try:
-            rows, example = (list(self._source_query()(sql, [])) + [None] * 2)[:2]
-        except _CutShort as exc:
-            check.update(result="cut_short", why=exc.why, how=how)
+        row = _first_row(self._source_query(), sql, 2, check, how)
+        if row is None:
             return check
-        except RehearsalCancelled:
-            raise
-        except Exception as exc:
-            check.update(result="failed", error=_first_line(exc), how=how)
-            return check
+        rows, example = row
         check.update(
             result="problem" if _int(rows) else "ok",
             rows=_int(rows),
@@ -1635,6 +1623,26 @@ def _example(value: Any) -> Any:
         with contextlib.suppress(ValueError):
             return json.loads(value)
     return value
+
+
+def _first_row(
+    run: Callable[[str, list[Any]], tuple[Any, ...]],
+    sql: str,
+    width: int,
+    check: dict[str, Any],
+    how: str,
+) -> list[Any] | None:
+    """A check's query: its row, padded to `width` values; None when it was cut short or
+    failed, `check` then saying which (a cancelled rehearsal still raises)."""
+    try:
+        return (list(run(sql, [])) + [None] * width)[:width]
+    except _CutShort as exc:
+        check.update(result="cut_short", why=exc.why, how=how)
+    except RehearsalCancelled:
+        raise
+    except Exception as exc:
+        check.update(result="failed", error=_first_line(exc), how=how)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
