@@ -102,6 +102,11 @@ async def use(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]
     return result.structured_content
 
 
+async def orders_plan(client: Client, **fields: Any) -> dict[str, Any]:
+    """A plan of one change: these fields of the orders table."""
+    return await use(client, PLAN, {"id": SOURCE_ID, "changes": [{"id": ORDERS, "set": fields}]})
+
+
 async def test_a_plan_flags_what_reimports_with_its_rows_and_the_bill_before_and_after() -> None:
     upstream = PostHog()
     async with server(upstream) as client:
@@ -189,11 +194,7 @@ async def test_a_plan_acts_once_even_when_nothing_changed() -> None:
     upstream = PostHog()
     upstream.refuse = ORDERS
     async with server(upstream) as client:
-        plan = await use(
-            client,
-            PLAN,
-            {"id": SOURCE_ID, "changes": [{"id": ORDERS, "set": {"sync_frequency": "1hour"}}]},
-        )
+        plan = await orders_plan(client, sync_frequency="1hour")
         args = {"id": SOURCE_ID, "plan_id": plan["plan_id"]}
         first = await use(client, APPLY, args)
         upstream.refuse = None
@@ -206,11 +207,7 @@ async def test_a_plan_acts_once_even_when_nothing_changed() -> None:
 async def test_a_stale_plan_is_refused_naming_the_tables_that_changed() -> None:
     upstream = PostHog()
     async with server(upstream) as client:
-        plan = await use(
-            client,
-            PLAN,
-            {"id": SOURCE_ID, "changes": [{"id": ORDERS, "set": {"sync_frequency": "1hour"}}]},
-        )
+        plan = await orders_plan(client, sync_frequency="1hour")
         upstream.schemas[ORDERS]["sync_type"] = "append"  # changed by someone else meanwhile
         refused = await client.call_tool(APPLY, {"id": SOURCE_ID, "plan_id": plan["plan_id"]})
     assert refused.is_error is True
@@ -236,11 +233,7 @@ async def test_a_failure_midway_stops_and_reports_what_was_and_was_not_applied()
 async def test_nothing_is_sent_before_the_person_agrees() -> None:
     upstream = PostHog()
     async with server(upstream, confirm="token") as client:
-        plan = await use(
-            client,
-            PLAN,
-            {"id": SOURCE_ID, "changes": [{"id": ORDERS, "set": {"sync_type": "full_refresh"}}]},
-        )
+        plan = await orders_plan(client, sync_type="full_refresh")
         args = {"id": SOURCE_ID, "plan_id": plan["plan_id"]}
         asked = await use(client, APPLY, args)
         assert upstream.patches() == []
@@ -256,11 +249,7 @@ async def test_nothing_is_sent_before_the_person_agrees() -> None:
 async def test_a_plan_id_is_bound_to_its_server_source_and_contents() -> None:
     upstream = PostHog()
     async with server(upstream) as client:
-        plan = await use(
-            client,
-            PLAN,
-            {"id": SOURCE_ID, "changes": [{"id": ORDERS, "set": {"sync_frequency": "1hour"}}]},
-        )
+        plan = await orders_plan(client, sync_frequency="1hour")
         body, _, signature = plan["plan_id"].partition(".")
         forged = await client.call_tool(
             APPLY, {"id": SOURCE_ID, "plan_id": f"{body[:-2]}AA.{signature}"}
