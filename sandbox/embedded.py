@@ -119,7 +119,7 @@ class EmbeddedPostgres:
         self.moved_from: int | None = None
 
     @property
-    def _user(self) -> str | None:
+    def system_user(self) -> str | None:
         """The system user the server runs as (None: the current one)."""
         return _SYSTEM_USER if os.geteuid() == 0 else None
 
@@ -139,7 +139,8 @@ class EmbeddedPostgres:
         _open_tree(bin_path.parent / "lib", _READ)
         os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
 
-    def _bin(self, name: str) -> str:
+    def program(self, name: str) -> str:
+        """The path of one of the server's programs (`pg_ctl`, `pg_resetwal`...)."""
         return str(_bin_path() / name)
 
     def _init(self, password: str) -> None:
@@ -153,7 +154,7 @@ class EmbeddedPostgres:
                 os.chown(pwfile, entry.pw_uid, entry.pw_gid)
             result = subprocess.run(
                 [
-                    self._bin("initdb"),
+                    self.program("initdb"),
                     "-D",
                     str(self.pgdata),
                     "-U",
@@ -167,8 +168,8 @@ class EmbeddedPostgres:
                 ],
                 capture_output=True,
                 text=True,
-                user=self._user,
-                group=self._user,
+                user=self.system_user,
+                group=self.system_user,
             )
             if result.returncode != 0:
                 raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
@@ -243,7 +244,7 @@ class EmbeddedPostgres:
     def _pg_ctl_start(self, port: int) -> None:
         log = self.pgdata / "server.log"
         cmd = [
-            self._bin("pg_ctl"),
+            self.program("pg_ctl"),
             "-D",
             str(self.pgdata),
             "-w",
@@ -260,7 +261,7 @@ class EmbeddedPostgres:
             "start",
         ]
         result = subprocess.run(
-            cmd, capture_output=True, text=True, user=self._user, group=self._user
+            cmd, capture_output=True, text=True, user=self.system_user, group=self.system_user
         )
         if result.returncode != 0:
             tail = log.read_text()[-2000:] if log.exists() else ""
@@ -276,11 +277,11 @@ class EmbeddedPostgres:
         if not self._started_here:
             return
         subprocess.run(
-            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            [self.program("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
             capture_output=True,
             check=False,
-            user=self._user,
-            group=self._user,
+            user=self.system_user,
+            group=self.system_user,
         )
         self._started_here = False
 

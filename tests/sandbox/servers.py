@@ -92,6 +92,58 @@ def embedded_postgres(prefix: str, settings: dict[str, str] | None = None) -> It
         shutil.rmtree(base, ignore_errors=True)
 
 
+# Transaction ids a pg_xact segment file holds (32 pages of 32,768), and the counter's steps on
+# its way to the wraparound: each under 2^31 past the last freeze, as PostgreSQL requires.
+_XACT_SEGMENT = 32 * 32768
+_XID_STEPS = (1_400_000_000, 2_800_000_000)
+
+
+def near_wraparound(
+    server: EmbeddedPostgres, creds: PostgresCredentials, left: int
+) -> PostgresCredentials:
+    """Restart `server` with `left` transaction ids before its 32-bit counter wraps around
+    (its epoch then goes from 0 to 1): how a test reaches xid wraparound without four billion
+    transactions. Every database is frozen before each step, so no row's xmin is left more than
+    2^31 behind. Returns the credentials of the restarted server."""
+    for xid in (*_XID_STEPS, 2**32 - left):
+        _freeze_every_database(creds)
+        segment = xid // _XACT_SEGMENT
+        # pg_resetwal moves the counter; the commit log's page for it must exist (zeroed).
+        xact = server.pgdata / "pg_xact" / f"{segment:04X}"
+        xact.write_bytes(bytes(8192 * 32))
+        if server.system_user is not None:
+            shutil.chown(xact, server.system_user, server.system_user)
+        creds = _reset_wal(server, "-x", str(xid), "-u", str(segment * _XACT_SEGMENT))
+    return creds
+
+
+def set_xid_epoch(server: EmbeddedPostgres, epoch: int) -> PostgresCredentials:
+    """Restart `server` with its transaction counter's epoch set to `epoch` (the 64-bit ids
+    `pg_current_snapshot` gives jump by whole wraparounds)."""
+    return _reset_wal(server, "-e", str(epoch))
+
+
+def _freeze_every_database(creds: PostgresCredentials) -> None:
+    with psycopg.connect(creds.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute("UPDATE pg_database SET datallowconn = true WHERE datname = 'template0'")
+        names = [str(row[0]) for row in conn.execute("SELECT datname FROM pg_database")]
+    for name in names:
+        with psycopg.connect(creds.conninfo(name), autocommit=True) as conn:
+            conn.execute("VACUUM (FREEZE)")
+
+
+def _reset_wal(server: EmbeddedPostgres, *args: str) -> PostgresCredentials:
+    server.stop()
+    subprocess.run(
+        [server.program("pg_resetwal"), *args, "-D", str(server.pgdata)],
+        check=True,
+        capture_output=True,
+        user=server.system_user,
+        group=server.system_user,
+    )
+    return server.start()
+
+
 @contextlib.contextmanager
 def shared_postgres(folder: Path, settings: Mapping[str, str] | None = None) -> Iterator[Databases]:
     """The run's server in `folder` (in the controller's shared folder): the first worker to ask

@@ -17,6 +17,8 @@ from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
 from posthog_warehouse_mcp.sandbox.connectors.postgres_cdc import SLOT_MISSING
+from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres
+from tests.sandbox.servers import near_wraparound, set_xid_epoch
 from tests.sandbox.support import (
     API,
     ROOT,
@@ -242,6 +244,67 @@ async def test_xmin_picks_up_updates_of_a_table_without_a_cursor(
     assert warehouse_rows(
         app, "SELECT id, label FROM postgres_tags ORDER BY id"
     ) == upstream.execute("SELECT id, label FROM tags ORDER BY id")
+
+
+@pytest.mark.slow(seconds=8)
+async def test_xmin_reads_across_the_transaction_counters_wraparound(
+    tmp_path: Path, sandbox: tuple[Starlette, httpx.AsyncClient]
+) -> None:
+    """A server of its own, its 32-bit counter moved to 3,000 ids before it wraps: a change made
+    before the wrap and one after it are both read, and nothing else; after a jump of two more
+    wraparounds (epoch 1 to 3) the sync reads every row, as PostHog's does."""
+    app, client = sandbox
+    server = EmbeddedPostgres(tmp_path / "wrapping")
+    try:
+        creds = near_wraparound(server, server.start(), left=3000)
+        upstream = Upstream(creds)
+        upstream.execute(
+            "CREATE TABLE tags (id int PRIMARY KEY, label text);"
+            "INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 10) g"
+        )
+        schema = {"name": "tags", "should_sync": True, "sync_type": "xmin"}
+        response = await client.post(
+            f"{API}/external_data_sources/",
+            json={"source_type": "Postgres", "payload": upstream.payload([schema])},
+        )
+        assert response.status_code == 201, response.text
+        source_id = response.json()["id"]
+        await wait_for_jobs(client, source_id, 1)
+        source = (await client.get(f"{API}/external_data_sources/{source_id}/")).json()
+        schema_id = schema_by_name(source, "tags")["id"]
+        upstream.execute("UPDATE tags SET label = 'before the wrap' WHERE id = 2")
+        # 3,000 transactions, each taking an id: the counter passes 2^32.
+        upstream.execute(
+            "DO $$ BEGIN FOR i IN 1..3000 LOOP PERFORM pg_current_xact_id(); COMMIT; "
+            "END LOOP; END $$"
+        )
+        assert upstream.execute("SELECT pg_current_xact_id()::text::bigint >> 32") == [(1,)]
+        upstream.execute(
+            "UPDATE tags SET label = 'after the wrap' WHERE id = 3;"
+            "INSERT INTO tags VALUES (11, 'new')"
+        )
+
+        await reload_and_wait(client, source_id, schema_id, 2)
+
+        assert (await jobs_of(client, source_id))[0]["rows_synced"] == 3
+        assert warehouse_rows(app, "SELECT id, label FROM postgres_tags ORDER BY id") == (
+            upstream.execute("SELECT id, label FROM tags ORDER BY id")
+        )
+        messages = [m for _, m in log_lines(await sync_log(client, schema_id))]
+        assert any("wrapped around once" in m for m in messages), messages
+
+        upstream = Upstream(set_xid_epoch(server, 3))
+        upstream.execute("UPDATE tags SET label = 'epoch 3' WHERE id = 4")
+        await reload_and_wait(client, source_id, schema_id, 3)
+
+        assert (await jobs_of(client, source_id))[0]["rows_synced"] == 11
+        assert warehouse_rows(app, "SELECT id, label FROM postgres_tags ORDER BY id") == (
+            upstream.execute("SELECT id, label FROM tags ORDER BY id")
+        )
+        messages = [m for _, m in log_lines(await sync_log(client, schema_id))]
+        assert any("wrapped around 2 times: reading every row" in m for m in messages), messages
+    finally:
+        server.stop()
 
 
 # A sandbox process that syncs one table and SIGKILLs itself at a checkpoint of that sync.
