@@ -22,6 +22,8 @@ from .warehouse import Warehouse
 logger = logging.getLogger(__name__)
 
 SCHEDULER_TICK_SECONDS = 15.0
+# How often the CDC slot sweeper runs (PostHog runs its sweeper on a schedule of its own).
+CDC_SWEEP_SECONDS = 300.0
 DEMO_UNDER_CLOUD_RULES = (
     "cloud rules on: new sources must have a public host and, for Postgres, TLS. The demo "
     "database (127.0.0.1, no TLS) is already registered; a create with its credentials is "
@@ -36,6 +38,7 @@ async def open_sandbox(
     api_key: str | None = None,
     demo: bool = True,
     scheduler_tick: float = SCHEDULER_TICK_SECONDS,
+    cdc_sweep: float = CDC_SWEEP_SECONDS,
     cloud_rules: CloudRules | None = None,
     query_limits: QueryLimits | None = None,
 ) -> AsyncIterator[Starlette]:
@@ -44,7 +47,8 @@ async def open_sandbox(
     `api_key=None` accepts any bearer (or none). The app's `state.services` holds the store,
     warehouse and engine. `cloud_rules` makes new sources meet PostHog Cloud's host and TLS
     rules (the demo database, on loopback without TLS, would not). `query_limits` changes what
-    a query may take (time, turns, memory).
+    a query may take (time, turns, memory). `cdc_sweep`: seconds between passes of the CDC slot
+    sweeper (`Services.sweep_cdc_slots`).
 
     Raises:
         DirectoryInUse: another process serves `directory`.
@@ -83,6 +87,7 @@ async def open_sandbox(
                 query_limits=query_limits,
                 demo=database,
             )
+            tg.start_soon(_sweep_cdc_slots, services, cdc_sweep)
             try:
                 if cloud_rules is not None and demo:
                     logger.info(DEMO_UNDER_CLOUD_RULES)
@@ -108,3 +113,10 @@ async def _schedule(engine: SyncEngine, tick: float) -> None:
         for schema in engine.due(now()):
             logger.info("scheduled sync of %s", schema.name)
             engine.start(schema.id)
+
+
+async def _sweep_cdc_slots(services: Services, interval: float) -> None:
+    """Run the CDC slot sweeper every `interval` seconds."""
+    while True:
+        await anyio.sleep(interval)
+        await anyio.to_thread.run_sync(services.sweep_cdc_slots)

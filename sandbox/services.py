@@ -291,6 +291,57 @@ class Services:
         except Exception:
             logger.warning("could not drop the CDC slot of source %s", source.id, exc_info=True)
 
+    def sweep_cdc_slots(self) -> None:
+        """PostHog's CDC slot sweeper (`cleanup_orphan_slots_activity`), one pass; blocking, for
+        a worker thread. A deleted source's PostHog-managed slot and publication are dropped
+        (again, if its delete could not reach the database). A live source's slot holding back
+        WAL past its thresholds is logged, dropped, or marks a self-managed source `Error`
+        (`postgres_cdc.sweep`); a dropped slot fails the next sync with the repair as the way
+        back. A database that cannot be reached is logged and skipped."""
+        with self.store.lock:
+            sources = list(self.store.sources.values())
+        for source in sources:
+            settings = postgres_cdc.settings_of(source.job_inputs)
+            if settings is None:
+                continue
+            try:
+                self._sweep(source, settings)
+            except Exception:
+                logger.warning("CDC sweep of source %s failed", source.id, exc_info=True)
+
+    def _sweep(self, source: Source, settings: postgres_cdc.CdcSettings) -> None:
+        if source.deleted:
+            if settings.mode == "posthog":
+                with postgres.connect(source.job_inputs) as conn:
+                    postgres_cdc.cleanup_resources(conn, settings)
+            return
+        # Not while a sync of the source reads or confirms the slot.
+        with self.engine.slot_lock(source.id), postgres.connect(source.job_inputs) as conn:
+            lag = postgres_cdc.status(conn, settings).lag_bytes
+            if lag is None:
+                logger.warning("CDC source %s: slot %s not found", source.id, settings.slot)
+                return
+            action = postgres_cdc.sweep(settings, lag)
+            if action == "drop":
+                postgres_cdc.cleanup_resources(conn, settings)
+        if action == "none":
+            return
+        logger.warning(
+            "CDC source %s: slot %s holds back %.1f MB of WAL (warning at %d MB, critical at "
+            "%d MB)%s",
+            source.id,
+            settings.slot,
+            lag / (1024 * 1024),
+            settings.lag_warning_mb,
+            settings.lag_critical_mb,
+            "; dropped it and its publication" if action == "drop" else "",
+        )
+        if action in ("drop", "error"):
+            with self.store.lock:
+                current = self.store.sources.get(source.id)
+                if current is not None and not current.deleted:
+                    self.store.save(replace(current, status="Error"))
+
     async def drop_data(self, schema_id: str) -> None:
         """Stop the schema's sync, then drop its table and cursor (delete_data, destroy)."""
         await self.stop_sync(schema_id, "Sync cancelled because the table's data was deleted")

@@ -371,6 +371,23 @@ def status(conn: psycopg.Connection[Any], settings: CdcSettings) -> SlotStatus:
     )
 
 
+Sweep = Literal["drop", "error", "warn", "none"]
+
+
+def sweep(settings: CdcSettings, lag_bytes: int) -> Sweep:
+    """What PostHog's sweeper (`cleanup_orphan_slots_activity`) does about a live source's slot
+    holding back `lag_bytes` of WAL: at `cdc_lag_critical_threshold_mb`, drop a PostHog-managed
+    slot and its publication when `cdc_auto_drop_slot` allows (`drop`), else mark a self-managed
+    source `Error` and leave its slot (`error`); at the warning threshold, log (`warn`). A
+    PostHog-managed slot without auto-drop past the critical threshold is only logged."""
+    lag_mb = lag_bytes / (1024 * 1024)
+    if lag_mb >= settings.lag_critical_mb:
+        if settings.mode == "posthog":
+            return "drop" if settings.auto_drop_slot else "warn"
+        return "error"
+    return "warn" if lag_mb >= settings.lag_warning_mb else "none"
+
+
 def add_table(conn: psycopg.Connection[Any], publication: str, schema: str, table: str) -> None:
     """Add a table to the PostHog-managed publication; nothing if it is already in it."""
     import psycopg

@@ -16,6 +16,7 @@ import pytest
 from starlette.applications import Starlette
 
 from posthog_warehouse_mcp.sandbox import open_sandbox
+from posthog_warehouse_mcp.sandbox.connectors import postgres_cdc
 from posthog_warehouse_mcp.sandbox.connectors.postgres_cdc import SLOT_MISSING
 from posthog_warehouse_mcp.sandbox.embedded import EmbeddedPostgres
 from tests.sandbox.servers import near_wraparound, set_xid_epoch
@@ -28,10 +29,12 @@ from tests.sandbox.support import (
     log_lines,
     reload_and_wait,
     schema_by_name,
+    services_of,
     sync_log,
     wait_for_jobs,
     warehouse_rows,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -216,6 +219,92 @@ async def test_a_lost_slot_fails_clearly_and_repair_cdc_brings_the_table_back(
     await reload_and_wait(client, source["id"], schema_id, 4)
     assert current_rows(app) == upstream_rows(logical_upstream)
     await client.delete(f"{API}/external_data_sources/{source['id']}/")
+
+
+async def test_the_sweeper_drops_a_slot_past_its_critical_lag_and_repair_brings_it_back(
+    tmp_path: Path, logical_upstream: Upstream
+) -> None:
+    """The sweeper (every 0.1 s here) leaves a slot under its thresholds and drops it past the
+    critical one; the sync fails as for a lost slot and repair-cdc brings it back. Once the
+    source is deleted, it drops the slot and publication the delete left."""
+    async with (
+        open_sandbox(tmp_path / "sandbox", demo=False, cdc_sweep=0.1) as app,
+        client_for(app) as client,
+    ):
+        services = services_of(app)
+        logical_upstream.execute(TABLE_SQL)
+        source, schema_id = await cdc_source(
+            client,
+            logical_upstream,
+            cdc_lag_warning_threshold_mb=1,
+            cdc_lag_critical_threshold_mb=2,
+        )
+        (slot,) = slots(logical_upstream)[0]
+        publications = "SELECT pubname FROM pg_publication"
+        [(publication,)] = logical_upstream.execute(publications)
+        await anyio.to_thread.run_sync(services.sweep_cdc_slots)
+        assert slots(logical_upstream) == [(slot,)]  # under its thresholds: left alone
+
+        # About 4 MB of WAL the slot holds back: any table's writes count.
+        logical_upstream.execute(
+            "CREATE TABLE filler AS "
+            "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 30000) g"
+        )
+        logical_upstream.execute("UPDATE orders SET amount = -1 WHERE id = 1")
+
+        async def dropped() -> bool | None:
+            return True if slots(logical_upstream) == [] else None
+
+        await eventually(dropped)
+        assert logical_upstream.execute(publications) == []
+        assert services.store.sources[source["id"]].status == "Error"
+        await reload_and_wait(client, source["id"], schema_id, 2)
+        failed = (await jobs_of(client, source["id"]))[0]
+        assert (failed["status"], failed["latest_error"]) == ("Failed", SLOT_MISSING)
+        repaired = await client.post(f"{API}/external_data_sources/{source['id']}/repair_cdc/")
+        assert repaired.status_code == 200
+        assert repaired.json() == {"success": True, "schemas_reset": 1}
+        await wait_for_jobs(client, source["id"], 3)
+        assert slots(logical_upstream) == [(slot,)]
+        assert logical_upstream.execute(publications) == [(publication,)]
+        assert current_rows(app) == upstream_rows(logical_upstream)
+
+        # A deleted source's slot and publication that its delete left (as when the database
+        # could not be reached) are dropped by a later pass.
+        await client.delete(f"{API}/external_data_sources/{source['id']}/")
+        assert slots(logical_upstream) == []
+        logical_upstream.execute(
+            f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');"
+            f"CREATE PUBLICATION {publication}"
+        )
+        await eventually(dropped)
+        assert logical_upstream.execute(publications) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "auto_drop", "lag_mb", "action"),
+    [
+        ("posthog", True, 0.5, "none"),
+        ("posthog", True, 1, "warn"),
+        ("posthog", True, 2, "drop"),
+        ("posthog", False, 3, "warn"),
+        ("self_managed", True, 1.5, "warn"),
+        ("self_managed", True, 2, "error"),
+        ("self_managed", False, 2, "error"),
+    ],
+)
+def test_the_sweeper_acts_on_a_slots_lag_as_posthogs_does(
+    mode: postgres_cdc.Mode, auto_drop: bool, lag_mb: float, action: str
+) -> None:
+    settings = postgres_cdc.CdcSettings(
+        mode=mode,
+        slot="s",
+        publication="p",
+        auto_drop_slot=auto_drop,
+        lag_warning_mb=1,
+        lag_critical_mb=2,
+    )
+    assert postgres_cdc.sweep(settings, int(lag_mb * 1024 * 1024)) == action
 
 
 async def test_xmin_picks_up_updates_of_a_table_without_a_cursor(
