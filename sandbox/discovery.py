@@ -38,7 +38,8 @@ def permission_error(table: Table, stats: TableStats) -> str | None:
 
 def table_entry(table: Table, stats: TableStats) -> dict[str, Any]:
     """One table of a `database_schema` answer, with PostHog's keys in its order."""
-    fields = table.cursor_candidates()
+    cursors = table.cursor_candidates()
+    fields = table.incremental_fields()
     denied = permission_error(table, stats)
     return {
         "table": table.name,
@@ -46,10 +47,11 @@ def table_entry(table: Table, stats: TableStats) -> dict[str, Any]:
         "should_sync": False,
         "incremental_fields": fields,
         # Incremental syncs merge on a primary key here; append needs only the cursor.
-        "incremental_available": bool(fields) and bool(table.primary_key),
-        "append_available": bool(fields),
-        "cdc_available": None,
-        "xmin_available": None,
+        "incremental_available": bool(cursors) and bool(table.primary_key),
+        "append_available": bool(cursors),
+        # CDC is on for the sandbox's team (PostHog gates it by team, then by table).
+        "cdc_available": table.supports_cdc,
+        "xmin_available": table.supports_xmin,
         "incremental_field": fields[0]["field"] if fields else None,
         "sync_type": None,
         "rows": stats.rows,
@@ -79,7 +81,7 @@ def default_schema(entry: dict[str, Any]) -> dict[str, Any]:
         schema["sync_type"] = "append"
     else:
         schema["sync_type"] = "full_refresh"
-    if chosen is not None:
+    if chosen is not None and schema["sync_type"] != "full_refresh":
         schema["incremental_field"] = chosen["field"]
         schema["incremental_field_type"] = str(chosen["field_type"] or chosen["type"])
     if entry["detected_primary_keys"]:

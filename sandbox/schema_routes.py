@@ -121,14 +121,15 @@ async def schemas_incremental_fields(request: Request, services: Services) -> Re
     table = tables[0]
     with store.lock:
         store.save(with_columns(services.get_schema(schema.id), table))
-    fields = table.cursor_candidates(nullable=True)
+    cursors = table.cursor_candidates(nullable=True)
     return drf.answer(
         {
-            "incremental_fields": fields,
-            "incremental_available": bool(fields),
-            "append_available": bool(fields),
-            "cdc_available": False,
-            "xmin_available": False,
+            "incremental_fields": table.incremental_fields(nullable=True),
+            "incremental_available": bool(cursors),
+            "append_available": bool(cursors),
+            # PostHog tells a table's CDC support only on a source with CDC enabled.
+            "cdc_available": table.supports_cdc if source.job_inputs.get("cdc_enabled") else None,
+            "xmin_available": table.supports_xmin,
             "full_refresh_available": True,
             "supports_webhooks": False,
             "webhook_only": False,

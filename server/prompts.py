@@ -127,7 +127,9 @@ field_type as incremental_field_type, primary_key_columns = detected_primary_key
 insert-only logs or events with an increasing column; full_refresh for small tables or when \
 nothing fits. Confirm the prefix with the user: every table name depends on it. For CDC \
 (sync_type "cdc": deletes too, no cursor needed): external-data-sources-check-cdc-prerequisites-\
-create first; if valid, add cdc_enabled true to the payload below.
+create first; if valid, add cdc_enabled true to the payload below. Without a cursor column or \
+CDC, a table whose xmin_available is true can use sync_type "xmin" (changed rows only, but \
+deletes at the source are never seen: say so).
 5. external-data-sources-create with source_type "Postgres", the prefix, and payload = the \
 connection fields plus schemas: one entry per chosen table (name, should_sync true, sync_type \
 and, for incremental or append, incremental_field and incremental_field_type). Never omit \
@@ -179,7 +181,9 @@ synced data and re-imported rows are billed. Explain, and wait for an explicit y
 status and last_synced_at. Do not change a table while it is Running: wait, or ask before \
 external-data-schemas-cancel.
 2. external-data-schemas-incremental-fields-create (it only reads): if incremental_available \
-is false, stop and explain (append suits insert-only tables). Pick a cursor that changes \
+is false, stop and explain (append suits insert-only tables; on Postgres, xmin_available true \
+offers sync_type "xmin", which needs no cursor column but never sees deletes: rows deleted at \
+the source stay in PostHog, where CDC would remove them). Pick a cursor that changes \
 whenever a row changes: updated_at over created_at; an increasing id only for insert-only tables.
 3. Confirm the primary key with the user: rows merge on it.
 4. external-data-schemas-partial-update with sync_type "incremental", incremental_field, \

@@ -85,13 +85,23 @@ class Column:
         return _HOGQL_TYPES.get(self.duck_type, "string")
 
 
+# The field PostHog lists among a table's `incremental_fields` when it can sync by xmin
+# (though no column has that name): Postgres's row version, always unindexed.
+XMIN_FIELD: dict[str, Any] = {"label": "xmin", "type": "xid", "field": "xmin", "field_type": "xid"}
+
+
 @dataclass
 class Table:
-    """One upstream table with its columns and primary key."""
+    """One upstream table with its columns and primary key, and which change-tracking syncs
+    PostHog offers on it: `supports_cdc` (a Postgres table with a primary key) and
+    `supports_xmin` (a Postgres table or materialized view; None where the source type has no
+    xmin at all)."""
 
     name: str
     columns: list[Column]
     primary_key: list[str] = field(default_factory=list)
+    supports_cdc: bool = False
+    supports_xmin: bool | None = None
 
     @property
     def available_columns(self) -> list[dict[str, Any]]:
@@ -108,6 +118,13 @@ class Table:
             {"field": c.name, "label": c.name, "type": c.data_type, "nullable": c.nullable}
             for c in self.columns
         ]
+
+    def incremental_fields(self, *, nullable: bool = False) -> list[dict[str, Any]]:
+        """PostHog's `incremental_fields` of the table: its cursor candidates, then `xmin`
+        where the table can sync by it."""
+        return self.cursor_candidates(nullable=nullable) + (
+            [XMIN_FIELD] if self.supports_xmin else []
+        )
 
     def cursor_candidates(self, *, nullable: bool = False) -> list[dict[str, Any]]:
         """The columns a sync can follow (PostHog's `IncrementalField`), in column order;

@@ -100,6 +100,8 @@ CLEARTEXT_REFUSED = (
 # An export reports progress (and looks for a cancel) at least every this many rows, and
 # waits for the database at most this long before it looks again.
 _REPORT_ROWS = 2000
+# The first PostgreSQL with `pg_snapshot_xmin` and `xid8`, which xmin syncs need.
+_XMIN_MIN_SERVER_VERSION = 130000
 _WAIT_SECONDS = 0.5
 
 _INCREMENTAL_TYPES = {
@@ -257,7 +259,24 @@ def discover_with(
         """,
         (namespace, only, only),
     ).fetchall()
-    return build_tables(rows, keys, column)
+    tables = build_tables(rows, keys, column)
+    # xmin needs tuples of the relation's own and a 64-bit snapshot (PostgreSQL 13): tables and
+    # materialized views (PostHog's `_xmin_capable_tables_from_conn`).
+    heaps = set()
+    if conn.info.server_version >= _XMIN_MIN_SERVER_VERSION:
+        found = conn.execute(
+            """
+            SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relkind IN ('r', 'm')
+              AND (%s::text IS NULL OR c.relname = %s::text)
+            """,
+            (namespace, only, only),
+        )
+        heaps = {str(name) for (name,) in found.fetchall()}
+    for table in tables:
+        table.supports_cdc = bool(table.primary_key)
+        table.supports_xmin = table.name in heaps
+    return tables
 
 
 def table_stats(conn: psycopg.Connection[Any], namespace: str) -> dict[str, TableStats]:

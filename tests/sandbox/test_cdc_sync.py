@@ -141,6 +141,18 @@ async def test_consolidated_holds_exactly_the_upstream_rows_and_delete_drops_the
     assert logical_upstream.execute("SELECT pubname FROM pg_publication") == []
 
 
+async def test_incremental_fields_tell_a_cdc_sources_tables_cdc_is_available(
+    sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
+) -> None:
+    _, client = sandbox
+    logical_upstream.execute(TABLE_SQL)
+    source, schema_id = await cdc_source(client, logical_upstream)
+    fields = f"{API}/external_data_schemas/{schema_id}/incremental_fields/"
+    body = (await client.post(fields)).json()
+    assert (body["cdc_available"], body["xmin_available"]) == (True, True)
+    await client.delete(f"{API}/external_data_sources/{source['id']}/")
+
+
 async def test_both_writes_the_current_rows_and_the_change_log_in_posthogs_shape(
     sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
 ) -> None:

@@ -94,11 +94,12 @@ async def test_database_schema_discovers_tables_without_storing_them(
             {"label": "amount", "type": "integer", "field": "amount", "field_type": "integer"},
             {"label": "updated_at", "field": "updated_at", **timestamp},
             {"label": "created_at", "field": "created_at", **timestamp},
+            {"label": "xmin", "type": "xid", "field": "xmin", "field_type": "xid"},
         ],
         "incremental_available": True,
         "append_available": True,
-        "cdc_available": None,
-        "xmin_available": None,
+        "cdc_available": True,
+        "xmin_available": True,
         "incremental_field": "id",
         "sync_type": None,
         "rows": 30,
@@ -131,8 +132,10 @@ async def test_database_schema_discovers_tables_without_storing_them(
     assert events["detected_primary_keys"] is None
     assert (events["incremental_available"], events["append_available"]) == (False, True)
     assert events["rows"] is None
-    assert tables["tags"]["incremental_fields"] == []
-    assert tables["tags"]["incremental_field"] is None
+    assert (events["cdc_available"], events["xmin_available"]) == (False, True)
+    # No cursor column: xmin alone, which PostHog then names as the table's incremental field.
+    assert [f["field"] for f in tables["tags"]["incremental_fields"]] == ["xmin"]
+    assert tables["tags"]["incremental_field"] == "xmin"
     assert services_empty(app)
     # The projects prefix answers the same.
     again = await client.post(
@@ -141,6 +144,36 @@ async def test_database_schema_discovers_tables_without_storing_them(
     )
     assert again.status_code == 200
     assert by_table(again.json())["orders"] == orders
+
+
+async def test_database_schema_offers_xmin_on_tables_and_materialized_views_only(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    _, client = sandbox
+    upstream.execute(
+        TABLES_SQL
+        + """
+        CREATE VIEW recent AS SELECT * FROM orders;
+        CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n FROM orders;
+        CREATE TABLE parts (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+        """
+    )
+    response = await db_schema(client, {"source_type": "Postgres", **upstream.creds.job_inputs()})
+    assert response.status_code == 200, response.text
+    offered = {
+        name: (entry["cdc_available"], entry["xmin_available"])
+        for name, entry in by_table(response.json()).items()
+    }
+    # PostHog's rules: CDC needs a primary key; xmin a relation with tuples of its own (not a
+    # view, and not a partitioned parent, whose children each have their own).
+    assert offered == {
+        "orders": (True, True),
+        "events": (False, True),
+        "tags": (False, True),
+        "recent": (False, False),
+        "totals": (False, True),
+        "parts": (True, False),
+    }
 
 
 def services_empty(app: Starlette) -> bool:
@@ -365,3 +398,6 @@ async def test_mysql_database_schema_estimates_rows(
     assert (items["table"], items["rows"], items["detected_primary_keys"]) == ("items", 3, ["id"])
     assert items["incremental_field"] == "id"
     assert items["rls_warning"] is None
+    # MySQL has no xmin, and no CDC in PostHog.
+    assert (items["cdc_available"], items["xmin_available"]) == (False, None)
+    assert "xmin" not in [f["field"] for f in items["incremental_fields"]]

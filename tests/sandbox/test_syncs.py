@@ -277,8 +277,11 @@ async def test_incremental_fields_introspects_the_table(
     assert [(f["field"], f["field_type"]) for f in body["incremental_fields"]] == [
         ("id", "integer"),
         ("updated_at", "timestamp"),
+        ("xmin", "xid"),
     ]
     assert body["incremental_available"] is True
+    # CDC is told only on a source with CDC enabled; xmin on every Postgres table.
+    assert (body["cdc_available"], body["xmin_available"]) == (None, True)
     assert body["detected_primary_keys"] == ["id"]
     assert {c["field"] for c in body["available_columns"]} == {
         "id",
