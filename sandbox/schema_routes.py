@@ -35,8 +35,10 @@ async def schemas_retrieve(request: Request, services: Services) -> Response:
 async def schemas_partial_update(request: Request, services: Services) -> Response:
     """PATCH external_data_schemas/{id}/: settings; enabling starts the first sync."""
     store = services.store
-    schema_id = services.get_schema(request.path_params["id"]).id
+    schema = services.get_schema(request.path_params["id"])
+    schema_id = schema.id
     data = await drf.body(request)
+    capable = await services.xmin_capable(schema, data)
     # Read, validate and save under the store lock, from the schema as it is now: a sync that
     # finished while the body was read is kept. Nothing in here awaits or takes the engine lock
     # (start() takes it before the store lock).
@@ -48,6 +50,7 @@ async def schemas_partial_update(request: Request, services: Services) -> Respon
             data,
             source_type=source.source_type,
             cdc_enabled=postgres_cdc.settings_of(source.job_inputs) is not None,
+            xmin_capable=capable,
         )
         store.save(updated)
     if updated.should_sync and not before.should_sync:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -290,6 +291,20 @@ class Services:
             await anyio.to_thread.run_sync(run)
         except Exception:
             logger.warning("could not drop the CDC slot of source %s", source.id, exc_info=True)
+
+    async def xmin_capable(self, schema: Schema, change: Mapping[str, Any]) -> bool | None:
+        """For a settings `change` to sync_type xmin of a Postgres table: whether its source says
+        the table can sync by xmin now (PostHog runs discovery for it, and answers no when that
+        fails). None for any other change."""
+        with self.store.lock:
+            source = self.store.sources[schema.source_id]
+        if change.get("sync_type") != "xmin" or source.source_type != "Postgres":
+            return None
+        try:
+            found = await self.discover(source.source_type, source.job_inputs, schema.name)
+        except SourceError:
+            return False
+        return any(t.name == schema.name and t.supports_xmin for t in found)
 
     def sweep_cdc_slots(self) -> None:
         """PostHog's CDC slot sweeper (`cleanup_orphan_slots_activity`), one pass; blocking, for

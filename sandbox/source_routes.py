@@ -274,6 +274,7 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
         for i, item in zip(ids, items, strict=True)
     }
     failed = await _fill_sync_defaults(services, source, owned, changes)
+    capable = {i: await services.xmin_capable(owned[i], change) for i, change in changes.items()}
     staged = []
     # Validate and save each schema under the store lock, from the schema as it is now (a sync
     # that finished while the body was read is kept). Nothing in here awaits or takes the
@@ -289,6 +290,7 @@ async def sources_bulk_update_schemas(request: Request, services: Services) -> R
                     change,
                     source_type=source.source_type,
                     cdc_enabled=postgres_cdc.settings_of(source.job_inputs) is not None,
+                    xmin_capable=capable[schema_id],
                 )
             except errors.ErrorAnswer as exc:
                 failed[schema_id] = reason_of(exc)

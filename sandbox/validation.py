@@ -25,6 +25,11 @@ UNSUPPORTED_SYNC_TYPES = ("webhook",)
 # In PostHog's order: its "Unknown sync type" message lists them so.
 ALL_SYNC_TYPES = (*SYNC_TYPES, *UNSUPPORTED_SYNC_TYPES, *LOG_SYNC_TYPES)
 CDC_NOT_ENABLED = "CDC must be enabled on the source before selecting it as a sync type."
+XMIN_POSTGRES_ONLY = "xmin replication is only available for Postgres sources."
+XMIN_NOT_AVAILABLE = (
+    "xmin replication is not available for table '{}'. It requires a Postgres heap table or "
+    "materialized view on PostgreSQL 13+."
+)
 INCREMENTAL_FIELD_TYPES = ("integer", "numeric", "datetime", "date", "timestamp", "objectid", "xid")
 CURSOR_SYNC_TYPES = ("incremental", "append")
 # The sync types whose cursor settings a PATCH may change without naming sync_type.
@@ -49,19 +54,28 @@ class _Patch:
     connector: Connector[Any]
     source_type: str
     cdc_enabled: bool
+    # Whether the source says the table can sync by xmin (None: not asked).
+    xmin_capable: bool | None = None
 
 
 def validate_settings(
-    schema: Schema, data: Mapping[str, Any], *, source_type: str, cdc_enabled: bool = False
+    schema: Schema,
+    data: Mapping[str, Any],
+    *,
+    source_type: str,
+    cdc_enabled: bool = False,
+    xmin_capable: bool | None = None,
 ) -> Schema:
-    """Validate a PATCH of schema settings; return the schema with it applied.
+    """Validate a PATCH of schema settings; return the schema with it applied. A PATCH to
+    sync_type `xmin` needs `xmin_capable`: what the source says of the table now, as PostHog
+    runs discovery for it (`Services.xmin_capable`).
 
     `schema` itself is left as it was.
 
     Raises:
         ErrorAnswer: a DRF validation error (naming the field where PostHog's does).
     """
-    patch = _Patch(schema, connector(source_type), source_type, cdc_enabled)
+    patch = _Patch(schema, connector(source_type), source_type, cdc_enabled, xmin_capable)
     updated = schema
     for name, validate in _FIELDS.items():
         if name in data:
@@ -90,6 +104,7 @@ def create_settings(
         updated = replace(updated, incremental_field_lookback_seconds=None)
     if not updated.primary_key_columns and updated.detected_primary_keys:
         updated = replace(updated, primary_key_columns=list(updated.detected_primary_keys))
+    _check_key(updated, patch)
     return updated
 
 
@@ -151,22 +166,30 @@ def _sync_type(value: Any, updated: Schema, patch: _Patch) -> Schema:
         raise errors.validation_error(unsupported_sync_type(value), "sync_type")
     if value is not None and value not in (*SYNC_TYPES, *LOG_SYNC_TYPES):
         raise errors.invalid_choice(value, "sync_type")
-    if value in LOG_SYNC_TYPES and patch.source_type != "Postgres":
+    if value == "cdc" and patch.source_type != "Postgres":
         raise errors.validation_error(
-            f"{'CDC' if value == 'cdc' else 'xmin'} is not supported for {patch.source_type} "
-            "sources.",
+            f"CDC is not supported for {patch.source_type} sources.", "sync_type"
+        )
+    if value == "xmin" and patch.source_type != "Postgres":
+        raise errors.validation_error(XMIN_POSTGRES_ONLY, "sync_type")
+    if value == "xmin" and patch.xmin_capable is False:
+        raise errors.validation_error(XMIN_NOT_AVAILABLE.format(updated.name), "sync_type")
+    if value == "cdc" and value != patch.before.sync_type and not patch.cdc_enabled:
+        raise errors.validation_error(CDC_NOT_ENABLED, "sync_type")
+    return replace(updated, sync_type=value)
+
+
+def _check_key(updated: Schema, patch: _Patch) -> None:
+    """CDC and xmin merge on a primary key: a table switched to either needs one, sent with
+    the switch or detected (PostHog's `_apply_primary_key_columns`)."""
+    switched = updated.sync_type in LOG_SYNC_TYPES and updated.sync_type != patch.before.sync_type
+    if switched and not (updated.primary_key_columns or updated.detected_primary_keys):
+        label = "CDC" if updated.sync_type == "cdc" else "xmin replication"
+        raise errors.validation_error(
+            f"{label} requires a primary key on table '{updated.name}'. Provide "
+            "primary_key_columns or refresh schema discovery to pick one up.",
             "sync_type",
         )
-    if value == "cdc" and value != patch.before.sync_type:
-        if not patch.cdc_enabled:
-            raise errors.validation_error(CDC_NOT_ENABLED, "sync_type")
-        if not (updated.primary_key_columns or updated.detected_primary_keys):
-            raise errors.validation_error(
-                f"CDC requires a primary key on table '{updated.name}'. Provide "
-                "primary_key_columns or refresh schema discovery to pick one up.",
-                "sync_type",
-            )
-    return replace(updated, sync_type=value)
 
 
 def _incremental_field(value: Any, updated: Schema, patch: _Patch) -> Schema:
@@ -331,6 +354,7 @@ _FIELDS: dict[str, Callable[[Any, Schema, _Patch], Schema]] = {
 
 def _check_whole(updated: Schema, data: Mapping[str, Any], patch: _Patch) -> Schema:
     """The rules of PostHog's `update()` that involve several fields."""
+    _check_key(updated, patch)
     if "sync_type" not in data and updated.sync_type not in _CURSOR_STYLE:
         unappliable = [f for f in _CURSOR_SETTINGS if data.get(f) is not None]
         if unappliable:

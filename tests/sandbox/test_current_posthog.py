@@ -224,6 +224,51 @@ async def test_schema_settings_texts_and_the_bare_field_rule(
     assert timed.json()["sync_time_of_day"] == "10:00:00"
 
 
+async def test_xmin_is_refused_where_posthog_refuses_it(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    """PostHog runs discovery for a switch to xmin: a view has no xmin; a table needs a primary
+    key, given in the same request or detected."""
+    _, client = sandbox
+    upstream.execute(TABLES_SQL + "CREATE VIEW paid AS SELECT * FROM orders;")
+    source = await create_source(
+        client,
+        upstream,
+        [{"name": name, "should_sync": False} for name in ("orders", "events", "paid")],
+    )
+    ids = {name: schema_by_name(source, name)["id"] for name in ("orders", "events", "paid")}
+
+    async def to_xmin(name: str, **extra: Any) -> httpx.Response:
+        return await client.patch(
+            f"{API}/external_data_schemas/{ids[name]}/", json={"sync_type": "xmin", **extra}
+        )
+
+    view = await to_xmin("paid")
+    assert (view.status_code, view.json()["attr"], view.json()["detail"]) == (
+        400,
+        "sync_type",
+        "xmin replication is not available for table 'paid'. It requires a Postgres heap table "
+        "or materialized view on PostgreSQL 13+.",
+    )
+    keyless = await to_xmin("events")
+    assert (keyless.status_code, keyless.json()["detail"]) == (
+        400,
+        "xmin replication requires a primary key on table 'events'. Provide primary_key_columns "
+        "or refresh schema discovery to pick one up.",
+    )
+    keyed = await to_xmin("events", primary_key_columns=["seq"])
+    assert keyed.status_code == 200, keyed.text
+    assert (keyed.json()["sync_type"], keyed.json()["primary_key_columns"]) == ("xmin", ["seq"])
+    assert (await to_xmin("orders")).status_code == 200
+    # The bulk update asks the source the same way.
+    bulk = await client.patch(
+        f"{SOURCES}{source['id']}/bulk_update_schemas/",
+        json={"schemas": [{"id": ids["paid"], "sync_type": "xmin"}]},
+    )
+    assert bulk.status_code == 400
+    assert "xmin replication is not available for table 'paid'" in bulk.json()["detail"]
+
+
 async def test_bulk_update_saves_the_valid_schemas_and_names_the_others(
     sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
 ) -> None:

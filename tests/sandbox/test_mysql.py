@@ -132,6 +132,13 @@ async def test_repair_cdc_on_a_mysql_source_answers_as_posthog_does(
     response = await client.post(f"{API}/external_data_sources/{source['id']}/repair_cdc/")
     assert response.status_code == 400
     assert response.json() == {"message": "CDC is not supported for source type: MySQL"}
+    # Nor xmin, which is Postgres's row version.
+    notes = f"{API}/external_data_schemas/{schema_by_name(source, 'notes')['id']}/"
+    xmin = await client.patch(notes, json={"sync_type": "xmin"})
+    assert (xmin.status_code, xmin.json()["detail"]) == (
+        400,
+        "xmin replication is only available for Postgres sources.",
+    )
 
 
 async def test_job_rows_carry_posthogs_newest_fields(
