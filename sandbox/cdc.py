@@ -47,6 +47,8 @@ WRITE_MODES = {
     "both": "incremental_merge",
 }
 HISTORY_SUFFIX = "_cdc"
+# How many changes' CSV rows are joined into one write, and how many a sync reports at a time.
+_LINES_A_WRITE, _REPORT_CHANGES = 5000, 2000
 # An xmin ceiling is a 64-bit xid8: its epoch is the high 32 bits.
 _EPOCH_BITS = 32
 _XID_MASK = (1 << _EPOCH_BITS) - 1
@@ -192,6 +194,7 @@ class CdcSync:
         upto = postgres_cdc.current_position(conn)
         self.log("DEBUG", f"Reading changes from {lsn_to_text(position)} to {lsn_to_text(upto)}")
         written = skipped = 0
+        reported = 0
         truncated_at: int | None = None
         with self.csv_path.open("w", encoding="utf-8", newline="") as out:
             batch = _Batch(self.columns, self.primary_key, out)
@@ -205,7 +208,8 @@ class CdcSync:
                 ):
                     truncated_at = transaction.commit_lsn
                 written += batch.add(transaction, self.namespace, self.table)
-                if written and written % 2000 == 0:
+                if written - reported >= _REPORT_CHANGES:
+                    reported = written
                     self.progress(written)
         check_cancelled(self.cancelled)
         if truncated_at is not None:
@@ -257,30 +261,42 @@ class _Batch:
         self._order = 0
 
     def add(self, transaction: Transaction, namespace: str, table: str) -> int:
+        stamp, position = iso(transaction.committed_at), str(transaction.commit_lsn)
+        names, key_columns, known_rows = self._names, self._key, self._known
+        lines: list[str] = []
         written = 0
-        stamp = iso(transaction.committed_at)
         for change in transaction.changes:
             relation = change.relation
             if relation.namespace != namespace or relation.name != table:
                 continue
-            values = dict(change.values)
-            key = tuple(values.get(k) for k in self._key)
-            known = self._known.get(key, {})
-            omitted = []
-            for name in change.omitted:
-                if name in known:
-                    values[name] = known[name]
-                else:
-                    omitted.append(name)
+            values = change.values
+            key = tuple(values.get(k) for k in key_columns)
+            known = known_rows.get(key)
+            omitted: list[str] = []
+            if change.omitted:
+                values = dict(values)
+                for name in change.omitted:
+                    if known is not None and name in known:
+                        values[name] = known[name]
+                    else:
+                        omitted.append(name)
             if change.op != "D":
-                self._known[key] = {**known, **values}
+                known_rows[key] = values if known is None else {**known, **values}
             self._order += 1
-            row = [values.get(n) for n in self._names]
-            row += [change.op, stamp, str(transaction.commit_lsn), "\x1f".join(omitted) or None]
-            row.append(str(self._order))
-            self._out.write(",".join(_csv(v) for v in row) + "\n")
-            written += 1
-        return written
+            row = [values.get(n) for n in names]
+            row += (change.op, stamp, position, "\x1f".join(omitted) or None, str(self._order))
+            lines.append(",".join([_csv(v) for v in row]))
+            if len(lines) == _LINES_A_WRITE:
+                written += self._write(lines)
+        return written + self._write(lines)
+
+    def _write(self, lines: list[str]) -> int:
+        """Write the lines as CSV rows, empty the list; how many there were."""
+        count = len(lines)
+        if count:
+            self._out.write("\n".join(lines) + "\n")
+            lines.clear()
+        return count
 
 
 def _csv(value: str | None) -> str:

@@ -16,6 +16,11 @@ from typing import Literal
 
 # pgoutput's timestamps count microseconds from 2000-01-01 UTC.
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# The protocol's numbers, big-endian.
+_INT8, _INT16, _UINT32, _INT64 = (struct.Struct(f) for f in ("!b", "!h", "!I", "!q"))
+# A TupleData column: text, NULL, or an unchanged TOAST value the stream leaves out.
+_TEXT, _NULL, _UNCHANGED = b"t"[0], b"n"[0], b"u"[0]
+_NONE: frozenset[str] = frozenset()
 
 
 def lsn_to_int(lsn: str) -> int:
@@ -157,20 +162,40 @@ class Decoder:
 
 
 def _tuple(reader: _Reader, relation: Relation) -> tuple[dict[str, str | None], frozenset[str]]:
+    """A TupleData: each column's text (None: SQL NULL), and the columns the stream left out
+    (unchanged TOAST values). The loop every change goes through, so it reads the message in
+    place rather than through `_Reader`'s calls."""
+    data, at = reader.data, reader.at
+    columns = relation.columns
     values: dict[str, str | None] = {}
-    omitted = []
-    for index in range(reader.int16()):
-        name = relation.columns[index]
-        kind = reader.byte()
-        if kind == b"n":
-            values[name] = None
-        elif kind == b"u":
-            omitted.append(name)
-        elif kind == b"t":
-            values[name] = reader.take(reader.int32()).decode()
-        else:
-            raise DecodeError(f"unexpected column kind {kind!r}")
-    return values, frozenset(omitted)
+    omitted: list[str] = []
+    try:
+        (count,) = _INT16.unpack_from(data, at)
+        at += 2
+        if count > len(columns):
+            raise DecodeError(
+                f"{count} values in a row of {relation.name}'s {len(columns)} columns"
+            )
+        for name in columns[:count]:
+            kind = data[at]
+            at += 1
+            if kind == _TEXT:
+                (size,) = _UINT32.unpack_from(data, at)
+                at += 4
+                if at + size > len(data):
+                    raise DecodeError("message ends early")
+                values[name] = data[at : at + size].decode()
+                at += size
+            elif kind == _NULL:
+                values[name] = None
+            elif kind == _UNCHANGED:
+                omitted.append(name)
+            else:
+                raise DecodeError(f"unexpected column kind {bytes([kind])!r}")
+    except (struct.error, IndexError) as exc:
+        raise DecodeError("message ends early") from exc
+    reader.at = at
+    return values, frozenset(omitted) if omitted else _NONE
 
 
 def _time(micros: int) -> datetime:
@@ -178,35 +203,48 @@ def _time(micros: int) -> datetime:
 
 
 class _Reader:
+    __slots__ = ("at", "data")
+
     def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._at = 0
+        self.data = data
+        self.at = 0
 
     def take(self, size: int) -> bytes:
-        chunk = self._data[self._at : self._at + size]
+        chunk = self.data[self.at : self.at + size]
         if len(chunk) != size:
             raise DecodeError("message ends early")
-        self._at += size
+        self.at += size
         return chunk
 
     def byte(self) -> bytes:
         return self.take(1)
 
+    def _number(self, form: struct.Struct) -> int:
+        try:
+            (value,) = form.unpack_from(self.data, self.at)
+        except struct.error as exc:
+            raise DecodeError("message ends early") from exc
+        self.at += form.size
+        return int(value)
+
     def int8(self) -> int:
-        return int(struct.unpack("!b", self.take(1))[0])
+        return self._number(_INT8)
 
     def int16(self) -> int:
-        return int(struct.unpack("!h", self.take(2))[0])
+        return self._number(_INT16)
 
     def int32(self) -> int:
         # Unsigned: OIDs use the whole range; no field read here is negative.
-        return int(struct.unpack("!I", self.take(4))[0])
+        return self._number(_UINT32)
 
     def int64(self) -> int:
-        return int(struct.unpack("!q", self.take(8))[0])
+        return self._number(_INT64)
 
     def string(self) -> str:
-        end = self._data.index(b"\0", self._at)
-        text = self._data[self._at : end].decode()
-        self._at = end + 1
+        try:
+            end = self.data.index(b"\0", self.at)
+        except ValueError as exc:
+            raise DecodeError("message ends early") from exc
+        text = self.data[self.at : end].decode()
+        self.at = end + 1
         return text

@@ -199,6 +199,8 @@ PUBLICATION_MISSING = (
     "The publication used for change data capture no longer exists on the source database. "
     "Recreate it, or disable and re-enable change data capture, then re-sync."
 )
+# Rows of the change stream fetched at a time, with libpq's chunked rows mode (libpq 17).
+_STREAM_CHUNK, _LIBPQ_CHUNKED_ROWS = 1000, 170000
 # PostHog's defaults for the lag thresholds (`DEFAULT_LAG_*_THRESHOLD_MB`).
 LAG_WARNING_MB, LAG_CRITICAL_MB = 1024, 10240
 
@@ -473,9 +475,11 @@ def changes(
         "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL, "
         "'proto_version', '1', 'publication_names', %s)"
     )
+    # Rows in chunks where libpq can (17+): one at a time costs a Python round a row.
+    chunk = _STREAM_CHUNK if psycopg.pq.version() >= _LIBPQ_CHUNKED_ROWS else 1
     try:
         for (data,) in conn.cursor().stream(
-            query, (settings.slot, lsn_to_text(upto), _ident(settings.publication))
+            query, (settings.slot, lsn_to_text(upto), _ident(settings.publication)), size=chunk
         ):
             done = decoder.feed(bytes(data))
             if done is not None:
