@@ -97,7 +97,10 @@ CREATE INDEX events_timestamp ON events ("timestamp");
 
 
 def _folder(directory: Path) -> EmbeddedPostgres:
-    return EmbeddedPostgres(directory / "demo-postgres", database=DEMO_DATABASE)
+    # wal_level logical: change data capture can be tried on the demo as it comes.
+    return EmbeddedPostgres(
+        directory / "demo-postgres", database=DEMO_DATABASE, settings={"wal_level": "logical"}
+    )
 
 
 def _moves_file(directory: Path) -> Path:

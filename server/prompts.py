@@ -267,7 +267,10 @@ connect (tables: {tables}).
 3. external-data-sources-create with source_type "Postgres", prefix {prefix} (ask if not \
 given; it must differ from demo_), the same fields and password reference, and payload.schemas \
 with one entry per chosen table: incremental on updated_at where the table has it, with \
-incremental_field_type and primary_key_columns from db-schema; full_refresh otherwise.
+incremental_field_type and primary_key_columns from db-schema; full_refresh otherwise. The \
+demo runs with wal_level logical: to try CDC (deletes too), \
+external-data-sources-check-cdc-prerequisites-create, then sync_type "cdc" with cdc_enabled true \
+in the payload.
 4. external-data-sources-jobs-wait for the first syncs; report rows_synced per table, and for \
 a failure read external-data-sync-logs.
 5. read-data-warehouse-schema for the new tables' names in SQL, then execute-sql to answer \

@@ -249,3 +249,73 @@ def sources_of(directory: Path) -> dict[str, int]:
         return {s.prefix or "": int(s.job_inputs["port"]) for s in store.live_sources()}
     finally:
         store.close()
+
+
+@pytest.mark.slow(seconds=6)
+async def test_an_agent_tries_cdc_on_the_demo_with_nothing_to_set_up(tmp_path: Path) -> None:
+    """The demo database runs with wal_level logical: the prerequisites pass, a CDC source
+    snapshots `events`, and a row inserted upstream shows after the next sync."""
+    directory = tmp_path / "sandbox"
+    config = settings(
+        sandbox=True, sandbox_dir=directory, personal_api_key=None, environment_id=None
+    )
+    async with Client(create_server(config)) as client:
+        assert client.instructions is not None
+        named = REFERENCE.search(client.instructions)
+        assert named is not None
+        listed = await call(client, "external-data-sources-list", {})
+        demo = next(s for s in listed["results"] if s["prefix"] == "demo_")
+        found = ADDRESS.search(demo["description"])
+        assert found is not None
+        host, port, database, user = found.groups()
+        connection = {
+            "host": host,
+            "port": int(port),
+            "database": database,
+            "user": user,
+            "password": {"env": named.group(1)},
+            "schema": "public",
+        }
+        checked = await call(
+            client,
+            "external-data-sources-check-cdc-prerequisites-create",
+            {
+                "source_type": "Postgres",
+                "payload": connection,
+                "tables": ["events"],
+                "cdc_management_mode": "posthog",
+            },
+        )
+        assert checked == {"valid": True, "errors": []}
+        schema = {"name": "events", "should_sync": True, "sync_type": "cdc"}
+        created = await call(
+            client,
+            "external-data-sources-create",
+            {
+                "source_type": "Postgres",
+                "prefix": "live_",
+                "payload": {**connection, "schemas": [schema], "cdc_enabled": True},
+            },
+        )
+        await call(
+            client, "external-data-sources-jobs-wait", {"id": created["id"], "wait_seconds": 60}
+        )
+        count = "SELECT count() FROM live_postgres_events WHERE NOT _ph_deleted"
+        assert (await call(client, "execute-sql", {"query": count}))["results"] == [[40000]]
+
+        password = (directory / "demo-postgres.secret").read_text().strip()
+        demo_db = PostgresCredentials(host, int(port), database, user, password)
+        with psycopg.connect(demo_db.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO events VALUES (40001, 1, 'order_paid', '{}', now());"
+                "DELETE FROM events WHERE id = 1"
+            )
+        source = await call(client, "external-data-sources-retrieve", {"id": created["id"]})
+        schema_id = source["schemas"][0]["id"]
+        synced = await call(
+            client, "external-data-schemas-reload", {"id": schema_id, "wait_seconds": 60}
+        )
+        assert synced["wait"]["jobs"][0]["status"] == "Completed"
+        assert (await call(client, "execute-sql", {"query": count}))["results"] == [[40000]]
+        newest = "SELECT max(id), min(id) FROM live_postgres_events WHERE NOT _ph_deleted"
+        assert (await call(client, "execute-sql", {"query": newest}))["results"] == [[40001, 2]]
