@@ -4,9 +4,11 @@ publication a CDC source creates, its snapshot, the changes applied in commit or
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from tests.sandbox.support import (
     wait_for_jobs,
     warehouse_rows,
 )
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -291,6 +293,33 @@ async def test_the_sweeper_drops_a_slot_past_its_critical_lag_and_repair_brings_
         )
         await eventually(dropped)
         assert logical_upstream.execute(publications) == []
+
+
+async def test_a_sweep_that_cannot_reach_a_database_logs_it_and_goes_on(
+    sandbox: tuple[Starlette, httpx.AsyncClient],
+    logical_upstream: Upstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, client = sandbox
+    services = services_of(app)
+    logical_upstream.execute(TABLE_SQL)
+    source, _ = await cdc_source(client, logical_upstream, cdc_lag_critical_threshold_mb=1)
+    with services.store.lock:
+        stored = services.store.sources[source["id"]]
+        inputs = {**stored.job_inputs, "port": free_port()}
+        services.store.save(replace(stored, job_inputs=inputs))
+    with caplog.at_level(logging.WARNING):
+        await anyio.to_thread.run_sync(services.sweep_cdc_slots)
+    assert f"CDC sweep of source {source['id']} failed" in caplog.text
+    assert logical_upstream.creds.password not in caplog.text
+    assert services.store.sources[source["id"]].status != "Error"
+    assert len(slots(logical_upstream)) == 1  # nothing was dropped
+    with services.store.lock:
+        services.store.save(
+            replace(services.store.sources[source["id"]], job_inputs=stored.job_inputs)
+        )
+    await client.delete(f"{API}/external_data_sources/{source['id']}/")
+    assert slots(logical_upstream) == []
 
 
 @pytest.mark.parametrize(
