@@ -262,7 +262,7 @@ def discover_with(
     tables = build_tables(rows, keys, column)
     # xmin needs tuples of the relation's own and a 64-bit snapshot (PostgreSQL 13): tables and
     # materialized views (PostHog's `_xmin_capable_tables_from_conn`).
-    heaps = set()
+    heaps: set[str] = set()
     if conn.info.server_version >= _XMIN_MIN_SERVER_VERSION:
         found = conn.execute(
             """
