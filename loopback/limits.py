@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Failed attempts a client may make in a minute (the attack run made 23 a second, unhindered).
 CLIENT_FAILURES, CLIENT_WINDOW = 20, 60.0
@@ -77,10 +78,24 @@ class FailureLimit:
             del self._counts[next(iter(self._counts))]
 
 
+class Failures(Protocol):
+    """Where a page's failed attempts are counted: per client (its peer address) and per link
+    (its token). :class:`Attempts` counts them in this process; a deployment of several
+    instances counts them in its shared store."""
+
+    async def retry_after(self, client: str, link: str) -> int | None:
+        """Seconds until this client may try this link again, or None when it may now."""
+        ...
+
+    async def fail(self, client: str, link: str | None) -> None:
+        """Count a failed attempt of `client`, on `link` when it named a live one."""
+        ...
+
+
 @dataclass
 class Attempts:
-    """The failed attempts at a listener's one-time links: per client (its peer address) and per
-    link (its token)."""
+    """The failed attempts at a listener's one-time links, in this process: per client (its
+    peer address) and per link (its token)."""
 
     clock: Callable[[], float] = time.monotonic
     per_client: FailureLimit = field(init=False)
@@ -90,13 +105,13 @@ class Attempts:
         self.per_client = FailureLimit(CLIENT_FAILURES, CLIENT_WINDOW, clock=self.clock)
         self.per_link = FailureLimit(LINK_FAILURES, LINK_WINDOW, clock=self.clock)
 
-    def retry_after(self, client: str, link: str) -> int | None:
+    async def retry_after(self, client: str, link: str) -> int | None:
         """Seconds until this client may try this link again, or None when it may now."""
         waits = [self.per_client.retry_after(client), self.per_link.retry_after(link)]
         known = [w for w in waits if w is not None]
         return max(known) if known else None
 
-    def fail(self, client: str, link: str | None) -> None:
+    async def fail(self, client: str, link: str | None) -> None:
         """Count a failed attempt of `client`, on `link` when it named a live one."""
         self.per_client.fail(client)
         if link is not None:

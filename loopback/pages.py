@@ -7,7 +7,7 @@ What makes such a page safe to serve on 127.0.0.1 is here, once:
 - its link is for one use and expires (``OneTimeTokens``, or any other :class:`Links`: the
   approval page's are kept where every replica of a deployment finds them);
 - a client that keeps failing (guessing tokens) or a link whose form keeps being refused is
-  answered 429 for a while (``limits.Attempts``), and a guess then learns nothing;
+  answered 429 for a while (``limits.Failures``), and a guess then learns nothing;
 - a GET only shows the form: one with a query string is refused, so that no typed value
   travels in a URL (into a history, a log or a Referer);
 - the action is a POST, from the page itself (the Origin check: no cross-site posts);
@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from .hosts import host_of, origin_of
-from .limits import Attempts
+from .limits import Failures
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -37,7 +37,7 @@ class Links(Protocol[T_co]):
     (``tokens.OneTimeTokens`` in this process; the approval page's, in a shared store)."""
 
     @property
-    def attempts(self) -> Attempts:
+    def attempts(self) -> Failures:
         """The failed attempts the page limits."""
         ...
 
@@ -149,7 +149,7 @@ class OneTimePage:
         """
         client = request.client.host if request.client else "unknown"
         token = str(request.path_params.get("token", ""))
-        wait = tokens.attempts.retry_after(client, token)
+        wait = await tokens.attempts.retry_after(client, token)
         if wait is not None:
             return render(
                 "Too many attempts",
@@ -162,7 +162,7 @@ class OneTimePage:
             request, token, value, address=address, show=show, act=act, gate=gate
         )
         if answer.status_code >= 400:
-            tokens.attempts.fail(client, token if value is not None else None)
+            await tokens.attempts.fail(client, token if value is not None else None)
         return answer
 
     async def _answer(

@@ -31,6 +31,7 @@ held call, so it is sent at most once whichever is used.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
@@ -48,7 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..loopback.hosts import HostCheck, Visitors, listener_hosts
-from ..loopback.limits import Attempts
+from ..loopback.limits import Attempts, Failures
 from ..loopback.pages import OneTimePage, render
 from ..loopback.serve import free_socket, listening
 from ..tools.confirm import StoreUnavailable
@@ -136,10 +137,10 @@ class Link:
 @dataclass
 class PageLinks:
     """The page's one-time links, kept in the held store (any replica serves them), and the
-    failed attempts at them (counted by each instance)."""
+    failed attempts at them (in this process, or in the deployment's shared store)."""
 
     store: Expiring
-    attempts: Attempts = field(default_factory=Attempts)
+    attempts: Failures = field(default_factory=Attempts)
 
     async def find(self, token: str) -> Link | None:
         """What a live link opens, or None (unknown, used or expired).
@@ -173,12 +174,13 @@ class Approvals:
         seconds: float = APPROVAL_SECONDS,
         loopback: bool = False,
         public_url: str | None = None,
+        attempts: Failures | None = None,
     ) -> None:
         self.store: Expiring = store if store is not None else MemoryRecords()
         self.seconds = seconds
         self.loopback = loopback
         self.public_url = None if loopback else public_url
-        self.links = PageLinks(self.store)
+        self.links = PageLinks(self.store, attempts if attempts is not None else Attempts())
         # How the page sends what it approves: set by the server (server/app.py).
         self.send: Send | None = None
         # With --oauth, who the page's browser is signed in as (server/oauth/consent.py): the
@@ -383,11 +385,17 @@ class Approvals:
 
 
 def _approval_key(approval: str) -> str:
-    return f"approval:{approval}"
+    return f"approval:{_hashed(approval)}"
 
 
 def _page_key(token: str) -> str:
-    return f"approval-page:{token}"
+    return f"approval-page:{_hashed(token)}"
+
+
+def _hashed(secret: str) -> str:
+    """What the store keeps of an approval id or a page token: its SHA-256 (the secret itself
+    would let anyone who reads the store open the link)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _show(link: Link, token: str, *, error: str | None = None) -> Response:

@@ -36,6 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..loopback.limits import CLIENT_FAILURES, CLIENT_WINDOW, LINK_FAILURES, LINK_WINDOW
+from ..tools.confirm import StoreUnavailable
 from .auth import bearer
 from .callers import SIGNED_IN, Caller
 from .config import Settings
@@ -49,8 +51,9 @@ _QUIET_SECONDS = 60.0
 class Windows(Protocol):
     """Where the windows' counts live."""
 
-    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
-        """Add one to each key's count, each key kept for its seconds; return the new counts.
+    async def count(self, keys: Sequence[tuple[str, int]], *, add: int = 1) -> list[int]:
+        """Add `add` to each key's count (0: only read it), each key kept for its seconds;
+        return the new counts.
 
         Raises:
             Exception: the store cannot be reached (the limiter serves the request).
@@ -70,16 +73,16 @@ class MemoryWindows:
     def __len__(self) -> int:
         return len(self._counts)
 
-    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
-        """Add one to each key's count; return the new counts."""
+    async def count(self, keys: Sequence[tuple[str, int]], *, add: int = 1) -> list[int]:
+        """Add `add` to each key's count; return the new counts."""
         now = self._clock()
         counts = []
         with self._lock:
             for key, seconds in keys:
                 until, count = self._counts.pop(key, (now + seconds, 0))
                 # Re-inserted, so the dict's order is the order of last use.
-                self._counts[key] = (until, count + 1)
-                counts.append(count + 1)
+                self._counts[key] = (until, count + add)
+                counts.append(count + add)
             if len(self._counts) > self._keys:
                 self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
                 while len(self._counts) > self._keys:
@@ -211,3 +214,62 @@ class RateLimit:
             },
         )
         await response(scope, receive, send)
+
+
+class SharedAttempts:
+    """The approval page's failed attempts counted in :class:`Windows`, with the loopback page's
+    limits (``loopback.limits``: per client a minute, per link ten minutes), so that every
+    instance of a deployment holds a client, or a link, to the same count. Windows are numbered
+    from the epoch, as :class:`Limiter`'s are; a client and a link are kept as hashes, never
+    as the address or the token.
+
+    Fail closed, unlike the rate limits: when the store cannot be reached the page is not
+    served (StoreUnavailable), as its links cannot be found then either.
+    """
+
+    def __init__(self, windows: Windows, *, clock: Callable[[], float] = time.time) -> None:
+        self.windows = windows
+        self._clock = clock
+
+    async def retry_after(self, client: str, link: str) -> int | None:
+        """Seconds until this client may try this link again, or None when it may now."""
+        now = self._clock()
+        keys = _page_windows(client, link, now)
+        counts = await self._count(keys, add=0)
+        waits = [
+            max(1, math.ceil((now // seconds + 1) * seconds - now))
+            for (_, seconds, limit), count in zip(keys, counts, strict=True)
+            if count >= limit
+        ]
+        return max(waits) if waits else None
+
+    async def fail(self, client: str, link: str | None) -> None:
+        """Count a failed attempt of `client`, on `link` when it named a live one."""
+        await self._count(_page_windows(client, link, self._clock()), add=1)
+
+    async def _count(self, keys: list[tuple[str, int, int]], *, add: int) -> list[int]:
+        # Kept a second past its window, for clocks that differ a little between instances.
+        kept = [(key, seconds + 1) for key, seconds, _ in keys]
+        try:
+            return await self.windows.count(kept, add=add)
+        except Exception as exc:
+            log.warning("the page's failed attempts cannot be counted: %s", exc)
+            raise StoreUnavailable(
+                "the server cannot reach its shared store to count the page's failed attempts. "
+                "Try again in a moment"
+            ) from exc
+
+
+def _page_windows(client: str, link: str | None, now: float) -> list[tuple[str, int, int]]:
+    """(key, window seconds, limit) of each count a failed attempt adds to."""
+    counted = [("client", client, CLIENT_FAILURES, int(CLIENT_WINDOW))]
+    if link is not None:
+        counted.append(("link", link, LINK_FAILURES, int(LINK_WINDOW)))
+    return [
+        (f"page:{kind}:{_hashed(value)}:{int(now // seconds)}", seconds, limit)
+        for kind, value, limit, seconds in counted
+    ]
+
+
+def _hashed(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:32]

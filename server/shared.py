@@ -12,16 +12,17 @@ With Redis:
 
 - a spent id is ``SET <prefix>spent:<nonce> 1 NX EX <the token's remaining life>``: the first
   instance to set it wins, and Redis forgets it once the token could no longer verify;
-- a held call (or an approval page's link) is ``SET <prefix>approval:<id> <json> EX <life>``,
-  read by ``GET`` (the page shows it; a card's caller is checked) and taken by ``GETDEL``: one
-  replica takes it, whichever the approval reaches (Redis 6.2 or later);
-- a rate-limit count is ``INCR`` and ``EXPIRE`` of a window's key, sent together in one
-  ``MULTI`` pipeline (server/limits.py names the windows).
+- a held call (or an approval page's link) is ``SET <prefix>approval:<hash of the id> <json>
+  EX <life>``, read by ``GET`` (the page shows it; a card's caller is checked) and taken by
+  ``GETDEL``: one replica takes it, whichever the approval reaches (Redis 6.2 or later);
+- a rate-limit count, and a count of the approval page's failed attempts, is ``INCRBY`` and
+  ``EXPIRE`` of a window's key, sent together in one ``MULTI`` pipeline (server/limits.py
+  names the windows).
 
 When Redis cannot be reached, a spend or a held call fails closed (:class:`StoreUnavailable`:
 the token is not used, the call is not held or taken, and nothing is sent; reads, which spend
-nothing, go on) and a count fails open (the
-request is served), as PostHog's MCP does.
+nothing, go on), and so does the approval page's count of failed attempts (the page is not
+served); a rate-limit count fails open (the request is served), as PostHog's MCP does.
 """
 
 from __future__ import annotations
@@ -229,10 +230,11 @@ class RedisStore:
             "a moment"
         )
 
-    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
-        """Add one to each key's count, each kept for its seconds; return the new counts.
+    async def count(self, keys: Sequence[tuple[str, int]], *, add: int = 1) -> list[int]:
+        """Add `add` to each key's count (0: only read it), each kept for its seconds; return
+        the new counts.
 
-        Hand-written rather than taken from a rate-limit library: it is ``INCR`` and ``EXPIRE``
+        Hand-written rather than taken from a rate-limit library: it is ``INCRBY`` and ``EXPIRE``
         per key in one ``MULTI`` pipeline (one round trip, applied together), and the window
         arithmetic lives in :class:`~.limits.Limiter`.
 
@@ -241,7 +243,7 @@ class RedisStore:
         """
         async with self._redis().pipeline(transaction=True) as pipe:
             for key, seconds in keys:
-                pipe.incr(f"{PREFIX}{key}")
+                pipe.incrby(f"{PREFIX}{key}", add)
                 pipe.expire(f"{PREFIX}{key}", seconds)
             replies = await pipe.execute()
         return [int(n) for n in replies[::2]]

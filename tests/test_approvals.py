@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from posthog_warehouse_mcp.loopback.limits import LINK_FAILURES
 from posthog_warehouse_mcp.server.app import create_server
 from posthog_warehouse_mcp.server.approvals import (
     APPROVAL_META,
@@ -325,47 +326,85 @@ def on(instance: str, link: str) -> str:
     return instance + urlsplit(link).path
 
 
+@asynccontextmanager
+async def page_instances(url: str, recorder: Recorder) -> AsyncIterator[tuple[str, str]]:
+    """Two stateless instances sharing the Redis at `url`, serving the approval page at the
+    public URL; their base URLs."""
+    config = shared_human(url, mcp_transport="http", mcp_stateless=True, mcp_public_url=PUBLIC)
+
+    def instance() -> Any:
+        upstream = httpx.ASGITransport(app=recorder.app())
+        return serve(http_app(config, transport=upstream, shared=shared_for(config)))
+
+    async with instance() as one, instance() as two:
+        yield one, two
+
+
 async def test_over_http_the_page_at_the_public_url_approves_once_on_any_instance(
     tmp_path: Path,
 ) -> None:
     recorder = Recorder(respond=posthog)
-    async with redis_server(tmp_path / "redis") as url:
-        config = shared_human(url, mcp_transport="http", mcp_stateless=True, mcp_public_url=PUBLIC)
-
-        def instance() -> Any:
-            upstream = httpx.ASGITransport(app=recorder.app())
-            return serve(http_app(config, transport=upstream, shared=shared_for(config)))
-
-        async with instance() as one, instance() as two, httpx.AsyncClient() as http:
-            held = await stateless_call(http, one)
-            answer = held["structuredContent"]
-            link = answer["approve_at"]
-            assert link.startswith(f"{PUBLIC}/approve/")
-            assert "confirmation_token" not in answer and changes(recorder) == []
-            shown = await http.get(on(two, link), headers={"host": "approvals.test"})
-            assert shown.status_code == 200 and "1234 rows" in shown.text
-            own_host = await http.get(on(two, link))
-            assert own_host.status_code == 400
-            rebound = await http.get(on(two, link), headers={"host": "evil.example"})
-            assert rebound.status_code == 400
-            approve = {"name": HOSTILE, "decision": "approve"}
-            foreign = await http.post(
-                on(one, link), data=approve, headers={**BROWSER, "origin": "http://evil.example"}
-            )
-            assert foreign.status_code == 403
-            wrong = await http.post(
-                on(one, link), data={**approve, "name": "orders"}, headers=BROWSER
-            )
-            assert wrong.status_code == 400 and changes(recorder) == []
-            approved = await http.post(on(two, link), data=approve, headers=BROWSER)
-            assert approved.status_code == 200 and "sent once" in approved.text
-            assert changes(recorder) == ["DELETE"]
-            replays = [
-                await http.post(on(one, link), data=approve, headers=BROWSER),
-                await http.post(on(two, link), data=approve, headers=BROWSER),
-            ]
+    async with (
+        redis_server(tmp_path / "redis") as url,
+        page_instances(url, recorder) as (one, two),
+        httpx.AsyncClient() as http,
+    ):
+        held = await stateless_call(http, one)
+        answer = held["structuredContent"]
+        link = answer["approve_at"]
+        assert link.startswith(f"{PUBLIC}/approve/")
+        assert "confirmation_token" not in answer and changes(recorder) == []
+        shown = await http.get(on(two, link), headers={"host": "approvals.test"})
+        assert shown.status_code == 200 and "1234 rows" in shown.text
+        own_host = await http.get(on(two, link))
+        assert own_host.status_code == 400
+        rebound = await http.get(on(two, link), headers={"host": "evil.example"})
+        assert rebound.status_code == 400
+        approve = {"name": HOSTILE, "decision": "approve"}
+        foreign = await http.post(
+            on(one, link), data=approve, headers={**BROWSER, "origin": "http://evil.example"}
+        )
+        assert foreign.status_code == 403
+        wrong = await http.post(on(one, link), data={**approve, "name": "orders"}, headers=BROWSER)
+        assert wrong.status_code == 400 and changes(recorder) == []
+        approved = await http.post(on(two, link), data=approve, headers=BROWSER)
+        assert approved.status_code == 200 and "sent once" in approved.text
+        assert changes(recorder) == ["DELETE"]
+        replays = [
+            await http.post(on(one, link), data=approve, headers=BROWSER),
+            await http.post(on(two, link), data=approve, headers=BROWSER),
+        ]
     assert [r.status_code for r in replays] == [404, 404]
     assert changes(recorder) == ["DELETE"]
+
+
+async def test_a_links_failed_attempts_count_on_every_instance_sharing_redis(
+    tmp_path: Path,
+) -> None:
+    """Ten refused forms on one link, spread over two instances, hold it on both (each instance
+    counted only its own before); the link is not used up, and Redis holds no token."""
+    recorder = Recorder(respond=posthog)
+    async with (
+        redis_server(tmp_path / "redis") as url,
+        page_instances(url, recorder) as (one, two),
+        httpx.AsyncClient() as http,
+    ):
+        link = (await stateless_call(http, one))["structuredContent"]["approve_at"]
+        wrong = {"name": "orders", "decision": "approve"}
+        refused = [
+            await http.post(on(either, link), data=wrong, headers=BROWSER)
+            for either in (one, two) * (LINK_FAILURES // 2)
+        ]
+        held = [await http.get(on(either, link), headers=BROWSER) for either in (one, two)]
+        store = RedisStore(url)
+        async with store.running():
+            keys = [str(k) for k in await store._redis().keys("*")]
+    assert [r.status_code for r in refused] == [400] * LINK_FAILURES
+    assert [r.status_code for r in held] == [429, 429]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in held)
+    assert changes(recorder) == []
+    token = urlsplit(link).path.rsplit("/", 1)[-1]
+    assert any(":page:link:" in k for k in keys) and not any(token in k for k in keys)
 
 
 async def test_over_http_without_a_public_url_the_token_remains_and_no_page_is_served() -> None:

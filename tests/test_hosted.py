@@ -16,8 +16,13 @@ import pytest
 from mcp import Client, ClientSession
 from mcp.client.sse import sse_client
 
+from posthog_warehouse_mcp.loopback.limits import (
+    CLIENT_FAILURES,
+    LINK_FAILURES,
+    LINK_WINDOW,
+)
 from posthog_warehouse_mcp.server.app import create_server
-from posthog_warehouse_mcp.server.limits import Limit, Limiter, MemoryWindows
+from posthog_warehouse_mcp.server.limits import Limit, Limiter, MemoryWindows, SharedAttempts
 from posthog_warehouse_mcp.server.shared import RedisStore, Shared, alone, shared_for
 from posthog_warehouse_mcp.server.transports import http_app
 from posthog_warehouse_mcp.tools.confirm import StoreUnavailable
@@ -187,6 +192,33 @@ async def test_memory_windows_forget_the_oldest_past_their_bound() -> None:
         assert await limiter.check(f"caller-{n}") is None
     assert len(windows) <= 100
     assert await limiter.check("caller-999") is not None
+
+
+async def test_shared_page_attempts_hold_a_link_and_a_client_to_the_pages_limits() -> None:
+    now = [1_000_000.0]
+    windows = MemoryWindows(clock=lambda: now[0])
+    one, two = (SharedAttempts(windows, clock=lambda: now[0]) for _ in range(2))
+    for n in range(LINK_FAILURES):
+        assert await one.retry_after("10.0.0.1", "link") is None
+        await (one if n % 2 else two).fail("10.0.0.1", "link")
+    # Held on both instances, for what is left of the link's ten-minute window.
+    wait = await two.retry_after("10.0.0.1", "link")
+    assert wait is not None and 1 <= wait <= int(LINK_WINDOW)
+    assert await one.retry_after("10.0.0.2", "another") is None
+    now[0] += LINK_WINDOW
+    assert await one.retry_after("10.0.0.1", "link") is None  # a new window
+    # A client guessing (no live link) is held after its minute's failures, whatever link.
+    for _ in range(CLIENT_FAILURES):
+        await two.fail("10.0.0.3", None)
+    assert await one.retry_after("10.0.0.3", "any") is not None
+
+
+async def test_shared_page_attempts_fail_closed_when_the_store_is_down() -> None:
+    attempts = SharedAttempts(RedisStore(down_redis()))
+    with pytest.raises(StoreUnavailable):
+        await attempts.retry_after("127.0.0.1", "link")
+    with pytest.raises(StoreUnavailable):
+        await attempts.fail("127.0.0.1", "link")
 
 
 def destructive_server(shared: Shared, recorder: Recorder) -> Client:
