@@ -116,7 +116,11 @@ async def _schedule(engine: SyncEngine, tick: float) -> None:
 
 
 async def _sweep_cdc_slots(services: Services, interval: float) -> None:
-    """Run the CDC slot sweeper every `interval` seconds."""
+    """Run the CDC slot sweeper every `interval` seconds; a pass that fails is logged, and the
+    next one runs all the same."""
     while True:
         await anyio.sleep(interval)
-        await anyio.to_thread.run_sync(services.sweep_cdc_slots)
+        try:
+            await anyio.to_thread.run_sync(services.sweep_cdc_slots)
+        except Exception:
+            logger.warning("the CDC slot sweep failed", exc_info=True)

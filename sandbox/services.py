@@ -309,36 +309,53 @@ class Services:
     def sweep_cdc_slots(self) -> None:
         """PostHog's CDC slot sweeper (`cleanup_orphan_slots_activity`), one pass; blocking, for
         a worker thread. A deleted source's PostHog-managed slot and publication are dropped
-        (again, if its delete could not reach the database). A live source's slot holding back
-        WAL past its thresholds is logged, dropped, or marks a self-managed source `Error`
-        (`postgres_cdc.sweep`); a dropped slot fails the next sync with the repair as the way
-        back. A database that cannot be reached is logged and skipped."""
+        (again, if its delete could not reach the database), unless a live source on the same
+        server names that slot. A live source's slot holding back WAL past its thresholds is
+        logged, dropped, or marks a self-managed source `Error` (`postgres_cdc.sweep`); a
+        dropped slot fails the next sync with the repair as the way back. A source whose sync
+        holds its slot now is left to the next pass; a database that cannot be reached is
+        logged and skipped."""
         with self.store.lock:
             sources = list(self.store.sources.values())
+        live = {
+            _slot_of(s.job_inputs, settings.slot)
+            for s in sources
+            if not s.deleted and (settings := postgres_cdc.settings_of(s.job_inputs)) is not None
+        }
         for source in sources:
-            settings = postgres_cdc.settings_of(source.job_inputs)
-            if settings is None:
-                continue
             try:
+                settings = postgres_cdc.settings_of(source.job_inputs)
+                if settings is None:
+                    continue
+                if source.deleted:
+                    if _slot_of(source.job_inputs, settings.slot) not in live:
+                        self._drop_deleted(source, settings)
+                    continue
                 self._sweep(source, settings)
             except Exception:
                 logger.warning("CDC sweep of source %s failed", source.id, exc_info=True)
 
-    def _sweep(self, source: Source, settings: postgres_cdc.CdcSettings) -> None:
-        if source.deleted:
-            if settings.mode == "posthog":
-                with postgres.connect(source.job_inputs) as conn:
-                    postgres_cdc.cleanup_resources(conn, settings)
-            return
-        # Not while a sync of the source reads or confirms the slot.
-        with self.engine.slot_lock(source.id), postgres.connect(source.job_inputs) as conn:
-            lag = postgres_cdc.status(conn, settings).lag_bytes
-            if lag is None:
-                logger.warning("CDC source %s: slot %s not found", source.id, settings.slot)
-                return
-            action = postgres_cdc.sweep(settings, lag)
-            if action == "drop":
+    def _drop_deleted(self, source: Source, settings: postgres_cdc.CdcSettings) -> None:
+        if settings.mode == "posthog":
+            with postgres.connect(source.job_inputs) as conn:
                 postgres_cdc.cleanup_resources(conn, settings)
+
+    def _sweep(self, source: Source, settings: postgres_cdc.CdcSettings) -> None:
+        # Not while a sync of the source reads or confirms the slot: the next pass looks.
+        slot_lock = self.engine.slot_lock(source.id)
+        if not slot_lock.acquire(blocking=False):
+            return
+        try:
+            with postgres.connect(source.job_inputs) as conn:
+                lag = postgres_cdc.status(conn, settings).lag_bytes
+                if lag is None:
+                    logger.warning("CDC source %s: slot %s not found", source.id, settings.slot)
+                    return
+                action = postgres_cdc.sweep(settings, lag)
+                if action == "drop":
+                    postgres_cdc.cleanup_resources(conn, settings)
+        finally:
+            slot_lock.release()
         if action == "none":
             return
         logger.warning(
@@ -386,3 +403,9 @@ class Services:
                     self.store.save(cleared)
 
         await anyio.to_thread.run_sync(clear)
+
+
+def _slot_of(job_inputs: dict[str, Any], slot: str) -> tuple[str, str, str]:
+    """A replication slot as the server that holds it names it: its host, port and name (slot
+    names are one namespace a server)."""
+    return (str(job_inputs.get("host") or ""), str(job_inputs.get("port") or ""), slot)

@@ -145,6 +145,19 @@ async def sources_partial_update(request: Request, services: Services) -> Respon
     job_inputs = source.job_inputs
     if "job_inputs" in data:
         incoming = drf.expect_dict(data["job_inputs"], "job_inputs")
+        # The slot, publication and lag settings are made when CDC is set up; changed here,
+        # the sync and the slot sweeper would act on a slot this source does not own.
+        changed_cdc = sorted(
+            k
+            for k in postgres.CDC_INPUTS
+            if k in incoming and incoming[k] != source.job_inputs.get(k)
+        )
+        if changed_cdc:
+            raise errors.validation_error(
+                f"{', '.join(changed_cdc)} cannot be changed here: change data capture's "
+                "settings are made when it is set up. Nothing was changed.",
+                "job_inputs",
+            )
         if (
             "host" in incoming
             and incoming["host"] != source.job_inputs.get("host")

@@ -39,7 +39,7 @@ from .approvals import APPROVE_TOOL, Approvals, Held
 from .callers import Caller
 from .config import Settings
 from .filters import enabled, why_disabled
-from .limits import SharedAttempts, caller_of, limiter_for
+from .limits import MemoryWindows, SharedAttempts, caller_of, limiter_for
 from .prompts import PROMPTS, PROMPTS_BY_NAME, instructions
 from .sending import Sender, caller_of_request, forwarded_key, sender_of
 from .shared import Shared, shared_for
@@ -275,12 +275,14 @@ async def on_get_prompt(
 def approvals_for(settings: Settings, shared: Shared) -> Approvals:
     """Where this server holds calls for a person (``shared``'s store), and where their page is
     served: 127.0.0.1 on stdio, the public URL over HTTP, or nowhere. The page's failed
-    attempts are counted in ``shared``'s windows, so every instance counts them together."""
+    attempts are counted in Redis when there is one, so every instance counts them together;
+    otherwise in windows of their own (the rate limits' would let one evict the other)."""
+    windows = shared.windows if shared.redis is not None else MemoryWindows()
     return Approvals(
         shared.held,
         loopback=settings.mcp_transport == "stdio",
         public_url=settings.public_url,
-        attempts=SharedAttempts(shared.windows),
+        attempts=SharedAttempts(windows),
     )
 
 

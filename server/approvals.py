@@ -128,9 +128,10 @@ Send = Callable[[Held, Caller], Awaitable[dict[str, Any]]]
 
 @dataclass(frozen=True)
 class Link:
-    """What a page link opens: the held call, and the approval id it takes."""
+    """What a page link opens: the held call, and the store's key of the approval it takes
+    (the record keeps that key, never the approval id: reading the store sends nothing)."""
 
-    approval: str
+    approval_key: str
     held: Held
 
 
@@ -152,7 +153,7 @@ class PageLinks:
         if found is None:
             return None
         record = json.loads(found)
-        return Link(str(record["approval"]), Held.of(record["held"]))
+        return Link(str(record["approval_key"]), Held.of(record["held"]))
 
     async def spend(self, token: str) -> None:
         """Use a link up, so that it never opens again."""
@@ -233,7 +234,9 @@ class Approvals:
             # person's can be: the server keeps their token.
             return None
         token = secrets.token_urlsafe(24)
-        record = json.dumps({"approval": approval, "held": asdict(held)}, sort_keys=True)
+        record = json.dumps(
+            {"approval_key": _approval_key(approval), "held": asdict(held)}, sort_keys=True
+        )
         try:
             await self.store.hold(_page_key(token), record, self.seconds)
         except StoreUnavailable as exc:
@@ -354,7 +357,7 @@ class Approvals:
         held = link.held
         if fields.get("decision") == "decline":
             await self.links.spend(token)
-            if await self.store.take(_approval_key(link.approval)) is not None:
+            if await self.store.take(link.approval_key) is not None:
                 return render("Declined", "<p>Declined: nothing was sent.</p>", 200)
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         if fields.get("name", "").strip() not in held.names:
@@ -364,7 +367,7 @@ class Approvals:
             body = "<p>This call cannot be approved here; nothing was sent.</p>"
             return render("Not available", body, 403)
         await self.links.spend(token)
-        taken = await self.store.take(_approval_key(link.approval))
+        taken = await self.store.take(link.approval_key)
         if taken is None:
             return render("Already answered", "<p>This call was answered already.</p>", 409)
         try:

@@ -51,12 +51,19 @@ _QUIET_SECONDS = 60.0
 class Windows(Protocol):
     """Where the windows' counts live."""
 
-    async def count(self, keys: Sequence[tuple[str, int]], *, add: int = 1) -> list[int]:
-        """Add `add` to each key's count (0: only read it), each key kept for its seconds;
-        return the new counts.
+    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
+        """Add one to each key's count, each key kept for its seconds; return the new counts.
 
         Raises:
             Exception: the store cannot be reached (the limiter serves the request).
+        """
+        ...
+
+    async def read(self, keys: Sequence[str]) -> list[int]:
+        """Each key's count now (0 for none), changing nothing.
+
+        Raises:
+            Exception: the store cannot be reached.
         """
         ...
 
@@ -73,21 +80,28 @@ class MemoryWindows:
     def __len__(self) -> int:
         return len(self._counts)
 
-    async def count(self, keys: Sequence[tuple[str, int]], *, add: int = 1) -> list[int]:
-        """Add `add` to each key's count; return the new counts."""
+    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
+        """Add one to each key's count; return the new counts."""
         now = self._clock()
         counts = []
         with self._lock:
             for key, seconds in keys:
                 until, count = self._counts.pop(key, (now + seconds, 0))
                 # Re-inserted, so the dict's order is the order of last use.
-                self._counts[key] = (until, count + add)
-                counts.append(count + add)
+                self._counts[key] = (until, count + 1)
+                counts.append(count + 1)
             if len(self._counts) > self._keys:
                 self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
                 while len(self._counts) > self._keys:
                     del self._counts[next(iter(self._counts))]
         return counts
+
+    async def read(self, keys: Sequence[str]) -> list[int]:
+        """Each key's count now (0 for none or a window gone), changing nothing."""
+        now = self._clock()
+        with self._lock:
+            found = [self._counts.get(key) for key in keys]
+        return [entry[1] if entry is not None and entry[0] > now else 0 for entry in found]
 
 
 @dataclass(frozen=True)
@@ -221,10 +235,14 @@ class SharedAttempts:
     limits (``loopback.limits``: per client a minute, per link ten minutes), so that every
     instance of a deployment holds a client, or a link, to the same count. Windows are numbered
     from the epoch, as :class:`Limiter`'s are; a client and a link are kept as hashes, never
-    as the address or the token.
+    as the address or the token. Looking a count up writes nothing.
 
-    Fail closed, unlike the rate limits: when the store cannot be reached the page is not
-    served (StoreUnavailable), as its links cannot be found then either.
+    Fail closed, unlike the rate limits: when the store cannot be reached to look a count up,
+    the page is not served (StoreUnavailable), as its links cannot be found then either. A
+    failure that cannot be counted is logged: the page has answered by then.
+
+    Like the loopback pages' own count, it is looked up before a request and added to after
+    its answer, so requests sent together are all answered before any of them counts.
     """
 
     def __init__(self, windows: Windows, *, clock: Callable[[], float] = time.time) -> None:
@@ -235,7 +253,14 @@ class SharedAttempts:
         """Seconds until this client may try this link again, or None when it may now."""
         now = self._clock()
         keys = _page_windows(client, link, now)
-        counts = await self._count(keys, add=0)
+        try:
+            counts = await self.windows.read([key for key, _, _ in keys])
+        except Exception as exc:
+            log.warning("the page's failed attempts cannot be looked up: %s", exc)
+            raise StoreUnavailable(
+                "the server cannot reach its shared store to look up the page's failed "
+                "attempts. Try again in a moment"
+            ) from exc
         waits = [
             max(1, math.ceil((now // seconds + 1) * seconds - now))
             for (_, seconds, limit), count in zip(keys, counts, strict=True)
@@ -245,19 +270,12 @@ class SharedAttempts:
 
     async def fail(self, client: str, link: str | None) -> None:
         """Count a failed attempt of `client`, on `link` when it named a live one."""
-        await self._count(_page_windows(client, link, self._clock()), add=1)
-
-    async def _count(self, keys: list[tuple[str, int, int]], *, add: int) -> list[int]:
+        keys = _page_windows(client, link, self._clock())
         # Kept a second past its window, for clocks that differ a little between instances.
-        kept = [(key, seconds + 1) for key, seconds, _ in keys]
         try:
-            return await self.windows.count(kept, add=add)
+            await self.windows.count([(key, seconds + 1) for key, seconds, _ in keys])
         except Exception as exc:
-            log.warning("the page's failed attempts cannot be counted: %s", exc)
-            raise StoreUnavailable(
-                "the server cannot reach its shared store to count the page's failed attempts. "
-                "Try again in a moment"
-            ) from exc
+            log.warning("a failed attempt at the page was not counted: %s", exc)
 
 
 def _page_windows(client: str, link: str | None, now: float) -> list[tuple[str, int, int]]:

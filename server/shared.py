@@ -15,9 +15,9 @@ With Redis:
 - a held call (or an approval page's link) is ``SET <prefix>approval:<hash of the id> <json>
   EX <life>``, read by ``GET`` (the page shows it; a card's caller is checked) and taken by
   ``GETDEL``: one replica takes it, whichever the approval reaches (Redis 6.2 or later);
-- a rate-limit count, and a count of the approval page's failed attempts, is ``INCRBY`` and
+- a rate-limit count, and a count of the approval page's failed attempts, is ``INCR`` and
   ``EXPIRE`` of a window's key, sent together in one ``MULTI`` pipeline (server/limits.py
-  names the windows).
+  names the windows); the page looks its counts up with ``MGET``, writing nothing.
 
 When Redis cannot be reached, a spend or a held call fails closed (:class:`StoreUnavailable`:
 the token is not used, the call is not held or taken, and nothing is sent; reads, which spend
@@ -230,11 +230,10 @@ class RedisStore:
             "a moment"
         )
 
-    async def count(self, keys: Sequence[tuple[str, int]], *, add: int = 1) -> list[int]:
-        """Add `add` to each key's count (0: only read it), each kept for its seconds; return
-        the new counts.
+    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
+        """Add one to each key's count, each kept for its seconds; return the new counts.
 
-        Hand-written rather than taken from a rate-limit library: it is ``INCRBY`` and ``EXPIRE``
+        Hand-written rather than taken from a rate-limit library: it is ``INCR`` and ``EXPIRE``
         per key in one ``MULTI`` pipeline (one round trip, applied together), and the window
         arithmetic lives in :class:`~.limits.Limiter`.
 
@@ -243,10 +242,21 @@ class RedisStore:
         """
         async with self._redis().pipeline(transaction=True) as pipe:
             for key, seconds in keys:
-                pipe.incrby(f"{PREFIX}{key}", add)
+                pipe.incr(f"{PREFIX}{key}")
                 pipe.expire(f"{PREFIX}{key}", seconds)
             replies = await pipe.execute()
         return [int(n) for n in replies[::2]]
+
+    async def read(self, keys: Sequence[str]) -> list[int]:
+        """Each key's count now (0 for none), with ``MGET``: nothing is written.
+
+        Raises:
+            redis.exceptions.RedisError, OSError: Redis cannot be reached.
+        """
+        if not keys:
+            return []
+        found = await self._redis().mget([f"{PREFIX}{key}" for key in keys])
+        return [int(value) if value is not None else 0 for value in found]
 
     async def problem(self) -> str | None:
         """Why the store cannot be used now, or None when it answers."""

@@ -9,7 +9,8 @@ without it)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,11 @@ from posthog_warehouse_mcp.server.approvals import (
     Held,
 )
 from posthog_warehouse_mcp.server.callers import SERVER, Caller
+from posthog_warehouse_mcp.server.limits import MemoryWindows, SharedAttempts
 from posthog_warehouse_mcp.server.records import MemoryRecords
 from posthog_warehouse_mcp.server.shared import RedisStore, Shared, shared_for
 from posthog_warehouse_mcp.server.transports import http_app
+from posthog_warehouse_mcp.tools.errors import PostHogError
 from tests.support import (
     SCHEMA,
     SCHEMA_ID,
@@ -419,6 +422,15 @@ async def test_over_http_without_a_public_url_the_token_remains_and_no_page_is_s
     assert changes(recorder) == []
 
 
+async def page_link(approvals: Approvals) -> tuple[str, Starlette]:
+    """A page link for a held DELETE of orders: its path, and an app serving the page."""
+    held = Held(DELETE[0], DELETE[1], "", {"tables": [{"name": "orders"}]})
+    link = await approvals.link(await approvals.hold(held), held)
+    assert link is not None
+    app = Starlette(routes=[Route(PAGE.route, approvals.page, methods=["GET", "POST"])])
+    return urlsplit(link).path, app
+
+
 async def test_a_page_link_expires_and_then_sends_nothing() -> None:
     now = [0.0]
     store = MemoryRecords(clock=lambda: now[0])
@@ -430,18 +442,58 @@ async def test_a_page_link_expires_and_then_sends_nothing() -> None:
         return {}
 
     approvals.send = send
-    held = Held(DELETE[0], DELETE[1], "", {"tables": [{"name": "orders"}]})
-    link = await approvals.link(await approvals.hold(held), held)
-    assert link is not None
-    app = Starlette(routes=[Route(PAGE.route, approvals.page, methods=["GET", "POST"])])
+    path, app = await page_link(approvals)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC) as http:
-        assert (await http.get(urlsplit(link).path)).status_code == 200
+        assert (await http.get(path)).status_code == 200
         now[0] += APPROVAL_SECONDS + 1
         late = await http.post(
-            urlsplit(link).path, data={"name": "orders", "decision": "approve"}, headers=BROWSER
+            path, data={"name": "orders", "decision": "approve"}, headers=BROWSER
         )
     assert late.status_code == 404
     assert sent == []
+
+
+async def test_the_store_keeps_neither_the_approval_id_nor_the_links_token() -> None:
+    """Whoever reads the store (a Redis dump) learns nothing that approves or opens a call."""
+    store = MemoryRecords()
+    approvals = Approvals(store, public_url=PUBLIC)
+    held = Held(DELETE[0], DELETE[1], "", {"tables": [{"name": "orders"}]})
+    approval = await approvals.hold(held)
+    link = await approvals.link(approval, held)
+    assert link is not None
+    token = urlsplit(link).path.rsplit("/", 1)[-1]
+    kept = json.dumps(store._kept)
+    assert approval not in kept and token not in kept
+    assert (await approvals.links.find(token)) is not None
+
+
+class CountingFails(MemoryWindows):
+    """A store that answers reads and fails to count (it went away mid-request)."""
+
+    async def count(self, keys: Sequence[tuple[str, int]]) -> list[int]:
+        raise ConnectionError("the store went away")
+
+
+async def test_a_failure_the_store_cannot_count_leaves_the_pages_answer_as_it_was() -> None:
+    """The call was sent and failed upstream: the page says so (502), not "nothing was sent"
+    because the failed attempt could not be counted afterwards."""
+    approvals = Approvals(
+        MemoryRecords(), public_url=PUBLIC, attempts=SharedAttempts(CountingFails())
+    )
+    sent: list[Held] = []
+
+    async def send(held: Held, caller: Caller) -> dict[str, Any]:
+        sent.append(held)
+        raise PostHogError("PostHog did not answer in time", status=504)
+
+    approvals.send = send
+    path, app = await page_link(approvals)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC) as http:
+        answer = await http.post(
+            path, data={"name": "orders", "decision": "approve"}, headers=BROWSER
+        )
+    assert len(sent) == 1
+    assert answer.status_code == 502 and "the call failed" in answer.text
 
 
 async def test_with_the_store_down_nothing_is_held_and_nothing_sent() -> None:

@@ -213,12 +213,31 @@ async def test_shared_page_attempts_hold_a_link_and_a_client_to_the_pages_limits
     assert await one.retry_after("10.0.0.3", "any") is not None
 
 
-async def test_shared_page_attempts_fail_closed_when_the_store_is_down() -> None:
+async def test_shared_page_attempts_fail_closed_when_the_store_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A count that cannot be looked up refuses the page; one that cannot be added after the
+    page answered is logged, and the answer stands."""
     attempts = SharedAttempts(RedisStore(down_redis()))
     with pytest.raises(StoreUnavailable):
         await attempts.retry_after("127.0.0.1", "link")
-    with pytest.raises(StoreUnavailable):
-        await attempts.fail("127.0.0.1", "link")
+    await attempts.fail("127.0.0.1", "link")
+    assert "was not counted" in caplog.text
+
+
+async def test_looking_a_page_count_up_writes_nothing(tmp_path: Path) -> None:
+    windows = MemoryWindows()
+    assert await SharedAttempts(windows).retry_after("127.0.0.1", "a-guessed-token") is None
+    assert len(windows) == 0
+    async with redis_server(tmp_path / "redis") as url:
+        store = RedisStore(url)
+        async with store.running():
+            attempts = SharedAttempts(store)
+            for n in range(5):
+                assert await attempts.retry_after("127.0.0.1", f"guess-{n}") is None
+            assert await store._redis().keys("*") == []
+            await attempts.fail("127.0.0.1", "guess-0")
+            assert len(await store._redis().keys("*")) == 2
 
 
 def destructive_server(shared: Shared, recorder: Recorder) -> Client:

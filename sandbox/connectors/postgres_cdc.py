@@ -233,9 +233,32 @@ def settings_of(job_inputs: dict[str, Any]) -> CdcSettings | None:
         slot=str(job_inputs["cdc_slot_name"]),
         publication=str(job_inputs.get("cdc_publication_name") or ""),
         auto_drop_slot=bool(job_inputs.get("cdc_auto_drop_slot", True)),
-        lag_warning_mb=int(job_inputs.get("cdc_lag_warning_threshold_mb") or LAG_WARNING_MB),
-        lag_critical_mb=int(job_inputs.get("cdc_lag_critical_threshold_mb") or LAG_CRITICAL_MB),
+        lag_warning_mb=_megabytes(job_inputs.get("cdc_lag_warning_threshold_mb"), LAG_WARNING_MB),
+        lag_critical_mb=_megabytes(
+            job_inputs.get("cdc_lag_critical_threshold_mb"), LAG_CRITICAL_MB
+        ),
     )
+
+
+def _megabytes(value: Any, default: int) -> int:
+    """A stored lag threshold; PostHog's default where it is not a whole number of at least 1
+    (a create checks it: `threshold_error`)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number >= 1 and not isinstance(value, bool) else default
+
+
+def threshold_error(payload: dict[str, Any]) -> str | None:
+    """Why a create payload's lag thresholds cannot be kept, or None."""
+    for key in ("cdc_lag_warning_threshold_mb", "cdc_lag_critical_threshold_mb"):
+        value = payload.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | str) or _megabytes(value, 0) < 1:
+            return f"{key} must be a whole number of megabytes, at least 1 (got {value!r})."
+    return None
 
 
 def setup_resources(
@@ -251,6 +274,9 @@ def setup_resources(
     mode: Mode = (
         "self_managed" if payload.get("cdc_management_mode") == "self_managed" else "posthog"
     )
+    refused = threshold_error(payload)
+    if refused is not None:
+        return {}, refused
     short = source_id.replace("-", "")[:12]
     slot = payload.get("cdc_slot_name") or f"posthog_{short}"
     publication = payload.get("cdc_publication_name") or (
@@ -262,10 +288,12 @@ def setup_resources(
         "cdc_slot_name": slot,
         "cdc_publication_name": publication,
         "cdc_auto_drop_slot": bool(payload.get("cdc_auto_drop_slot", True)),
-        "cdc_lag_warning_threshold_mb": payload.get("cdc_lag_warning_threshold_mb")
-        or LAG_WARNING_MB,
-        "cdc_lag_critical_threshold_mb": payload.get("cdc_lag_critical_threshold_mb")
-        or LAG_CRITICAL_MB,
+        "cdc_lag_warning_threshold_mb": _megabytes(
+            payload.get("cdc_lag_warning_threshold_mb"), LAG_WARNING_MB
+        ),
+        "cdc_lag_critical_threshold_mb": _megabytes(
+            payload.get("cdc_lag_critical_threshold_mb"), LAG_CRITICAL_MB
+        ),
     }
     if slot_exists(conn, slot):
         return {}, f"A replication slot named '{slot}' already exists on your database."

@@ -295,6 +295,65 @@ async def test_the_sweeper_drops_a_slot_past_its_critical_lag_and_repair_brings_
         assert logical_upstream.execute(publications) == []
 
 
+async def test_cdc_settings_are_checked_at_create_and_not_changed_by_a_patch(
+    sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
+) -> None:
+    """A threshold that is no number is refused at create; a PATCH of job_inputs cannot point
+    the source at another slot or change its thresholds (the sweeper would act on them)."""
+    app, client = sandbox
+    logical_upstream.execute(TABLE_SQL)
+    schema = {"name": "orders", "should_sync": True, "sync_type": "cdc"}
+    bad = await client.post(
+        f"{API}/external_data_sources/",
+        json={
+            "source_type": "Postgres",
+            "payload": logical_upstream.payload(
+                [schema], cdc_enabled=True, cdc_lag_warning_threshold_mb="lots"
+            ),
+        },
+    )
+    assert bad.status_code == 400
+    assert "cdc_lag_warning_threshold_mb must be a whole number" in bad.text
+    assert slots(logical_upstream) == []
+    source, _ = await cdc_source(client, logical_upstream)
+    url = f"{API}/external_data_sources/{source['id']}/"
+    for change in ({"cdc_slot_name": "someone_elses"}, {"cdc_lag_critical_threshold_mb": "x"}):
+        refused = await client.patch(url, json={"job_inputs": change})
+        assert refused.status_code == 400, refused.text
+        assert "cannot be changed here" in refused.text
+    kept = services_of(app).store.sources[source["id"]].job_inputs
+    assert kept["cdc_lag_critical_threshold_mb"] == 10240
+    assert kept["cdc_slot_name"] == slots(logical_upstream)[0][0]
+    await client.delete(url)
+
+
+async def test_the_sweeper_leaves_a_slot_a_live_source_reuses_and_one_a_sync_holds(
+    sandbox: tuple[Starlette, httpx.AsyncClient], logical_upstream: Upstream
+) -> None:
+    app, client = sandbox
+    services = services_of(app)
+    logical_upstream.execute(TABLE_SQL)
+    first, _ = await cdc_source(client, logical_upstream, cdc_slot_name="team_slot")
+    await client.delete(f"{API}/external_data_sources/{first['id']}/")
+    assert slots(logical_upstream) == []
+    # A new source takes the name the deleted one had: the deleted one's cleanup leaves it.
+    second, _ = await cdc_source(
+        client, logical_upstream, cdc_slot_name="team_slot", cdc_lag_critical_threshold_mb=1
+    )
+    await anyio.to_thread.run_sync(services.sweep_cdc_slots)
+    assert slots(logical_upstream) == [("team_slot",)]
+    # Past its critical lag, but a sync holds the slot: this pass leaves it, the next drops it.
+    logical_upstream.execute(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 30000) g"
+    )
+    with services.engine.slot_lock(second["id"]):
+        await anyio.to_thread.run_sync(services.sweep_cdc_slots)
+    assert slots(logical_upstream) == [("team_slot",)]
+    await anyio.to_thread.run_sync(services.sweep_cdc_slots)
+    assert slots(logical_upstream) == []
+    await client.delete(f"{API}/external_data_sources/{second['id']}/")
+
+
 async def test_a_sweep_that_cannot_reach_a_database_logs_it_and_goes_on(
     sandbox: tuple[Starlette, httpx.AsyncClient],
     logical_upstream: Upstream,
