@@ -283,12 +283,8 @@ class Services:
         if settings is None:
             return
 
-        def run() -> None:
-            with postgres.connect(source.job_inputs) as conn:
-                postgres_cdc.cleanup_resources(conn, settings)
-
         try:
-            await anyio.to_thread.run_sync(run)
+            await anyio.to_thread.run_sync(_cleanup, source, settings)
         except Exception:
             logger.warning("could not drop the CDC slot of source %s", source.id, exc_info=True)
 
@@ -317,28 +313,25 @@ class Services:
         logged and skipped."""
         with self.store.lock:
             sources = list(self.store.sources.values())
+        cdc_sources = [
+            (source, settings)
+            for source in sources
+            if (settings := postgres_cdc.settings_of(source.job_inputs)) is not None
+        ]
         live = {
-            _slot_of(s.job_inputs, settings.slot)
-            for s in sources
-            if not s.deleted and (settings := postgres_cdc.settings_of(s.job_inputs)) is not None
+            _slot_of(s.job_inputs, settings.slot) for s, settings in cdc_sources if not s.deleted
         }
-        for source in sources:
+        for source, settings in cdc_sources:
             try:
-                settings = postgres_cdc.settings_of(source.job_inputs)
-                if settings is None:
-                    continue
-                if source.deleted:
-                    if _slot_of(source.job_inputs, settings.slot) not in live:
-                        self._drop_deleted(source, settings)
-                    continue
-                self._sweep(source, settings)
+                if not source.deleted:
+                    self._sweep(source, settings)
+                elif (
+                    settings.mode == "posthog"
+                    and _slot_of(source.job_inputs, settings.slot) not in live
+                ):
+                    _cleanup(source, settings)
             except Exception:
                 logger.warning("CDC sweep of source %s failed", source.id, exc_info=True)
-
-    def _drop_deleted(self, source: Source, settings: postgres_cdc.CdcSettings) -> None:
-        if settings.mode == "posthog":
-            with postgres.connect(source.job_inputs) as conn:
-                postgres_cdc.cleanup_resources(conn, settings)
 
     def _sweep(self, source: Source, settings: postgres_cdc.CdcSettings) -> None:
         # Not while a sync of the source reads or confirms the slot: the next pass looks.
@@ -403,6 +396,12 @@ class Services:
                     self.store.save(cleared)
 
         await anyio.to_thread.run_sync(clear)
+
+
+def _cleanup(source: Source, settings: postgres_cdc.CdcSettings) -> None:
+    """Drop a CDC source's slot, and its publication when PostHog manages it (blocking)."""
+    with postgres.connect(source.job_inputs) as conn:
+        postgres_cdc.cleanup_resources(conn, settings)
 
 
 def _slot_of(job_inputs: dict[str, Any], slot: str) -> tuple[str, str, str]:

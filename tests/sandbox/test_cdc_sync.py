@@ -407,13 +407,15 @@ def test_the_sweeper_acts_on_a_slots_lag_as_posthogs_does(
     assert postgres_cdc.sweep(settings, int(lag_mb * 1024 * 1024)) == action
 
 
-async def test_xmin_picks_up_updates_of_a_table_without_a_cursor(
-    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
-) -> None:
-    app, client = sandbox
+TAGS = "SELECT id, label FROM tags ORDER BY id"
+
+
+async def xmin_tags(client: httpx.AsyncClient, upstream: Upstream, rows: int) -> tuple[str, str]:
+    """Create `tags` (`rows` rows, no cursor column) upstream and a source syncing it by xmin;
+    wait for its first sync; the source's id and the table's."""
     upstream.execute(
         "CREATE TABLE tags (id int PRIMARY KEY, label text);"
-        "INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 100) g"
+        f"INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, {rows}) g"
     )
     schema = {"name": "tags", "should_sync": True, "sync_type": "xmin"}
     response = await client.post(
@@ -424,15 +426,25 @@ async def test_xmin_picks_up_updates_of_a_table_without_a_cursor(
     source_id = response.json()["id"]
     await wait_for_jobs(client, source_id, 1)
     source = (await client.get(f"{API}/external_data_sources/{source_id}/")).json()
-    schema_id = schema_by_name(source, "tags")["id"]
+    return source_id, schema_by_name(source, "tags")["id"]
+
+
+def tags_of(app: Starlette) -> list[tuple[Any, ...]]:
+    """The warehouse's `tags`, as `TAGS` reads them upstream."""
+    return warehouse_rows(app, "SELECT id, label FROM postgres_tags ORDER BY id")
+
+
+async def test_xmin_picks_up_updates_of_a_table_without_a_cursor(
+    sandbox: tuple[Starlette, httpx.AsyncClient], upstream: Upstream
+) -> None:
+    app, client = sandbox
+    source_id, schema_id = await xmin_tags(client, upstream, 100)
     upstream.execute(
         "UPDATE tags SET label = 'changed' WHERE id IN (3, 7); INSERT INTO tags VALUES (101, 'new')"
     )
     await reload_and_wait(client, source_id, schema_id, 2)
     assert (await jobs_of(client, source_id))[0]["rows_synced"] == 3
-    assert warehouse_rows(
-        app, "SELECT id, label FROM postgres_tags ORDER BY id"
-    ) == upstream.execute("SELECT id, label FROM tags ORDER BY id")
+    assert tags_of(app) == upstream.execute(TAGS)
 
 
 @pytest.mark.slow(seconds=8)
@@ -447,20 +459,7 @@ async def test_xmin_reads_across_the_transaction_counters_wraparound(
     try:
         creds = near_wraparound(server, server.start(), left=3000)
         upstream = Upstream(creds)
-        upstream.execute(
-            "CREATE TABLE tags (id int PRIMARY KEY, label text);"
-            "INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 10) g"
-        )
-        schema = {"name": "tags", "should_sync": True, "sync_type": "xmin"}
-        response = await client.post(
-            f"{API}/external_data_sources/",
-            json={"source_type": "Postgres", "payload": upstream.payload([schema])},
-        )
-        assert response.status_code == 201, response.text
-        source_id = response.json()["id"]
-        await wait_for_jobs(client, source_id, 1)
-        source = (await client.get(f"{API}/external_data_sources/{source_id}/")).json()
-        schema_id = schema_by_name(source, "tags")["id"]
+        source_id, schema_id = await xmin_tags(client, upstream, 10)
         upstream.execute("UPDATE tags SET label = 'before the wrap' WHERE id = 2")
         # 3,000 transactions, each taking an id: the counter passes 2^32.
         upstream.execute(
@@ -476,9 +475,7 @@ async def test_xmin_reads_across_the_transaction_counters_wraparound(
         await reload_and_wait(client, source_id, schema_id, 2)
 
         assert (await jobs_of(client, source_id))[0]["rows_synced"] == 3
-        assert warehouse_rows(app, "SELECT id, label FROM postgres_tags ORDER BY id") == (
-            upstream.execute("SELECT id, label FROM tags ORDER BY id")
-        )
+        assert tags_of(app) == upstream.execute(TAGS)
         messages = [m for _, m in log_lines(await sync_log(client, schema_id))]
         assert any("wrapped around once" in m for m in messages), messages
 
@@ -487,9 +484,7 @@ async def test_xmin_reads_across_the_transaction_counters_wraparound(
         await reload_and_wait(client, source_id, schema_id, 3)
 
         assert (await jobs_of(client, source_id))[0]["rows_synced"] == 11
-        assert warehouse_rows(app, "SELECT id, label FROM postgres_tags ORDER BY id") == (
-            upstream.execute("SELECT id, label FROM tags ORDER BY id")
-        )
+        assert tags_of(app) == upstream.execute(TAGS)
         messages = [m for _, m in log_lines(await sync_log(client, schema_id))]
         assert any("wrapped around 2 times: reading every row" in m for m in messages), messages
     finally:
