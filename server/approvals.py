@@ -31,7 +31,6 @@ held call, so it is sent at most once whichever is used.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
@@ -55,7 +54,7 @@ from ..loopback.serve import free_socket, listening
 from ..tools.confirm import StoreUnavailable
 from ..tools.errors import NothingSent, PostHogError
 from .callers import SERVER, Caller
-from .records import Expiring, MemoryRecords
+from .records import Expiring, MemoryRecords, digest
 
 log = logging.getLogger("posthog_warehouse_mcp")
 
@@ -387,18 +386,14 @@ class Approvals:
         )
 
 
+# The store keeps digests of approval ids and page tokens: the secret itself would let anyone
+# who reads the store open the link.
 def _approval_key(approval: str) -> str:
-    return f"approval:{_hashed(approval)}"
+    return f"approval:{digest(approval)}"
 
 
 def _page_key(token: str) -> str:
-    return f"approval-page:{_hashed(token)}"
-
-
-def _hashed(secret: str) -> str:
-    """What the store keeps of an approval id or a page token: its SHA-256 (the secret itself
-    would let anyone who reads the store open the link)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return f"approval-page:{digest(token)}"
 
 
 def _show(link: Link, token: str, *, error: str | None = None) -> Response:

@@ -23,7 +23,6 @@ How a refusal reads depends on where the count is made:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -41,6 +40,7 @@ from ..tools.confirm import StoreUnavailable
 from .auth import bearer
 from .callers import SIGNED_IN, Caller
 from .config import Settings
+from .records import digest
 
 log = logging.getLogger("posthog_warehouse_mcp.limits")
 
@@ -193,8 +193,7 @@ def caller_of(headers: Any) -> str:
     SHA-256, not a slow password hash as PostHog's per-user state uses: a bearer token has the
     entropy a password lacks, and this runs on every request.
     """
-    token = bearer(headers) or ""
-    return hashlib.sha256(token.encode()).hexdigest()[:32]
+    return digest(bearer(headers) or "")[:32]
 
 
 class RateLimit:
@@ -284,10 +283,6 @@ def _page_windows(client: str, link: str | None, now: float) -> list[tuple[str, 
     if link is not None:
         counted.append(("link", link, LINK_FAILURES, int(LINK_WINDOW)))
     return [
-        (f"page:{kind}:{_hashed(value)}:{int(now // seconds)}", seconds, limit)
+        (f"page:{kind}:{digest(value)[:32]}:{int(now // seconds)}", seconds, limit)
         for kind, value, limit, seconds in counted
     ]
-
-
-def _hashed(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()[:32]

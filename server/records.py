@@ -5,10 +5,17 @@ once (held calls and approval page links, server/approvals.py), and for OAuth
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+
+def digest(secret: str) -> str:
+    """A secret's SHA-256, in hex: what a store keeps in its place (a key under which a token,
+    an approval id or a caller is found, without the secret itself)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class Expiring(Protocol):

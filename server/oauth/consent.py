@@ -29,9 +29,9 @@ from ...loopback.hosts import origin_of
 from ...loopback.pages import render
 from ...tools.confirm import StoreUnavailable
 from ..config import Settings
+from ..records import digest
 from .cimd import is_document_url
 from .upstream import Grants, UpstreamRefused
-from .vault import digest
 
 log = logging.getLogger("posthog_warehouse_mcp.oauth")
 

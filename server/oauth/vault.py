@@ -27,20 +27,14 @@ who can write to the store cannot copy a person's record under a token of their 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import Records
+from ..records import Records, digest
 
 log = logging.getLogger("posthog_warehouse_mcp.oauth")
-
-
-def digest(secret: str) -> str:
-    """A secret's SHA-256, in hex: what is kept in its place."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class Cipher:
